@@ -1,0 +1,28 @@
+"""Shared fixtures. Tests run on the real PTB files in ../shared/data/ptb (or $ZR_ABLATE_PTB_DIR)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PTB_DIR = Path(os.environ.get("ZR_ABLATE_PTB_DIR", REPO.parent / "shared" / "data" / "ptb")).resolve()
+SHA256 = {
+    "ptb.train.txt": "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf",
+    "ptb.valid.txt": "c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2",
+    "ptb.test.txt": "dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0",
+}
+
+
+@pytest.fixture(scope="session")
+def ptb_dir() -> Path:
+    if not (PTB_DIR / "ptb.train.txt").is_file():
+        pytest.fail(f"PTB files not found in {PTB_DIR}; set ZR_ABLATE_PTB_DIR to a folder holding them")
+    return PTB_DIR
+
+
+@pytest.fixture(scope="session")
+def file_urls(ptb_dir) -> dict[str, str]:
+    """file:// addresses of the real files: the download path, exercised without a network."""
+    return {s: (ptb_dir / f"ptb.{s}.txt").as_uri() for s in ("train", "valid", "test")}
