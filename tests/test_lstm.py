@@ -1,0 +1,169 @@
+"""The recurrent core, checked by observing the masks it applied and the outputs it produced."""
+import pytest
+import torch
+from torch import nn
+
+from zr_ablate.dropout import Connection, DropoutSpec, sample_mask
+from zr_ablate.lstm import DroppedLSTM, lstm_layer_loop
+
+T, B, H, L = 6, 5, 8, 2
+
+
+def spec(kind: str, p: float = 0.5) -> DropoutSpec:
+    """The four presets, written out as the YAML files in conf/dropout/ fill them."""
+    if kind == "none":
+        return DropoutSpec(name="none")
+    mask = "sequence" if kind == "variational" else "step"
+    c = Connection(p, mask)
+    rec = Connection(0.0) if kind == "zaremba" else c
+    return DropoutSpec(name=kind, embedding=c, between=c, recurrent=rec, output=c)
+
+
+def make(kind: str, impl: str = "auto", seed: int = 0) -> DroppedLSTM:
+    torch.manual_seed(seed)
+    core = DroppedLSTM(H, H, L, spec(kind), impl=impl)
+    for p in core.parameters():
+        nn.init.uniform_(p, -0.3, 0.3)
+    return core
+
+
+def inputs(seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, B, H, generator=g)
+    h0, c0 = torch.randn(L, B, H, generator=g), torch.randn(L, B, H, generator=g)
+    return x, (h0, c0)
+
+
+def reference(core: DroppedLSTM, x, state, masks):
+    """Plain step-by-step LSTM written from the equations, applying exactly the recorded masks."""
+    def apply(v, m):
+        return v if m is None else v * m
+    h0, c0 = state
+    x = apply(x, masks["embedding"])
+    hs, cs = [], []
+    for i, layer in enumerate(core.layers):
+        if i > 0:
+            x = apply(x, masks["between"][i - 1])
+        h, c, outs, m = h0[i], c0[i], [], masks["recurrent"][i]
+        for t in range(x.size(0)):
+            h_in = h if m is None else h * m[t if m.size(0) > 1 else 0]
+            gates = x[t] @ layer.weight_ih_l0.T + layer.bias_ih_l0 + h_in @ layer.weight_hh_l0.T + layer.bias_hh_l0
+            i_, f, g, o = gates.chunk(4, 1)
+            c = f.sigmoid() * c + i_.sigmoid() * g.tanh()
+            h = o.sigmoid() * c.tanh()
+            outs.append(h)
+        x = torch.stack(outs)
+        hs.append(h)
+        cs.append(c)
+    return apply(x, masks["output"]), torch.stack(hs), torch.stack(cs)
+
+
+def test_fused_and_loop_agree_in_outputs_and_gradients():
+    x, state = inputs()
+    results = []
+    for impl in ("fused", "loop"):
+        core = make("none", impl)
+        xi = x.clone().requires_grad_(True)
+        out, (h, c) = core(xi, state)
+        (out.square().sum() + h.sum() + c.sum()).backward()
+        results.append((out, h, c, xi.grad, [p.grad for p in core.parameters()]))
+    (o1, h1, c1, gx1, gp1), (o2, h2, c2, gx2, gp2) = results
+    for a, b in [(o1, o2), (h1, h2), (c1, c2), (gx1, gx2)] + list(zip(gp1, gp2)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["none", "naive", "zaremba", "variational"])
+def test_outputs_are_exactly_the_recorded_masks_applied_to_a_plain_lstm(kind):
+    """Whatever the placement, train-mode output = plain LSTM + the masks the core says it used.
+    So the recorded masks are the only randomness, and they sit where they are recorded."""
+    core = make(kind)
+    core.train()
+    core.record_masks = True
+    x, state = inputs()
+    out, (h, c) = core(x, state)
+    ref_out, ref_h, ref_c = reference(core, x, state, core.last_masks)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h, ref_h, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(c, ref_c, atol=1e-5, rtol=1e-5)
+
+
+def test_zaremba_never_touches_h_or_c():
+    core = make("zaremba")
+    core.train()
+    core.record_masks = True
+    x, state = inputs()
+    out, (h, c) = core(x, state)
+    m = core.last_masks
+    assert m["recurrent"] == [None, None]
+    assert m["embedding"].shape == (T, B, H) and m["embedding"].eq(0).any()
+    # The input-side masks through an LSTM with an untouched recurrence reproduce h and c exactly.
+    _, ref_h, ref_c = reference(core, x, state, {**m, "recurrent": [None, None]})
+    torch.testing.assert_close(h, ref_h)
+    torch.testing.assert_close(c, ref_c)
+
+
+def test_naive_resamples_the_recurrent_mask_every_step():
+    core = make("naive")
+    core.train()
+    core.record_masks = True
+    core(*inputs())
+    m = core.last_masks["recurrent"][0]
+    assert m.shape == (T, B, H)
+    assert all(not torch.equal(m[t], m[t + 1]) for t in range(T - 1))
+    assert not torch.equal(core.last_masks["embedding"][0], core.last_masks["embedding"][1])
+
+
+def test_variational_mask_is_fixed_over_the_window_per_example_and_new_each_window():
+    core = make("variational")
+    core.train()
+    core.record_masks = True
+    x, state = inputs()
+    core(x, state)
+    first = core.last_masks
+    for m in [first["embedding"], first["between"][0], first["output"]] + first["recurrent"]:
+        assert m.shape == (1, B, H)  # one mask per example, broadcast over all T steps
+        assert any(not torch.equal(m[0, 0], m[0, b]) for b in range(1, B))  # differs across examples
+    core(x, state)
+    assert not torch.equal(first["recurrent"][0], core.last_masks["recurrent"][0])  # new window, new mask
+
+
+def test_variational_output_uses_one_mask_at_every_step():
+    """Observed from outputs alone: a unit dropped at the output is zero at every step of the window."""
+    core = make("variational")
+    core.train()
+    out, _ = core(*inputs())
+    zero = out.eq(0)  # [T, B, H]
+    assert zero.any()
+    assert torch.equal(zero, zero[:1].expand_as(zero))
+
+
+def test_eval_mode_applies_no_dropout_and_takes_the_fused_path():
+    x, state = inputs()
+    naive, plain = make("naive"), make("none", "fused")
+    naive.eval()
+    plain.eval()
+    torch.testing.assert_close(naive(x, state)[0], plain(x, state)[0])
+
+
+def test_mask_statistics():
+    conn = Connection(0.3, "step")
+    m = sample_mask(conn, 50, 40, 30, torch.empty(0))
+    values = m.unique().tolist()
+    assert values[0] == 0.0 and values[1] == pytest.approx(1 / 0.7) and len(values) == 2
+    assert abs(m.eq(0).float().mean().item() - 0.3) < 0.02
+    assert sample_mask(Connection(0.0), 5, 4, 3, torch.empty(0)) is None
+
+
+def test_fused_impl_refuses_recurrent_masks():
+    with pytest.raises(ValueError, match="masks h_\\(t-1\\)"):
+        DroppedLSTM(H, H, L, spec("naive"), impl="fused")
+
+
+def test_loop_matches_nn_lstm_for_one_layer():
+    torch.manual_seed(0)
+    layer = nn.LSTM(H, H)
+    x, (h0, c0) = inputs()
+    out, (h, c) = layer(x, (h0[:1], c0[:1]))
+    out2, h2, c2 = lstm_layer_loop(x, h0[0], c0[0], layer)
+    torch.testing.assert_close(out, out2, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(c[0], c2, atol=1e-6, rtol=1e-5)
