@@ -1,0 +1,138 @@
+"""Training arithmetic: loss scaling, state carry, perplexity, LR schedule, clipping, test protocols."""
+import math
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from tests.conftest import SHA256
+from zr_ablate.data import PTBDataModule
+from zr_ablate.dropout import DropoutSpec
+from zr_ablate.model import LSTMLanguageModel
+from zr_ablate.module import LMModule
+
+
+def tiny(ptb_dir, test_protocol="paper", bptt=5, train_tokens=3000):
+    dm = PTBDataModule(str(ptb_dir), "unused", {}, SHA256, batch_size=4, bptt=bptt, eval_batch_size=4,
+                       test_protocol=test_protocol, train_tokens=train_tokens, eval_tokens=600)
+    dm.setup()
+    torch.manual_seed(0)
+    model = LSTMLanguageModel(len(dm.vocab), 16, 2, DropoutSpec(), init_scale=0.1)
+    return dm, LMModule(model, lr=1.0, lr_decay=2.0, decay_after=1, clip=5.0)
+
+
+def trainer(**kw):
+    args = dict(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                enable_model_summary=False, num_sanity_val_steps=0)
+    return pl.Trainer(**(args | kw))
+
+
+def manual_ppl(model, stream: torch.Tensor, batch: int, bptt: int) -> float:
+    """exp(sum NLL / tokens) with the state carried across windows, written out by hand."""
+    n = stream.numel() // batch
+    data = stream[: n * batch].view(batch, n).t()  # [n, batch]
+    state, nll, count = model.init_state(batch), 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, n - 1, bptt):
+            x, y = data[s : min(s + bptt, n - 1)], data[s + 1 : min(s + bptt, n - 1) + 1]
+            logits, state = model(x, state)
+            nll += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum").item()
+            count += y.numel()
+    return math.exp(nll / count)
+
+
+def test_training_loss_is_summed_over_steps_and_averaged_over_batch(ptb_dir):
+    dm, module = tiny(ptb_dir)
+    x, y = next(iter(dm.train_dataloader()))
+    loss = module.training_step((x, y), 0)
+    module._state.clear()
+    logits, _ = module.model(x.t(), module.model.init_state(4))
+    mean_ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.t().reshape(-1))
+    torch.testing.assert_close(loss, mean_ce * x.size(1))  # T times the per-token mean
+
+
+def test_validation_perplexity_is_token_weighted_over_the_split(ptb_dir):
+    dm, module = tiny(ptb_dir)
+    out = trainer().validate(module, datamodule=dm, verbose=False)[0]
+    assert out["val_ppl"] == pytest.approx(manual_ppl(module.model, dm.tokens["valid"], 4, 5), rel=1e-5)
+    assert out["val_ppl"] == pytest.approx(math.exp(out["val_loss"]), rel=1e-4)
+
+
+def test_paper_test_protocol_equals_one_step_at_a_time(ptb_dir):
+    dm, module = tiny(ptb_dir, test_protocol="paper", bptt=5)
+    out = trainer().test(module, datamodule=dm, verbose=False)[0]
+    one_step = manual_ppl(module.model, dm.tokens["test"], batch=1, bptt=1)
+    assert out["test_ppl"] == pytest.approx(one_step, rel=1e-5)
+    dm_fast, _ = tiny(ptb_dir, test_protocol="fast")
+    fast = trainer().test(module, datamodule=dm_fast, verbose=False)[0]["test_ppl"]
+    assert fast == pytest.approx(manual_ppl(module.model, dm.tokens["test"], batch=4, bptt=5), rel=1e-5)
+    assert fast != pytest.approx(one_step, rel=1e-6)  # the protocols really differ
+
+
+def _train_losses(ptb_dir, **trainer_kw):
+    dm, module = tiny(ptb_dir)
+    losses = []
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(outputs["loss"].item())
+    trainer(callbacks=[Record()], **trainer_kw).fit(module, datamodule=dm)
+    return losses, module
+
+
+def test_validation_mid_epoch_does_not_disturb_the_training_state(ptb_dir):
+    plain, _ = _train_losses(ptb_dir, limit_val_batches=0)
+    with_val, _ = _train_losses(ptb_dir, val_check_interval=0.5)
+    assert len(plain) == len(with_val) > 100
+    assert with_val == pytest.approx(plain, rel=1e-6)
+
+
+def test_state_is_carried_across_windows_and_reset_each_epoch(ptb_dir):
+    dm, module = tiny(ptb_dir)
+    module.train()
+    loader = iter(dm.train_dataloader())
+    w1, w2 = next(loader), next(loader)
+    with torch.no_grad():
+        module.on_train_epoch_start()
+        module._window(w1, "fit")
+        carried = module._window(w2, "fit")[0]
+        module.on_train_epoch_start()  # a new epoch starts from zeros
+        fresh = module._window(w2, "fit")[0]
+    assert carried.item() != pytest.approx(fresh.item(), rel=1e-5)
+    logits, _ = module.model(w2[0].t(), module.model.init_state(4))
+    zero_start = F.cross_entropy(logits.reshape(-1, logits.size(-1)), w2[1].t().reshape(-1), reduction="sum")
+    torch.testing.assert_close(fresh, zero_start)
+
+
+@pytest.mark.parametrize("decay,after,epochs,expected_tail", [
+    (2.0, 4, 13, [1, 1, 1, 1, 1 / 2, 1 / 4, 1 / 8]),            # small
+    (1.2, 6, 39, [1, 1, 1, 1, 1, 1, 1 / 1.2, 1 / 1.44]),        # medium
+])
+def test_paper_learning_rate_schedule(decay, after, epochs, expected_tail):
+    module = LMModule(torch.nn.Linear(2, 2), lr=1.0, lr_decay=decay, decay_after=after, clip=5.0)
+    conf = module.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in range(epochs):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[: len(expected_tail)] == pytest.approx(expected_tail)
+    assert lrs[-1] == pytest.approx(decay ** -(epochs - after))
+
+
+def test_gradients_are_clipped_to_global_norm(ptb_dir):
+    _, module = tiny(ptb_dir)
+    for p in module.parameters():
+        p.grad = torch.full_like(p, 10.0)
+    module.log = lambda *a, **k: None  # outside a Trainer
+    module.configure_gradient_clipping(None)
+    total = torch.sqrt(sum(p.grad.square().sum() for p in module.parameters()))
+    assert total.item() == pytest.approx(5.0, rel=1e-4)
+
+
+def test_bad_optimisation_settings_are_rejected():
+    with pytest.raises(ValueError, match="lr_decay>=1"):
+        LMModule(torch.nn.Linear(2, 2), lr=1.0, lr_decay=0.5, decay_after=1, clip=5.0)

@@ -1,0 +1,85 @@
+"""run.py end to end, as a user runs it: real processes, real PTB, the tiny profile."""
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO
+
+PLACEMENTS = ["none", "naive", "zaremba", "variational"]
+
+
+def run(tmp_path, *args, check=True, multirun=False):
+    cmd = [sys.executable, "run.py", *(["-m"] if multirun else []), f"out_root={tmp_path}", "model=tiny",
+           "trainer.enable_progress_bar=false", *args]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, ptb_dir):
+    out = tmp_path_factory.mktemp("out")
+    run(out, f"dropout={','.join(PLACEMENTS)}", f"data.dir={ptb_dir}", "sweep=four", multirun=True)
+    return out / "four"
+
+
+def test_multirun_makes_one_named_job_folder_per_placement(sweep):
+    names = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert names == sorted(f"dropout={p},model=tiny" for p in PLACEMENTS)
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_each_job_writes_its_result_and_epoch_curve(sweep, placement):
+    job = sweep / f"dropout={placement},model=tiny"
+    result = json.loads((job / "result.json").read_text())
+    assert result["status"] == "completed"
+    assert result["config"]["dropout"]["name"] == placement
+    assert result["test_protocol"] == "paper" and result["test_ppl"] > 1
+    assert result["epochs"] == 2 and result["n_params"] == 2 * 10_000 * 16 + 10_000 + 2 * (4 * 16 * 32 + 8 * 16)
+    assert result["wall_time_s"] > 0 and result["tokens_per_s"] > 0
+    curve = pd.read_csv(job / "epochs.csv")
+    assert list(curve["epoch"]) == [1, 2] and list(curve["lr"]) == [1.0, 0.5]
+    assert result["best_val_ppl"] == pytest.approx(curve["val_ppl"].min())
+    assert result["final_train_ppl"] == pytest.approx(curve["train_ppl"].iloc[-1])
+
+
+def test_placements_really_differ(sweep):
+    vals = {p: json.loads((sweep / f"dropout={p},model=tiny" / "result.json").read_text())["best_val_ppl"]
+            for p in PLACEMENTS}
+    assert len(set(vals.values())) == 4
+
+
+def test_same_seed_same_result_in_the_same_folder(tmp_path, ptb_dir, sweep):
+    """A rerun lands in the folder of the same name and reproduces the numbers."""
+    run(sweep.parent, "dropout=zaremba", f"data.dir={ptb_dir}", "sweep=four")
+    job = sweep / "dropout=zaremba,model=tiny"
+    again = json.loads((job / "result.json").read_text())
+    assert again["status"] == "completed"
+    assert len(list(sweep.iterdir())) == len(PLACEMENTS) + 1  # + multirun.yaml, no new folder
+    assert again["best_val_ppl"] == pytest.approx(json.loads(
+        (sweep / "dropout=zaremba,model=tiny" / "result.json").read_text())["best_val_ppl"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["dropout.p=1.2"], "dropout probability must be in [0, 1)"),
+    (["dropout.recurrent.mask=sometimes"], "dropout mask must be one of"),
+    (["data.bptt=600", "data.train_tokens=2000"], "unroll 600 is longer"),
+    (["data.dir=/nonexistent/ptb"], "missing PTB split file /nonexistent/ptb/ptb.train.txt"),
+    (["data.test_protocol=quick"], "data.test_protocol must be 'paper' or 'fast'"),
+])
+def test_bad_settings_fail_at_start_with_one_line(tmp_path, ptb_dir, args, message):
+    proc = run(tmp_path, f"data.dir={ptb_dir}", *args, check=False)
+    assert proc.returncode != 0
+    lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("zr_ablate: error:")]
+    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+    assert not list(tmp_path.rglob("result.json"))  # nothing started
+
+
+def test_unknown_placement_is_rejected_by_name(tmp_path, ptb_dir):
+    proc = run(tmp_path, f"data.dir={ptb_dir}", "dropout=gal", check=False)
+    assert proc.returncode != 0 and "Could not find 'dropout/gal'" in proc.stderr
+    assert "Available options" in proc.stderr and "zaremba" in proc.stderr

@@ -1,0 +1,123 @@
+"""LightningModule for truncated-BPTT language modelling the way Zaremba et al. train it.
+
+- One dataloader item is one [B, T] window; the (h, c) state is carried from window to window,
+  detached, and reset at the start of every epoch. Validation and test keep their own state.
+- Loss: NLL summed over the T unrolled steps, averaged over the B examples, with plain SGD (lr 1) and
+  one global-norm clip over all parameters. A per-token mean loss would make gradients T times smaller.
+- Perplexity: exp(total NLL / predicted tokens) over the whole split (`TokenPerplexity`).
+"""
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch import nn
+
+
+# ModuleDict keys cannot be "train" (nn.Module.train exists), so stages are named by their split.
+STAGES = ("fit", "val", "test")
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class TokenPerplexity(torchmetrics.Metric):
+    """exp(sum of NLL / number of tokens), token-weighted over everything seen since the last reset."""
+
+    full_state_update = False
+
+    def __init__(self):
+        super().__init__()
+        self.add_state("nll", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("tokens", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, nll_sum: torch.Tensor, tokens: int) -> None:
+        self.nll += nll_sum.detach().double()
+        self.tokens += tokens
+
+    def compute(self) -> torch.Tensor:
+        return torch.exp(self.nll / self.tokens)
+
+
+class LMModule(pl.LightningModule):
+    def __init__(self, model: nn.Module, lr: float, lr_decay: float, decay_after: int, clip: float):
+        """lr_decay: divide the lr by this once per epoch after `decay_after` epochs (paper: 2 / 1.2 / 1.15
+        after 4 / 6 / 14). clip: max global gradient norm (5 / 5 / 10)."""
+        super().__init__()
+        if lr <= 0 or lr_decay < 1 or decay_after < 0 or clip <= 0:
+            raise ValueError(f"bad optimisation settings: lr={lr} lr_decay={lr_decay} "
+                             f"decay_after={decay_after} clip={clip}; need lr>0, lr_decay>=1, clip>0")
+        self.model = model
+        self.lr, self.lr_decay, self.decay_after, self.clip = lr, lr_decay, decay_after, clip
+        self.ppl = nn.ModuleDict({s: TokenPerplexity() for s in STAGES})
+        self._state: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}
+
+    # --- one window --------------------------------------------------------------------------------
+    def _window(self, batch, stage: str) -> tuple[torch.Tensor, int, int]:
+        """Forward one window, carrying `stage`'s state. Returns (summed NLL, tokens, batch size)."""
+        x, y = batch  # [B, T] each
+        state = self._state.get(stage)
+        if state is None:
+            state = self.model.init_state(x.size(0))
+        logits, (h, c) = self.model(x.t(), state)  # [T, B, V]
+        self._state[stage] = (h.detach(), c.detach())
+        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.t().reshape(-1), reduction="sum")
+        self.ppl[stage].update(nll, y.numel())
+        return nll, y.numel(), x.size(0)
+
+    def training_step(self, batch, batch_idx):
+        nll, tokens, batch_size = self._window(batch, "fit")
+        if not torch.isfinite(nll):
+            raise Diverged(f"training loss is {nll.item()} at epoch {self.current_epoch} step {batch_idx}")
+        self.log("train_loss", nll / tokens, on_step=False, on_epoch=True, batch_size=tokens)
+        self.log("ppl", self.ppl["fit"].compute(), prog_bar=True, on_step=True, on_epoch=False)
+        return nll / batch_size  # summed over steps, averaged over the batch
+
+    def validation_step(self, batch, batch_idx):
+        nll, tokens, _ = self._window(batch, "val")
+        self.log("val_loss", nll / tokens, on_epoch=True, batch_size=tokens)
+
+    def test_step(self, batch, batch_idx):
+        nll, tokens, _ = self._window(batch, "test")
+        self.log("test_loss", nll / tokens, on_epoch=True, batch_size=tokens)
+
+    # --- state resets and epoch metrics -------------------------------------------------------------
+    def on_train_epoch_start(self):
+        self._state["fit"] = None
+
+    def on_validation_epoch_start(self):
+        self._state["val"] = None
+
+    def on_test_epoch_start(self):
+        self._state["test"] = None
+
+    def _log_epoch_ppl(self, stage: str, key: str):
+        metric = self.ppl[stage]
+        if metric.update_count:
+            self.log(key, metric.compute(), prog_bar=stage == "val")
+        metric.reset()
+
+    def on_train_epoch_end(self):
+        self._log_epoch_ppl("fit", "train_ppl")
+
+    def on_validation_epoch_end(self):
+        self._log_epoch_ppl("val", "val_ppl")
+
+    def on_test_epoch_end(self):
+        self._log_epoch_ppl("test", "test_ppl")
+
+    # --- optimisation -------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=self.lr)
+        # Epoch e (0-based) trains with lr / lr_decay ** max(0, e + 1 - decay_after).
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda e: self.lr_decay ** -max(0, e + 1 - self.decay_after))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        # One global-norm clip over all parameters after the whole window's backward.
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), self.clip)
+        self.log("grad_norm", norm, on_step=True, on_epoch=False)
+

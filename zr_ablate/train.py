@@ -1,0 +1,115 @@
+"""One training job: fit, test, and the records a sweep is judged by (epochs.csv, result.json).
+
+`run_job` takes built objects (data module, Lightning module, trainer settings); run.py builds them from
+the Hydra config, so nothing here reads the global config.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from .module import Diverged
+from .model import count_parameters
+
+RESULT = "result.json"
+EPOCHS = "epochs.csv"
+log = logging.getLogger(__name__)
+EPOCH_FIELDS = ["epoch", "lr", "train_loss", "train_ppl", "val_loss", "val_ppl", "tokens_per_s", "train_s",
+                "elapsed_s"]
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+class EpochRecorder(pl.Callback):
+    """Appends one row per epoch to epochs.csv and times training steps only (not validation)."""
+
+    def __init__(self, path: Path):
+        self.path, self.rows = path, []
+        self.start = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.train_s, self.tokens = 0.0, 0
+        self.lr = trainer.optimizers[0].param_groups[0]["lr"]
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.train_s += time.perf_counter() - self.t0
+        self.tokens += batch[1].numel()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        # Callbacks run before the module's own on_train_epoch_end, which logs and resets the train
+        # metric, so read it directly; validation has already ended and logged val_ppl.
+        train = pl_module.ppl["fit"]
+        row = {
+            "epoch": trainer.current_epoch + 1,
+            "lr": self.lr,
+            "train_loss": float(torch.log(train.compute())) if train.update_count else float("nan"),
+            "train_ppl": float(train.compute()) if train.update_count else float("nan"),
+            "val_loss": m.get("val_loss"),
+            "val_ppl": m.get("val_ppl"),
+            "tokens_per_s": self.tokens / self.train_s if self.train_s else float("nan"),
+            "train_s": self.train_s,
+            "elapsed_s": time.perf_counter() - self.start,
+        }
+        self.rows.append(row)
+        log.info("epoch %d: lr %.4g, train ppl %.2f, val ppl %.2f, %.0f tokens/s", row["epoch"], row["lr"],
+                 row["train_ppl"], row["val_ppl"] or float("nan"), row["tokens_per_s"])
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=EPOCH_FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+def run_job(module: pl.LightningModule, datamodule: pl.LightningDataModule, job_dir: str,
+            trainer_kwargs: dict, config: dict, test_protocol: str) -> dict:
+    """Fit and test; always leave a result.json saying how the job ended, then re-raise any error."""
+    job = Path(job_dir)
+    job.mkdir(parents=True, exist_ok=True)
+    (job / EPOCHS).unlink(missing_ok=True)  # a fresh run rewrites its curve
+    recorder = EpochRecorder(job / EPOCHS)
+    result = {"status": "running", "config": config, "n_params": count_parameters(module.model),
+              "test_protocol": test_protocol, "job_dir": str(job)}
+    write_json_atomic(job / RESULT, result)
+    start = time.perf_counter()
+    try:
+        trainer = pl.Trainer(default_root_dir=str(job), callbacks=[recorder], logger=False,
+                             enable_checkpointing=False, num_sanity_val_steps=0, **trainer_kwargs)
+        trainer.fit(module, datamodule=datamodule)
+        if trainer.interrupted:
+            raise KeyboardInterrupt("training interrupted")
+        tested = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+        result.update(status="completed", test_ppl=tested["test_ppl"])
+    except Diverged as e:
+        result.update(status="diverged", error=str(e))
+    except BaseException as e:
+        result.update(status="failed", error=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        vals = [r["val_ppl"] for r in recorder.rows if r["val_ppl"] is not None]
+        speeds = [r["tokens_per_s"] for r in recorder.rows]
+        result.update(
+            epochs=len(recorder.rows),
+            best_val_ppl=min(vals) if vals else None,
+            final_val_ppl=vals[-1] if vals else None,
+            final_train_ppl=recorder.rows[-1]["train_ppl"] if recorder.rows else None,
+            tokens_per_s=sum(speeds) / len(speeds) if speeds else None,
+            wall_time_s=time.perf_counter() - start,
+        )
+        write_json_atomic(job / RESULT, result)
+    return result
