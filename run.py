@@ -22,6 +22,7 @@ from zr_ablate.data import DataError
 from zr_ablate.dropout import DropoutSpec
 from zr_ablate.model import LSTMLanguageModel
 from zr_ablate.module import LMModule
+from zr_ablate.tracking import end_run, start_run
 from zr_ablate.train import run_job
 
 # Job folders are named from the overrides (not timestamps) so a rerun finds them; no overrides -> "default".
@@ -50,9 +51,18 @@ def main(cfg: DictConfig) -> float | None:
     except (ValueError, DataError, InstantiationException) as e:
         # instantiate() wraps the constructor's own error; show the one that names the fix.
         sys.exit(f"zr_ablate: error: {e.__cause__ if isinstance(e, InstantiationException) else e}")
+    hydra_cfg = HydraConfig.get()
+    job_dir = hydra_cfg.runtime.output_dir
+    config = OmegaConf.to_container(cfg, resolve=True)
+    wandb_logger = start_run(
+        cfg.logger.mode, project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.sweep,
+        name=hydra_cfg.job.override_dirname or "default", tags=[cfg.dropout.name, cfg.model.name, "ptb"],
+        config=config, job_dir=job_dir, init_timeout=cfg.logger.init_timeout)
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    result = run_job(module, datamodule, HydraConfig.get().runtime.output_dir, trainer_kwargs,
-                     config=OmegaConf.to_container(cfg, resolve=True), test_protocol=cfg.data.test_protocol)
+    trainer_kwargs["log_every_n_steps"] = cfg.logger.log_every_n_steps
+    result = run_job(module, datamodule, job_dir, trainer_kwargs, config=config,
+                     test_protocol=cfg.data.test_protocol, loggers=[wandb_logger] if wandb_logger else None)
+    end_run(result)  # a job that raised is finished by the FinishWandbRun Hydra callback instead
     print(f"{result['status']}: best val ppl {result['best_val_ppl']}, test ppl {result.get('test_ppl')} "
           f"({result['test_protocol']} protocol) -> {result['job_dir']}")
     return result.get("best_val_ppl")

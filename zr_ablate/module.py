@@ -72,7 +72,7 @@ class LMModule(pl.LightningModule):
         if not torch.isfinite(nll):
             raise Diverged(f"training loss is {nll.item()} at epoch {self.current_epoch} step {batch_idx}")
         self.log("train_loss", nll / tokens, on_step=False, on_epoch=True, batch_size=tokens)
-        self.log("ppl", self.ppl["fit"].compute(), prog_bar=True, on_step=True, on_epoch=False)
+        self.log("train_ppl_running", self.ppl["fit"].compute(), prog_bar=True, on_step=True, on_epoch=False)
         return nll / batch_size  # summed over steps, averaged over the batch
 
     def validation_step(self, batch, batch_idx):
@@ -114,7 +114,7 @@ class LMModule(pl.LightningModule):
         # Epoch e (0-based) trains with lr / lr_decay ** max(0, e + 1 - decay_after).
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda e: self.lr_decay ** -max(0, e + 1 - self.decay_after))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch", "name": "lr"}}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         # One global-norm clip over all parameters after the whole window's backward.

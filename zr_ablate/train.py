@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import LearningRateMonitor
 
 from .module import Diverged
 from .model import count_parameters
@@ -66,6 +67,7 @@ class EpochRecorder(pl.Callback):
             "elapsed_s": time.perf_counter() - self.start,
         }
         self.rows.append(row)
+        pl_module.log("tokens_per_s", row["tokens_per_s"])
         log.info("epoch %d: lr %.4g, train ppl %.2f, val ppl %.2f, %.0f tokens/s", row["epoch"], row["lr"],
                  row["train_ppl"], row["val_ppl"] or float("nan"), row["tokens_per_s"])
         new = not self.path.exists()
@@ -77,7 +79,7 @@ class EpochRecorder(pl.Callback):
 
 
 def run_job(module: pl.LightningModule, datamodule: pl.LightningDataModule, job_dir: str,
-            trainer_kwargs: dict, config: dict, test_protocol: str) -> dict:
+            trainer_kwargs: dict, config: dict, test_protocol: str, loggers: list | None = None) -> dict:
     """Fit and test; always leave a result.json saying how the job ended, then re-raise any error."""
     job = Path(job_dir)
     job.mkdir(parents=True, exist_ok=True)
@@ -88,7 +90,8 @@ def run_job(module: pl.LightningModule, datamodule: pl.LightningDataModule, job_
     write_json_atomic(job / RESULT, result)
     start = time.perf_counter()
     try:
-        trainer = pl.Trainer(default_root_dir=str(job), callbacks=[recorder], logger=False,
+        callbacks = [recorder] + ([LearningRateMonitor(logging_interval="epoch")] if loggers else [])
+        trainer = pl.Trainer(default_root_dir=str(job), callbacks=callbacks, logger=loggers or False,
                              enable_checkpointing=False, num_sanity_val_steps=0, **trainer_kwargs)
         trainer.fit(module, datamodule=datamodule)
         if trainer.interrupted:

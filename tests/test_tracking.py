@@ -1,0 +1,92 @@
+"""W&B for real, offline: what each job's run recorded is read back from its .wandb file."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from zr_ablate.tracking import resolve_mode
+
+WANDB_CLI = str(Path(sys.executable).parent / "wandb")
+
+
+def sweep(out: Path, ptb_dir, *args):
+    cmd = [sys.executable, "run.py", "-m", f"out_root={out}", "sweep=track", "model=tiny", "logger.mode=offline",
+           f"data.dir={ptb_dir}", "trainer.enable_progress_bar=false", "threads=1", *args]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def read_run(job: Path) -> dict:
+    """The run's name, group, job type, tags, config, exit code, history and summary from its .wandb log."""
+    [log] = job.glob("wandb/offline-run-*/run-*.wandb")
+    summary = json.loads(subprocess.run([WANDB_CLI, "leet", "inspect", "--summary", "--json", str(log)],
+                                        capture_output=True, text=True, check=True).stdout)
+    records = [json.loads(line) for line in subprocess.run(
+        [WANDB_CLI, "leet", "inspect", "--json", str(log)], capture_output=True, text=True, check=True
+    ).stdout.splitlines()]
+    [run] = [r["run"] for r in records if r["type"] == "run"]
+    history = [r["history"]["item"] for r in records if r["type"] == "history"]
+    return dict(summary, group=run["run_group"], job_type=run["job_type"], history=history)
+
+
+def check_runs(out: Path, placements):
+    ids = set()
+    for p in placements:
+        job = out / "track" / f"dropout={p},model=tiny"
+        run = read_run(job)
+        result = json.loads((job / "result.json").read_text())
+        assert run["name"] == f"dropout={p},model=tiny" and run["group"] == "track"
+        assert run["job_type"] == "train" and run["tags"] == [p, "tiny", "ptb"]
+        assert run["config"]["dropout"]["name"] == p and run["config"]["model"]["hidden"] == 16
+        assert run["exit_code"] == 0
+        assert run["summary"]["test_ppl"] == pytest.approx(result["test_ppl"])
+        assert run["summary"]["best_val_ppl"] == pytest.approx(result["best_val_ppl"])
+        assert run["summary"]["n_params"] == result["n_params"] and run["summary"]["test_protocol"] == "paper"
+        logged = {k for item in run["history"] for k in item}
+        assert {"train_ppl", "val_ppl", "lr", "grad_norm", "tokens_per_s", "train_loss"} <= logged
+        ids.add(run["run_id"])
+    assert len(ids) == len(placements)  # one run per job, never merged
+
+
+def test_basic_launcher_gives_one_run_per_job(tmp_path, ptb_dir):
+    proc = sweep(tmp_path, ptb_dir, "dropout=none,zaremba")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_runs(tmp_path, ["none", "zaremba"])
+
+
+def test_joblib_launcher_with_reused_workers_gives_one_run_per_job(tmp_path, ptb_dir):
+    # 3 jobs on 2 workers: one worker process runs two jobs in a row.
+    proc = sweep(tmp_path, ptb_dir, "dropout=none,zaremba,variational", "hydra/launcher=joblib",
+                 "hydra.launcher.n_jobs=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_runs(tmp_path, ["none", "zaremba", "variational"])
+
+
+def test_a_crashing_job_ends_its_run_with_a_nonzero_exit_code(tmp_path, ptb_dir):
+    # max_epochs=-5 makes the Trainer raise after the W&B run has started.
+    proc = sweep(tmp_path, ptb_dir, "dropout=zaremba", "trainer.max_epochs=2,-5")
+    assert proc.returncode != 0
+    jobs = tmp_path / "track"
+    crashed = read_run(jobs / "dropout=zaremba,model=tiny,trainer.max_epochs=-5")
+    fine = read_run(jobs / "dropout=zaremba,model=tiny,trainer.max_epochs=2")
+    assert crashed["exit_code"] == 1 and fine["exit_code"] == 0
+    assert crashed["run_id"] != fine["run_id"]
+    failed = json.loads((jobs / "dropout=zaremba,model=tiny,trainer.max_epochs=-5" / "result.json").read_text())
+    assert failed["status"] == "failed" and "max_epochs" in failed["error"]
+
+
+def test_mode_resolution_never_prompts(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert resolve_mode("auto")[0] == "offline" and "wandb login" in resolve_mode("auto")[1]
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password abc\n")
+    (tmp_path / "netrc").chmod(0o600)
+    assert resolve_mode("auto")[0] == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert resolve_mode("auto")[0] == "disabled"
+    assert resolve_mode("offline")[0] == "offline"
+    with pytest.raises(ValueError, match="logger.mode must be one of"):
+        resolve_mode("cloud")
