@@ -1,0 +1,222 @@
+"""results + report on a real tiny sweep (2 placements x 2 seeds) plus a failed, a running and a missing job."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import matplotlib.image
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from tests.conftest import REPO
+from tests.test_tracking import read_run
+from zr_ablate.reference import beside, published
+from zr_ablate.results import EPOCH_COLUMNS, RUN_COLUMNS, load_sweep, runs_from_wandb
+
+TABLES = ["perplexity", "gap", "status"]
+FIGURES = ["val_curves", "train_vs_val", "test_ppl"]
+FAILED, RUNNING, MISSING = ("dropout=none,model=tiny,seed=3", "dropout=zaremba,model=tiny,seed=3",
+                            "dropout=zaremba,model=tiny,seed=4")
+
+
+def report(*args, **env):
+    return subprocess.run([sys.executable, "-m", "zr_ablate.report", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, env=os.environ | env)
+
+
+def unfinished_copy(sweep: Path, source: str, name: str, status: str) -> None:
+    """A copy of a completed job that ended otherwise: no test ppl, and a val ppl no mean may include."""
+    job = sweep / name
+    shutil.copytree(sweep / source, job)
+    result = json.loads((job / "result.json").read_text())
+    del result["test_ppl"]
+    result.update(status=status, final_val_ppl=10 * result["final_val_ppl"], error="RuntimeError: injected")
+    result["config"]["seed"] = int(name.rsplit("=", 1)[1])
+    (job / "result.json").write_text(json.dumps(result))
+    curve = pd.read_csv(job / "epochs.csv")
+    curve.head(1).to_csv(job / "epochs.csv", index=False)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, ptb_dir):
+    out = tmp_path_factory.mktemp("out")
+    cmd = [sys.executable, "run.py", "-m", "dropout=none,zaremba", "model=tiny", f"data.dir={ptb_dir}", "sweep=rep",
+           f"out_root={out}", "trainer.enable_progress_bar=false", "seed=1,2", "threads=1"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env=os.environ | {"WANDB_MODE": "disabled"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = out / "rep"
+    unfinished_copy(sweep, "dropout=none,model=tiny,seed=1", FAILED, "failed")
+    unfinished_copy(sweep, "dropout=zaremba,model=tiny,seed=1", RUNNING, "running")
+    # A job killed between Hydra's start and its first result.json: only .hydra/ is there.
+    hydra = sweep / MISSING / ".hydra"
+    shutil.copytree(sweep / "dropout=zaremba,model=tiny,seed=1" / ".hydra", hydra)
+    config = OmegaConf.load(hydra / "config.yaml")
+    config.seed = 4
+    OmegaConf.save(config, hydra / "config.yaml")
+    return sweep
+
+
+@pytest.fixture(scope="module")
+def completed(sweep) -> pd.DataFrame:
+    """The completed jobs' result.json files, read directly."""
+    results = [json.loads(f.read_text()) for f in sweep.glob("*/result.json")]
+    return pd.DataFrame([dict(r, placement=r["config"]["dropout"]["name"]) for r in results
+                         if r["status"] == "completed"])
+
+
+@pytest.fixture(scope="module")
+def out(sweep, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    (out / "notes.txt").write_text("mine")
+    proc = report(sweep, "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_load_sweep_keeps_unfinished_jobs_with_their_status(sweep):
+    runs, curves = load_sweep(sweep)
+    assert list(runs.columns) == RUN_COLUMNS
+    status = runs.set_index("job")["status"]
+    assert status[FAILED] == "failed" and status[RUNNING] == "running" and status[MISSING] == "missing"
+    assert (status.drop([FAILED, RUNNING, MISSING]) == "completed").all() and len(status) == 7
+    assert runs.set_index("job").loc[MISSING, ["placement", "size", "seed"]].tolist() == ["zaremba", "tiny", 4]
+    assert "no result.json" in runs.set_index("job").loc[MISSING, "error"]
+    assert runs.set_index("job")["test_ppl"][[FAILED, RUNNING]].isna().all()
+    per_job = curves.groupby("job")["epoch"].max()
+    assert per_job[FAILED] == 1 and per_job[RUNNING] == 1 and MISSING not in per_job
+    assert set(curves.loc[curves["job"] == RUNNING, "status"]) == {"running"}
+
+
+def test_epoch_columns_are_the_ones_train_writes():
+    from zr_ablate.train import EPOCH_FIELDS
+
+    assert EPOCH_COLUMNS == EPOCH_FIELDS
+
+
+def test_report_writes_every_table_and_figure(out):
+    for name in TABLES:
+        assert (out / f"{name}.csv").stat().st_size > 0
+        assert "\\toprule" in (out / f"{name}.tex").read_text()
+    for name in FIGURES:
+        assert (out / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+        height, width, _ = matplotlib.image.imread(out / f"{name}.png").shape
+        assert height > 300 and width > 400
+        assert f"]({name}.png)" in (out / "results.md").read_text()
+    assert (out / "notes.txt").read_text() == "mine"  # a file the report did not write is left alone
+
+
+def test_table_means_are_those_of_the_completed_runs(out, completed):
+    table = pd.read_csv(out / "perplexity.csv").set_index("placement")
+    expected = completed.groupby("placement").agg(
+        runs=("test_ppl", "size"), val_ppl_mean=("final_val_ppl", "mean"), val_ppl_sd=("final_val_ppl", "std"),
+        test_ppl_mean=("test_ppl", "mean"), test_ppl_sd=("test_ppl", "std"))
+    assert list(expected["runs"]) == [2, 2]
+    pd.testing.assert_frame_equal(table[expected.columns].sort_index(), expected.sort_index(), check_dtype=False)
+    assert (table["published_source"] == "no published value at this size").all()
+    gap = pd.read_csv(out / "gap.csv").set_index("placement")
+    train = completed.groupby("placement")["final_train_ppl"].mean()
+    assert gap["gap"].to_dict() == pytest.approx((expected["val_ppl_mean"] - train).to_dict())
+
+
+def test_status_table_counts_every_job(out):
+    status = pd.read_csv(out / "status.csv").set_index("placement")
+    assert status.loc["none", ["completed", "failed", "running", "missing", "total"]].tolist() == [2, 1, 0, 0, 3]
+    assert status.loc["zaremba", ["completed", "failed", "running", "missing", "total"]].tolist() == [2, 0, 1, 1, 4]
+
+
+def test_markdown_says_which_runs_did_not_finish(out, sweep):
+    md = (out / "results.md").read_text()
+    assert "Not every run completed" in md and "Left out of every mean" in md
+    failed = next(line for line in md.splitlines() if line.startswith("- failed"))
+    assert FAILED in failed and "RuntimeError: injected" in failed
+    assert RUNNING in next(line for line in md.splitlines() if line.startswith("- running"))
+    assert MISSING in next(line for line in md.splitlines() if line.startswith("- missing"))
+    assert f"Source: `{sweep}`" in md and "Test protocol: `paper`" in md
+    assert f"python -m zr_ablate.report {sweep} --out {out}" in md
+
+
+def fake_wandb_run(job: Path, flat_config: bool) -> SimpleNamespace:
+    """What wandb.Api().runs() yields for a job logged by zr_ablate.tracking, built from its own files."""
+    result = json.loads((job / "result.json").read_text())
+    config = result.pop("config")
+    if flat_config:
+        config = pd.json_normalize(config).to_dict("records")[0]  # {"dropout.name": ...}
+    state = {"completed": "finished", "failed": "failed", "running": "running"}[result["status"]]
+    if result["status"] != "completed":
+        del result["status"]  # tracking.end_run never ran: the summary does not say how the job ended
+    rows, epochs = [], pd.read_csv(job / "epochs.csv")
+    for e in epochs.itertuples():
+        rows += [{"lr": e.lr},  # LearningRateMonitor, at the epoch's start, without an epoch key
+                 {"epoch": e.epoch - 1, "grad_norm": 1.0, "train_ppl_running": 1.0},  # Lightning counts from 0
+                 {"epoch": e.epoch - 1, "val_loss": e.val_loss, "val_ppl": e.val_ppl},
+                 {"epoch": e.epoch - 1, "train_loss": e.train_loss, "train_ppl": e.train_ppl,
+                  "tokens_per_s": e.tokens_per_s}]
+    rows.append({"epoch": len(epochs), "test_ppl": result.get("test_ppl")})  # trainer.test, after the last epoch
+    history = pd.DataFrame(rows).assign(_step=range(len(rows)))
+    return SimpleNamespace(name=job.name, id=job.name[-8:], state=state, config=config, summary=result,
+                           history=lambda samples=500, pandas=True: history)
+
+
+def test_wandb_runs_give_the_same_frames_as_the_sweep_folder(sweep):
+    runs, curves = load_sweep(sweep)
+    jobs = sorted(p for p in sweep.iterdir() if (p / "result.json").exists())
+    w_runs, w_curves = runs_from_wandb(fake_wandb_run(job, flat_config=i % 2 == 1) for i, job in enumerate(jobs))
+    assert list(w_runs.columns) == list(runs.columns) and list(w_curves.columns) == list(curves.columns)
+    logged = runs[runs["status"] != "missing"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(w_runs, logged, check_dtype=False)
+    not_in_wandb = ["train_s", "elapsed_s"]  # epochs.csv timings that W&B history does not carry
+    assert w_curves[not_in_wandb].isna().all().all()
+    pd.testing.assert_frame_equal(w_curves.drop(columns=not_in_wandb), curves.drop(columns=not_in_wandb),
+                                  check_dtype=False)
+
+
+def test_published_value_is_zaremba_first_then_gal():
+    cells = pd.DataFrame({"size": ["medium", "medium", "medium", "tiny"],
+                          "placement": ["zaremba", "variational", "naive", "zaremba"]})
+    got = beside(cells)
+    table = published()
+    zaremba = table[table["source"].str.startswith("Zaremba 2014") & (table["row"] == "Medium regularized LSTM")]
+    gal = table[table["source"].str.startswith("Gal") & (table["row"] == "Variational (tied weights)")
+                & (table["size"] == "medium")]
+    assert got["published_test_ppl"].iloc[0] == zaremba["test_ppl"].item()
+    assert got["published_test_ppl"].iloc[1] == gal["test_ppl"].item()
+    assert got["published_source"].iloc[2:].tolist() == ["no published value for this placement",
+                                                         "no published value at this size"]
+
+
+def test_wandb_flag_logs_an_aggregate_run_offline(sweep, tmp_path):
+    proc = report(sweep, "--out", tmp_path, "--wandb", WANDB_MODE="offline")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = read_run(tmp_path)  # the report's folder holds its W&B run folder, as a job folder does
+    assert run["job_type"] == "aggregate" and run["group"] == "rep"
+    [logged] = run["history"]
+    assert logged["table/perplexity._type"] == "table-file" and logged["table/perplexity.nrows"] == 2
+    assert logged["table/status.nrows"] == 2
+    assert all(logged[f"figure/{name}._type"] == "image-file" for name in FIGURES)
+
+
+@pytest.mark.parametrize("source,message", [
+    ("{tmp}/nowhere", "is not a folder"),
+    ("{tmp}", "holds no job folders"),
+    ("{sweep}/dropout=none,model=tiny,seed=1", "is one job's folder; pass the sweep folder above it"),
+    ("wandb:just-a-group", "expected ENTITY/PROJECT/GROUP"),
+])
+def test_bad_source_fails_with_one_line(sweep, tmp_path, source, message):
+    proc = report(source.format(tmp=tmp_path, sweep=sweep), "--out", tmp_path / "report")
+    assert proc.returncode != 0
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("zr_ablate.report: error:") and message in line
+    assert not (tmp_path / "report").exists()
+
+
+def test_unwritable_out_fails_with_one_line(sweep, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    proc = report(sweep, "--out", tmp_path / "a_file" / "report")
+    assert proc.returncode != 0
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("zr_ablate.report: error: cannot create") and "--out" in line

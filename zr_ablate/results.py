@@ -1,0 +1,128 @@
+"""Run records -> pandas: one row per job (`runs`) and one row per job per epoch (`curves`).
+
+Two sources give the same frames: a sweep folder written by run.py (`load_sweep`) and a W&B group
+(`load_wandb`). Failed, diverged, still-running and missing jobs stay in the frames with their status;
+whoever aggregates decides what to leave out.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+# The per-job numbers of result.json (and of the W&B run summary, which tracking.end_run copies from it).
+RECORD_FIELDS = ["best_val_ppl", "final_val_ppl", "test_ppl", "test_protocol", "final_train_ppl", "epochs",
+                 "wall_time_s", "tokens_per_s", "n_params", "error"]
+IDENTITY = ["job", "placement", "size", "seed", "status"]
+RUN_COLUMNS = IDENTITY + RECORD_FIELDS
+# train.EPOCH_FIELDS, the columns of epochs.csv; not imported from there, which would pull in torch.
+EPOCH_COLUMNS = ["epoch", "lr", "train_loss", "train_ppl", "val_loss", "val_ppl", "tokens_per_s", "train_s",
+                 "elapsed_s"]
+CURVE_COLUMNS = IDENTITY + EPOCH_COLUMNS
+# W&B run state -> our status, for runs whose summary does not say how the job ended.
+WANDB_STATES = {"finished": "completed", "crashed": "failed", "failed": "failed", "killed": "failed",
+                "running": "running"}
+
+
+class NoRunsError(FileNotFoundError):
+    """The source holds no run records; the message says what to pass instead."""
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    """{"dropout": {"name": ..}} and {"dropout.name": ..} both -> {"dropout.name": ..}."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _row(job: str, config: dict, record: dict, status: str) -> dict:
+    flat = _flat(config)
+    return {"job": job, "placement": flat.get("dropout.name"), "size": flat.get("model.name"),
+            "seed": flat.get("seed"), "status": status, **{k: record.get(k) for k in RECORD_FIELDS}}
+
+
+def _frames(rows: list[dict], curves: list[pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    runs = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    curves = [c for c in curves if not c.empty]  # concat of empty frames would upset the dtypes
+    curve = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
+    return runs, curve.reindex(columns=CURVE_COLUMNS)
+
+
+def _with_identity(curve: pd.DataFrame, row: dict) -> pd.DataFrame:
+    return curve.assign(**{k: row[k] for k in IDENTITY})
+
+
+def load_sweep(path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A sweep folder (outputs/<sweep>/, one sub-folder per Hydra job) -> (runs, curves)."""
+    sweep = Path(path)
+    if not sweep.is_dir():
+        raise NoRunsError(f"{sweep} is not a folder; pass a sweep folder such as outputs/<sweep>")
+    if (sweep / "result.json").exists():
+        raise NoRunsError(f"{sweep} is one job's folder; pass the sweep folder above it, {sweep.parent}")
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not jobs:
+        raise NoRunsError(f"{sweep} holds no job folders; pass a sweep folder such as outputs/<sweep> "
+                          f"(run.py -m writes one sub-folder per job there)")
+    rows, curves = [], []
+    for job in jobs:
+        result_file, hydra_config = job / "result.json", job / ".hydra" / "config.yaml"
+        if result_file.exists():
+            result = json.loads(result_file.read_text())
+            row = _row(job.name, result.get("config") or {}, result, result.get("status"))
+        else:
+            # Hydra writes .hydra/config.yaml before the job starts; result.json comes a moment later.
+            config = OmegaConf.to_container(OmegaConf.load(hydra_config)) if hydra_config.exists() else {}
+            row = _row(job.name, config, {"error": "no result.json: the job never started or was killed "
+                                                   "before writing it"}, "missing")
+        rows.append(row)
+        if (job / "epochs.csv").exists():
+            curves.append(_with_identity(pd.read_csv(job / "epochs.csv"), row))
+    return _frames(rows, curves)
+
+
+def _wandb_curve(run) -> pd.DataFrame:
+    # The default 500 samples would thin out the epoch rows of a long run among its per-step rows.
+    history = run.history(samples=100_000, pandas=True)
+    if history.empty or "epoch" not in history:
+        return pd.DataFrame()
+    if "_step" in history:
+        history = history.sort_values("_step")
+    # Lightning's LearningRateMonitor logs lr at the start of an epoch without an epoch key: it belongs to
+    # the next row's epoch. Rows still without one (none in Lightning's logs) cannot be placed.
+    history = history.assign(epoch=history["epoch"].bfill())
+    # One epoch spans several logged rows (per-step, validation, epoch-end); take each metric's value.
+    epochs = history.dropna(subset=["epoch"]).groupby("epoch", as_index=False).first()
+    epochs = epochs.reindex(columns=EPOCH_COLUMNS)
+    epochs = epochs.dropna(subset=["train_ppl", "val_ppl"], how="all")  # e.g. the test row after training
+    return epochs.assign(epoch=epochs["epoch"].astype(int) + 1)  # Lightning counts from 0, epochs.csv from 1
+
+
+def runs_from_wandb(wandb_runs) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """W&B public-API runs (from wandb.Api().runs(...)) -> the same (runs, curves) as load_sweep."""
+    rows, curves = [], []
+    for run in wandb_runs:
+        status = run.summary.get("status")
+        if status in (None, "running"):  # a job that crashed never wrote its final status
+            status = WANDB_STATES.get(run.state, run.state)
+        row = _row(run.name, run.config, run.summary, status)
+        rows.append(row)
+        curves.append(_with_identity(_wandb_curve(run), row))
+    if not rows:
+        raise NoRunsError("the W&B query found no runs; check ENTITY/PROJECT and the group (the sweep name)")
+    return _frames(rows, curves)
+
+
+def load_wandb(path_or_group: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """ENTITY/PROJECT/GROUP (the group is the sweep name, as run.py sets it) -> (runs, curves), online."""
+    project, _, group = path_or_group.rpartition("/")
+    if project.count("/") != 1 or not group:
+        raise NoRunsError(f"expected ENTITY/PROJECT/GROUP, got {path_or_group!r}")
+    import wandb  # only this path needs it
+
+    return runs_from_wandb(wandb.Api().runs(project, filters={"group": group}))
