@@ -2,12 +2,16 @@
 
     python run.py dropout=zaremba model=medium seed=1
     python run.py -m dropout=none,naive,zaremba,variational model=demo
+    python run.py -m grid=table1                      # a named sweep from sweeps/grid/
 
 The only place that reads the composed config: it builds the data module, the model and the Lightning
-module from it, and hands them to zr_ablate.train.run_job.
+module from it and hands them to zr_ablate.train.run_job. A rerun of the same command skips completed
+jobs and resumes interrupted ones from their last checkpoint (same job folder, same W&B run).
 """
 from __future__ import annotations
 
+import logging
+import os
 import sys
 
 import hydra
@@ -15,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,11 +27,27 @@ from zr_ablate.data import DataError
 from zr_ablate.dropout import DropoutSpec
 from zr_ablate.model import LSTMLanguageModel
 from zr_ablate.module import LMModule
-from zr_ablate.tracking import end_run, start_run
-from zr_ablate.train import run_job
+from zr_ablate.sweep import FINAL_STATUSES
+from zr_ablate.tracking import end_run, finish_run, start_run
+from zr_ablate.train import read_result, run_job
 
+log = logging.getLogger("run")
 # Job folders are named from the overrides (not timestamps) so a rerun finds them; no overrides -> "default".
 OmegaConf.register_new_resolver("zr_job_name", lambda overrides: overrides or "default", replace=True)
+CONFIG_ERRORS = (ValueError, DataError, InstantiationException)
+
+
+def error_line(e: Exception) -> str:
+    # instantiate() wraps the constructor's own error; show the one that names the fix.
+    return str(e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e)
+
+
+def check(cfg: DictConfig) -> None:
+    """Cheap checks of one job's settings, without data or model: raises ValueError naming the fix.
+    Run for every job of a sweep before any job trains (zr_ablate.sweep.SweepGuard)."""
+    DropoutSpec.from_dict(OmegaConf.to_container(cfg.dropout, resolve=True))
+    LMModule.check_settings(**cfg.optim)
+    instantiate(cfg.data).check_shape()
 
 
 def build(cfg: DictConfig):
@@ -37,35 +58,66 @@ def build(cfg: DictConfig):
     model = LSTMLanguageModel(
         vocab_size=len(datamodule.vocab), hidden=cfg.model.hidden, layers=cfg.model.layers, dropout=spec,
         init_scale=cfg.model.init_scale, tie_weights=cfg.model.tie_weights, lstm_impl=cfg.model.lstm_impl)
-    module = LMModule(model, **cfg.optim)
+    module = LMModule(model, **cfg.optim, mc_samples=cfg.eval.mc_samples)
     return module, datamodule
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def thread_budget(cfg: DictConfig, hydra_cfg) -> int | None:
+    """threads, or cores / concurrent jobs under a parallel launcher: two 2-thread jobs on 2 cores ran
+    more than 5x slower than one (oversubscription), so each job gets its share."""
     if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
+        return int(cfg.threads)
+    launcher = hydra_cfg.launcher
+    if launcher.get("cpus_per_task"):  # submitit: the cores SLURM (or the local queue) gives this job
+        return int(launcher.cpus_per_task)
+    n_jobs = launcher.get("n_jobs")  # joblib: n_jobs <= 0 means one job per core
+    if hydra_cfg.mode == RunMode.MULTIRUN and n_jobs is not None and n_jobs != 1:
+        cores = os.cpu_count() or 1
+        return max(1, cores // (n_jobs if n_jobs > 0 else cores))
+    return None
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> str:
+    hydra_cfg = HydraConfig.get()
+    job_dir = hydra_cfg.runtime.output_dir
+    previous = read_result(job_dir) or {}
+    if previous.get("status") in FINAL_STATUSES:
+        log.info("skip: %s is already %s (delete its result.json to run it again)", job_dir, previous["status"])
+        return previous["status"]
+    threads = thread_budget(cfg, hydra_cfg)
+    if threads:
+        torch.set_num_threads(threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     try:
         module, datamodule = build(cfg)
-    except (ValueError, DataError, InstantiationException) as e:
-        # instantiate() wraps the constructor's own error; show the one that names the fix.
-        sys.exit(f"zr_ablate: error: {e.__cause__ if isinstance(e, InstantiationException) else e}")
-    hydra_cfg = HydraConfig.get()
-    job_dir = hydra_cfg.runtime.output_dir
+    except CONFIG_ERRORS as e:
+        sys.exit(f"zr_ablate: error: {error_line(e)}")
     config = OmegaConf.to_container(cfg, resolve=True)
     wandb_logger = start_run(
         cfg.logger.mode, project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.sweep,
         name=hydra_cfg.job.override_dirname or "default", tags=[cfg.dropout.name, cfg.model.name, "ptb"],
-        config=config, job_dir=job_dir, init_timeout=cfg.logger.init_timeout)
+        config=config, job_dir=job_dir, init_timeout=cfg.logger.init_timeout,
+        run_id=previous.get("wandb_run_id"))
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_kwargs["log_every_n_steps"] = cfg.logger.log_every_n_steps
-    result = run_job(module, datamodule, job_dir, trainer_kwargs, config=config,
-                     test_protocol=cfg.data.test_protocol, loggers=[wandb_logger] if wandb_logger else None)
-    end_run(result)  # a job that raised is finished by the FinishWandbRun Hydra callback instead
+    extra = {"wandb_run_id": wandb_logger.experiment.id if wandb_logger else None, "threads": threads}
+    try:
+        result = run_job(module, datamodule, job_dir, trainer_kwargs, config=config,
+                         test_protocol=cfg.data.test_protocol, extra=extra,
+                         loggers=[wandb_logger] if wandb_logger else None)
+    except Exception:
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            raise  # FinishWandbRun ends the W&B run with exit code 1
+        # In a sweep one failed job must not stop the others: result.json says "failed", the
+        # sweep's summary counts it and the sweep exits non-zero at the end.
+        log.exception("job failed: %s", job_dir)
+        finish_run(exit_code=1)
+        return "failed"
+    end_run(result)
     print(f"{result['status']}: best val ppl {result['best_val_ppl']}, test ppl {result.get('test_ppl')} "
           f"({result['test_protocol']} protocol) -> {result['job_dir']}")
-    return result.get("best_val_ppl")
+    return result["status"]
 
 
 if __name__ == "__main__":

@@ -1,18 +1,28 @@
 """Where dropout goes, as data: a `DropoutSpec` names a probability and a mask kind per connection.
 
-Connections of a stacked LSTM language model (T steps, B examples, F features):
+Connections of a stacked LSTM language model (T steps, B examples, F features, V words, per layer where a
+layer is named; c_t = f*c_{t-1} + i*g_t, h_t = o*tanh(c_t), gates i, f, g, o):
 
-    embedding  the embedded word entering layer 1            x_t        [T, B, H]
-    between    layer l's output entering layer l+1           h^l_t      [T, B, H]
-    recurrent  h_{t-1} entering the gates of its own layer   h^l_{t-1}  [B, H] at each step
-    output     the top layer's output entering the softmax   h^L_t      [T, B, H]
+    word         rows of the embedding table, by word type (Gal)        e(w_t)         [T, B, 1] row mask
+    embedding    the embedded word entering layer 1                     x_t            [T, B, H]
+    between      layer l's output entering layer l+1                    h^l_t          [T, B, H]
+    recurrent    h_{t-1} entering the gates of its own layer            h^l_{t-1}      [B, H] each step
+    cell_update  the candidate g_t added to the cell (Semeniuta)        g^l_t          [B, H] each step
+    weight_hh    the hidden-to-hidden matrix (DropConnect, Merity)      W^l_hh         [4H, H]
+    zoneout_c    c_t keeps c_{t-1} with probability p (Krueger)         c^l_t          [B, H] each step
+    zoneout_h    h_t keeps h_{t-1} with probability p (Krueger)         h^l_t          [B, H] each step
+    output       the top layer's output entering the softmax            h^L_t          [T, B, H]
 
 Mask kinds:
     step      a fresh Bernoulli mask for every step and example (ordinary dropout);
     sequence  one mask per example for the whole BPTT window, the same at every step, resampled for the
               next window (Gal & Ghahramani's variational dropout). Shape [B, F], broadcast over T.
+For `word`, step drops each occurrence on its own and sequence drops a word type in all its occurrences in
+an example's window (one mask [B, V]). `weight_hh` takes sequence only: the matrix is shared by the batch,
+so its one mask per window is shared by every example too, and the fused kernel keeps working.
 
-The four named placements are YAML presets in conf/dropout/; here only the vocabulary they use.
+Dropout masks are inverted (0 or 1/(1-p)); zoneout's are not (1 where the unit keeps its previous value).
+The named placements are YAML presets in conf/dropout/; here only the vocabulary they use.
 """
 from __future__ import annotations
 
@@ -21,7 +31,9 @@ from dataclasses import dataclass, field, fields
 import torch
 
 MASK_KINDS = ("step", "sequence")
-CONNECTIONS = ("embedding", "between", "recurrent", "output")
+# Masks applied inside the time loop: while any is on in training, the fused LSTM kernel cannot be used.
+IN_LOOP = ("recurrent", "cell_update", "zoneout_c", "zoneout_h")
+ZONEOUT = ("zoneout_c", "zoneout_h")
 
 
 @dataclass(frozen=True)
@@ -40,13 +52,28 @@ class Connection:
         return self.p > 0.0
 
 
+def _off(mask: str = "step"):
+    """An inactive connection; its mask kind is also the default of a config that gives only p."""
+    return field(default_factory=lambda: Connection(0.0, mask))
+
+
 @dataclass(frozen=True)
 class DropoutSpec:
     name: str = "none"
-    embedding: Connection = field(default_factory=Connection)
-    between: Connection = field(default_factory=Connection)
-    recurrent: Connection = field(default_factory=Connection)
-    output: Connection = field(default_factory=Connection)
+    word: Connection = _off("sequence")
+    embedding: Connection = _off()
+    between: Connection = _off()
+    recurrent: Connection = _off()
+    cell_update: Connection = _off()
+    weight_hh: Connection = _off("sequence")
+    zoneout_c: Connection = _off()
+    zoneout_h: Connection = _off()
+    output: Connection = _off()
+
+    def __post_init__(self):
+        if self.weight_hh.mask != "sequence":
+            raise ValueError("dropout.weight_hh: DropConnect draws one W_hh mask per window, so its mask "
+                             "must be sequence")
 
     @classmethod
     def from_dict(cls, d: dict) -> "DropoutSpec":
@@ -54,9 +81,10 @@ class DropoutSpec:
         d = dict(d)
         name = d.pop("name", "custom")
         d.pop("p", None)  # the shared default that the presets interpolate into each connection
-        unknown = set(d) - set(CONNECTIONS)
+        defaults = {f.name: f.default_factory() for f in fields(cls) if f.name != "name"}
+        unknown = set(d) - set(defaults)
         if unknown:
-            raise ValueError(f"unknown dropout connection(s) {sorted(unknown)}; known: {list(CONNECTIONS)}")
+            raise ValueError(f"unknown dropout connection(s) {sorted(unknown)}; known: {list(defaults)}")
         conns = {}
         for key, value in d.items():
             value = dict(value)
@@ -64,15 +92,20 @@ class DropoutSpec:
             if bad:
                 raise ValueError(f"dropout.{key} has unknown key(s) {sorted(bad)}; use p and mask")
             try:
-                conns[key] = Connection(**value)
+                conns[key] = Connection(**{"mask": defaults[key].mask, **value})
             except ValueError as e:
                 raise ValueError(f"dropout.{key}: {e}") from None
         return cls(name=name, **conns)
 
     @property
     def needs_step_loop(self) -> bool:
-        """A recurrent mask lives inside the time loop, so the fused LSTM kernel cannot be used."""
-        return self.recurrent.active
+        """Masks on h_{t-1}, g_t or zoneout live inside the time loop: the fused kernel cannot apply them.
+        (Zoneout also needs the loop at evaluation, where it takes its expectation.)"""
+        return any(getattr(self, k).active for k in IN_LOOP)
+
+
+def _bernoulli(prob: float, shape: tuple, like: torch.Tensor) -> torch.Tensor:
+    return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(prob)
 
 
 def sample_mask(conn: Connection, steps: int, batch: int, features: int,
@@ -85,4 +118,40 @@ def sample_mask(conn: Connection, steps: int, batch: int, features: int,
         return None
     rows = steps if conn.mask == "step" else 1
     keep = 1.0 - conn.p
-    return torch.empty(rows, batch, features, dtype=like.dtype, device=like.device).bernoulli_(keep) / keep
+    return _bernoulli(keep, (rows, batch, features), like) / keep
+
+
+def weight_mask(conn: Connection, weight: torch.Tensor) -> torch.Tensor | None:
+    """DropConnect: one inverted-dropout mask shaped like `weight` ([4H, H]) for the window, or None."""
+    mask = sample_mask(conn, 1, *weight.shape, weight)
+    return None if mask is None else mask[0]
+
+
+def zoneout_mask(conn: Connection, steps: int, batch: int, features: int, like: torch.Tensor,
+                 training: bool) -> torch.Tensor | None:
+    """d, the weight of the previous value in state_t = d*state_{t-1} + (1-d)*new_t, or None when off.
+
+    Training: Bernoulli(p), 1 where a unit keeps its previous value, [steps or 1, batch, features].
+    Evaluation: the expectation p itself, [1, 1, 1], so state_t = p*state_{t-1} + (1-p)*new_t. This is
+    Krueger et al.'s test-time rule (like dropout's weight scaling, the noise is replaced by its mean; their
+    Theano code feeds masks filled with the probability at test time), not a plain LSTM.
+    """
+    if not conn.active:
+        return None
+    if not training:
+        return like.new_full((1, 1, 1), conn.p)
+    return _bernoulli(conn.p, (steps if conn.mask == "step" else 1, batch, features), like)
+
+
+def word_mask(conn: Connection, tokens: torch.Tensor, vocab_size: int,
+              like: torch.Tensor) -> torch.Tensor | None:
+    """Inverted-dropout mask on the embedding rows of tokens [T, B] -> [T, B, 1], or None when off.
+
+    sequence (Gal's word dropout): one draw per example per word type, [B, V], read off at every token, so
+    all occurrences of a word in an example's window are dropped together. step: each occurrence alone.
+    """
+    steps, batch = tokens.shape
+    if conn.mask == "step":
+        return sample_mask(conn, steps, batch, 1, like)
+    types = sample_mask(conn, 1, batch, vocab_size, like)
+    return None if types is None else types[0].gather(1, tokens.t()).t().unsqueeze(-1)

@@ -2,10 +2,12 @@
 
 Two paths over the same weights (each layer is an `nn.LSTM`, so parameter names and counts match
 PyTorch's and the paper's):
-  fused  `nn.LSTM` per layer (cuDNN on GPU). Used whenever h_{t-1} is not masked: masks on the
-         embedding, between layers and on the output sit outside the kernel.
-  loop   an explicit step loop, needed when h_{t-1} is masked (naive, variational). The input
-         projection of the whole window is one matmul before the loop; each step is one matmul.
+  fused  the fused LSTM kernel (cuDNN on GPU). Used whenever no mask sits inside the time loop: masks on
+         the embedding, between layers and on the output sit outside the kernel, and DropConnect on W_hh
+         only changes the matrix the kernel is given for the window.
+  loop   an explicit step loop, needed for masks on h_{t-1} (naive, variational) or g_t (semeniuta), and
+         for zoneout (training and evaluation). The input projection of the whole window is one matmul
+         before the loop; each step is one matmul.
 With dropout off both give the same numbers (tests/test_lstm.py).
 """
 from __future__ import annotations
@@ -13,41 +15,72 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .dropout import DropoutSpec, sample_mask
+from .dropout import IN_LOOP, ZONEOUT, DropoutSpec, sample_mask, weight_mask, zoneout_mask
 
 IMPLS = ("auto", "fused", "loop")
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each [layers, batch, hidden]
 
 
-def lstm_layer_loop(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, layer: nn.LSTM,
-                    h_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One LSTM layer, step by step, with an optional mask on h_{t-1} where it enters the gates.
+def _at(mask: torch.Tensor, t: int) -> torch.Tensor:
+    """Step t of a [T, B, H] mask; a [1, ...] mask is the same at every step."""
+    return mask[t if mask.size(0) > 1 else 0]
 
-    x [T, B, I]; h, c [B, H]; h_mask None, [T, B, H] (fresh per step) or [1, B, H] (same every step).
-    The carried h is not masked, only its use in the gates (Gal's formulation); c is never masked.
+
+def lstm_layer_loop(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, layer: nn.LSTM,
+                    w_hh: torch.Tensor | None = None, recurrent: torch.Tensor | None = None,
+                    cell_update: torch.Tensor | None = None, zoneout_c: torch.Tensor | None = None,
+                    zoneout_h: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One LSTM layer, step by step, with the in-loop masks of dropout.py (each None, [T, B, H] fresh per
+    step or [1, B, H] the same every step; zoneout's may be [1, 1, 1], its expectation at evaluation).
+
+    x [T, B, I]; h, c [B, H]; w_hh [4H, H] replaces the layer's weight_hh_l0 (DropConnect).
+    recurrent masks h_{t-1} where it enters the gates, not the carried h (Gal's formulation).
+    cell_update masks g_t only: c_t = f*c_{t-1} + i*(g_t*m) (Semeniuta et al.), so c_{t-1} is never masked.
+    zoneout_c/h: c_t = d*c_{t-1} + (1-d)*c_new, h_t = d*h_{t-1} + (1-d)*o*tanh(c_new) (Krueger et al.: h
+    is computed from the new cell before zoneout); the zoned h is the layer's output and the carried state.
     Returns outputs [T, B, H] and the final h, c [B, H]. Gate order is PyTorch's: i, f, g, o.
     """
     steps, batch, _ = x.shape
-    w_hh_t = layer.weight_hh_l0.t()
+    w_hh_t = (layer.weight_hh_l0 if w_hh is None else w_hh).t()
     # [T*B, I] @ [I, 4H] once for the window: the input side does not depend on the recurrence.
     gates_x = torch.addmm(layer.bias_ih_l0 + layer.bias_hh_l0, x.reshape(steps * batch, -1),
                           layer.weight_ih_l0.t()).view(steps, batch, -1)
     outputs = []
     for t in range(steps):
-        h_in = h if h_mask is None else h * h_mask[t if h_mask.size(0) > 1 else 0]
+        h_in = h if recurrent is None else h * _at(recurrent, t)
         i, f, g, o = torch.addmm(gates_x[t], h_in, w_hh_t).chunk(4, dim=1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
+        g = torch.tanh(g) if cell_update is None else torch.tanh(g) * _at(cell_update, t)
+        c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * g
+        h_new = torch.sigmoid(o) * torch.tanh(c_new)
+        # lerp(new, previous, d) = d*previous + (1-d)*new
+        c = c_new if zoneout_c is None else torch.lerp(c_new, c, _at(zoneout_c, t))
+        h = h_new if zoneout_h is None else torch.lerp(h_new, h, _at(zoneout_h, t))
         outputs.append(h)
     return torch.stack(outputs), h, c
+
+
+def lstm_layer_fused(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, layer: nn.LSTM,
+                     w_hh: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One LSTM layer on the fused kernel, same arguments and returns as `lstm_layer_loop`.
+
+    The kernel nn.LSTM.forward calls, given the weights explicitly so that a dropped W_hh [4H, H] can stand
+    in for weight_hh_l0 for this window without touching the parameter (swapping the module's parameter
+    would re-flatten cuDNN's weight buffer around a non-leaf tensor). Gradients reach the raw weight
+    through the mask multiply. On GPU, cuDNN copies weights that are not in its flat buffer once per call.
+    """
+    weights = [layer.weight_ih_l0, layer.weight_hh_l0 if w_hh is None else w_hh, layer.bias_ih_l0,
+               layer.bias_hh_l0]
+    out, h, c = torch._VF.lstm(x, (h[None], c[None]), weights, True, 1, 0.0, layer.training, False, False)
+    return out, h[0], c[0]
 
 
 class DroppedLSTM(nn.Module):
     """Stacked LSTM: embedding mask -> layer 1 -> between mask -> ... -> layer L -> output mask.
 
     Set `record_masks = True` to keep the masks of the last forward in `last_masks` (for tests and
-    inspection): {"embedding": m, "between": [m per gap], "recurrent": [m per layer], "output": m},
-    each None where no mask was applied.
+    inspection): {"embedding": m, "output": m, "between": [m per gap], and per layer [m per layer] for
+    "recurrent", "cell_update", "zoneout_c", "zoneout_h" and "weight_hh"}, each None where no mask was
+    applied. At evaluation only zoneout's expectation [1, 1, 1] is recorded.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int, dropout: DropoutSpec,
@@ -56,8 +89,10 @@ class DroppedLSTM(nn.Module):
         if impl not in IMPLS:
             raise ValueError(f"lstm impl must be one of {IMPLS}, got {impl!r}")
         if impl == "fused" and dropout.needs_step_loop:
-            raise ValueError(f"placement {dropout.name!r} masks h_(t-1), which the fused LSTM cannot do; "
-                             f"use impl auto or loop")
+            active = [k for k in IN_LOOP if getattr(dropout, k).active]
+            raise ValueError(f"placement {dropout.name!r} masks h_(t-1), g_t or zones out the state inside the "
+                             f"time loop ({', '.join(active)}), which the fused LSTM cannot do; use impl auto "
+                             f"or loop")
         self.spec, self.impl, self.hidden_size = dropout, impl, hidden_size
         sizes = [input_size] + [hidden_size] * num_layers
         self.layers = nn.ModuleList(nn.LSTM(sizes[i], hidden_size) for i in range(num_layers))
@@ -68,33 +103,38 @@ class DroppedLSTM(nn.Module):
         zeros = like.new_zeros(len(self.layers), batch, self.hidden_size)
         return zeros, zeros.clone()
 
-    def _mask(self, x: torch.Tensor, which: str) -> torch.Tensor | None:
-        if not self.training:
-            return None
-        steps, batch, features = x.shape
-        return sample_mask(getattr(self.spec, which), steps, batch, features, x)
+    def _mask(self, which: str, like: torch.Tensor, features: int | None = None) -> torch.Tensor | None:
+        """The mask of connection `which` for a window shaped like `like` [T, B, F] (features: F instead)."""
+        steps, batch, feats = like.shape
+        conn = getattr(self.spec, which)
+        if which in ZONEOUT:
+            return zoneout_mask(conn, steps, batch, features or feats, like, self.training)
+        return sample_mask(conn, steps, batch, features or feats, like) if self.training else None
 
     def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """x [T, B, I], state (h, c) [L, B, H] -> outputs [T, B, H] (output mask applied), new state."""
         h0, c0 = state
-        masks = {"embedding": self._mask(x, "embedding"), "between": [], "recurrent": []}
+        masks = {"embedding": self._mask("embedding", x), "between": [], "weight_hh": []}
+        masks |= {k: [] for k in IN_LOOP}
         x = x if masks["embedding"] is None else x * masks["embedding"]
         hs, cs = [], []
         for i, layer in enumerate(self.layers):
             if i > 0:
-                m = self._mask(x, "between")
+                m = self._mask("between", x)
                 masks["between"].append(m)
                 x = x if m is None else x * m
-            h_mask = self._mask(x.new_empty(x.size(0), x.size(1), self.hidden_size), "recurrent")
-            masks["recurrent"].append(h_mask)
-            if h_mask is None and self.impl != "loop":
-                x, (h, c) = layer(x, (h0[i : i + 1], c0[i : i + 1]))
-                h, c = h[0], c[0]
+            in_loop = {k: self._mask(k, x, self.hidden_size) for k in IN_LOOP}
+            w_mask = weight_mask(self.spec.weight_hh, layer.weight_hh_l0) if self.training else None
+            for k, m in {**in_loop, "weight_hh": w_mask}.items():
+                masks[k].append(m)
+            w_hh = None if w_mask is None else layer.weight_hh_l0 * w_mask
+            if self.impl == "loop" or any(m is not None for m in in_loop.values()):
+                x, h, c = lstm_layer_loop(x, h0[i], c0[i], layer, w_hh, **in_loop)
             else:
-                x, h, c = lstm_layer_loop(x, h0[i], c0[i], layer, h_mask)
+                x, h, c = lstm_layer_fused(x, h0[i], c0[i], layer, w_hh)
             hs.append(h)
             cs.append(c)
-        masks["output"] = self._mask(x, "output")
+        masks["output"] = self._mask("output", x)
         x = x if masks["output"] is None else x * masks["output"]
         if self.record_masks:
             self.last_masks = masks

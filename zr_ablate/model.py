@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .dropout import DropoutSpec
+from .dropout import DropoutSpec, word_mask
 from .lstm import DroppedLSTM, State
 
 
@@ -24,9 +24,15 @@ class LSTMLanguageModel(nn.Module):
     def init_state(self, batch: int) -> State:
         return self.lstm.init_state(batch, self.decoder.weight)
 
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [T, B] -> [T, B, H]; in training, word dropout zeroes whole embedding rows (dropout.word)."""
+        x = self.embedding(tokens)
+        mask = word_mask(self.lstm.spec.word, tokens, self.embedding.num_embeddings, x) if self.training else None
+        return x if mask is None else x * mask
+
     def forward(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """tokens [T, B] -> logits [T, B, V], new state (h, c) [L, B, H]."""
-        out, state = self.lstm(self.embedding(tokens), state)
+        out, state = self.lstm(self.embed(tokens), state)
         return self.decoder(out), state
 
 

@@ -14,9 +14,11 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import nn
 
+from .mc import MCDropoutEval
+
 
 # ModuleDict keys cannot be "train" (nn.Module.train exists), so stages are named by their split.
-STAGES = ("fit", "val", "test")
+STAGES = ("fit", "val", "test", "mc_test")  # mc_test: MC-dropout evaluation of the test split
 
 
 class Diverged(RuntimeError):
@@ -42,17 +44,24 @@ class TokenPerplexity(torchmetrics.Metric):
 
 
 class LMModule(pl.LightningModule):
-    def __init__(self, model: nn.Module, lr: float, lr_decay: float, decay_after: int, clip: float):
+    def __init__(self, model: nn.Module, lr: float, lr_decay: float, decay_after: int, clip: float,
+                 mc_samples: int = 0):
         """lr_decay: divide the lr by this once per epoch after `decay_after` epochs (paper: 2 / 1.2 / 1.15
-        after 4 / 6 / 14). clip: max global gradient norm (5 / 5 / 10)."""
+        after 4 / 6 / 14). clip: max global gradient norm (5 / 5 / 10). mc_samples: K stochastic passes
+        of MC-dropout evaluation on the test split, logged as mc_test_ppl beside test_ppl (0 = off)."""
         super().__init__()
-        if lr <= 0 or lr_decay < 1 or decay_after < 0 or clip <= 0:
-            raise ValueError(f"bad optimisation settings: lr={lr} lr_decay={lr_decay} "
-                             f"decay_after={decay_after} clip={clip}; need lr>0, lr_decay>=1, clip>0")
+        self.check_settings(lr, lr_decay, decay_after, clip)
         self.model = model
         self.lr, self.lr_decay, self.decay_after, self.clip = lr, lr_decay, decay_after, clip
         self.ppl = nn.ModuleDict({s: TokenPerplexity() for s in STAGES})
         self._state: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}
+        self.mc = MCDropoutEval(mc_samples)
+
+    @staticmethod
+    def check_settings(lr: float, lr_decay: float, decay_after: int, clip: float) -> None:
+        if lr <= 0 or lr_decay < 1 or decay_after < 0 or clip <= 0:
+            raise ValueError(f"bad optimisation settings: lr={lr} lr_decay={lr_decay} "
+                             f"decay_after={decay_after} clip={clip}; need lr>0, lr_decay>=1, clip>0")
 
     # --- one window --------------------------------------------------------------------------------
     def _window(self, batch, stage: str) -> tuple[torch.Tensor, int, int]:
@@ -82,6 +91,8 @@ class LMModule(pl.LightningModule):
     def test_step(self, batch, batch_idx):
         nll, tokens, _ = self._window(batch, "test")
         self.log("test_loss", nll / tokens, on_epoch=True, batch_size=tokens)
+        if self.mc.samples:  # MC-dropout: K more passes over the same window, each with its own state
+            self.ppl["mc_test"].update(self.mc.nll(self.model, *batch), tokens)
 
     # --- state resets and epoch metrics -------------------------------------------------------------
     def on_train_epoch_start(self):
@@ -92,6 +103,7 @@ class LMModule(pl.LightningModule):
 
     def on_test_epoch_start(self):
         self._state["test"] = None
+        self.mc.reset()
 
     def _log_epoch_ppl(self, stage: str, key: str):
         metric = self.ppl[stage]
@@ -107,6 +119,19 @@ class LMModule(pl.LightningModule):
 
     def on_test_epoch_end(self):
         self._log_epoch_ppl("test", "test_ppl")
+        self._log_epoch_ppl("mc_test", "mc_test_ppl")  # only when MC-dropout evaluation ran
+
+    # --- checkpoints: the RNG too, so a resumed run draws the same dropout masks ---------------------
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["rng"] = {"torch": torch.get_rng_state(),
+                             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def on_load_checkpoint(self, checkpoint):
+        rng = checkpoint.get("rng")
+        if rng is not None:
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
 
     # --- optimisation -------------------------------------------------------------------------------
     def configure_optimizers(self):

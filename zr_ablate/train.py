@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import LearningRateMonitor
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from .module import Diverged
 from .model import count_parameters
 
 RESULT = "result.json"
+CHECKPOINTS = "checkpoints"
 EPOCHS = "epochs.csv"
 log = logging.getLogger(__name__)
 EPOCH_FIELDS = ["epoch", "lr", "train_loss", "train_ppl", "val_loss", "val_ppl", "tokens_per_s", "train_s",
@@ -38,6 +39,19 @@ class EpochRecorder(pl.Callback):
     def __init__(self, path: Path):
         self.path, self.rows = path, []
         self.start = time.perf_counter()
+
+    def read_rows(self, resume_epoch: int) -> list[dict]:
+        """The rows of the epochs a checkpoint holds; later rows (an epoch cut short) are dropped."""
+        if not self.path.exists():
+            return []
+        with open(self.path, newline="") as f:
+            rows = [{k: float(v) if v else None for k, v in r.items()} for r in csv.DictReader(f)]
+        rows = [dict(r, epoch=int(r["epoch"])) for r in rows if r["epoch"] <= resume_epoch]
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=EPOCH_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        return rows
 
     def on_train_epoch_start(self, trainer, pl_module):
         self.train_s, self.tokens = 0.0, 0
@@ -78,26 +92,68 @@ class EpochRecorder(pl.Callback):
             writer.writerow(row)
 
 
+def last_checkpoint(job_dir: str) -> Path | None:
+    path = Path(job_dir) / CHECKPOINTS / "last.ckpt"
+    return path if path.is_file() else None
+
+
+def checkpoint_epochs(path: Path) -> int:
+    """Epochs a checkpoint has completed. One cut off mid-write (a kill while saving) is an error that
+    names the fix rather than a crash deep in Lightning."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)["epoch"] + 1
+    except Exception as e:
+        raise RuntimeError(f"cannot read the checkpoint {path} ({e}); delete it to restart this job "
+                           f"from scratch") from e
+
+
+def read_result(job_dir: str) -> dict | None:
+    path = Path(job_dir) / RESULT
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def run_job(module: pl.LightningModule, datamodule: pl.LightningDataModule, job_dir: str,
-            trainer_kwargs: dict, config: dict, test_protocol: str, loggers: list | None = None) -> dict:
-    """Fit and test; always leave a result.json saying how the job ended, then re-raise any error."""
+            trainer_kwargs: dict, config: dict, test_protocol: str, loggers: list | None = None,
+            extra: dict | None = None) -> dict:
+    """Fit and test; always leave a result.json saying how the job ended, then re-raise any error.
+
+    If the job folder holds a checkpoint from an interrupted run, training resumes from it (weights,
+    optimiser, lr schedule, epoch, RNG) and the epoch curve so far is kept: the result equals that of an
+    uninterrupted run. `extra` goes into result.json as is (e.g. the W&B run id).
+    """
     job = Path(job_dir)
     job.mkdir(parents=True, exist_ok=True)
-    (job / EPOCHS).unlink(missing_ok=True)  # a fresh run rewrites its curve
+    resume = last_checkpoint(job_dir)
+    if resume is None:
+        (job / EPOCHS).unlink(missing_ok=True)  # a fresh run rewrites its curve
     recorder = EpochRecorder(job / EPOCHS)
     result = {"status": "running", "config": config, "n_params": count_parameters(module.model),
-              "test_protocol": test_protocol, "job_dir": str(job)}
+              "test_protocol": test_protocol, "job_dir": str(job), **(extra or {}),
+              "resumed_from_epoch": None}
     write_json_atomic(job / RESULT, result)
     start = time.perf_counter()
     try:
-        callbacks = [recorder] + ([LearningRateMonitor(logging_interval="epoch")] if loggers else [])
+        # Saved at every epoch end (after validation), when the carried state is reset anyway.
+        checkpoint = ModelCheckpoint(dirpath=job / CHECKPOINTS, filename="last", save_top_k=1,
+                                     enable_version_counter=False)  # one file, overwritten each epoch
+        callbacks = [recorder, checkpoint] + ([LearningRateMonitor(logging_interval="epoch")] if loggers else [])
         trainer = pl.Trainer(default_root_dir=str(job), callbacks=callbacks, logger=loggers or False,
-                             enable_checkpointing=False, num_sanity_val_steps=0, **trainer_kwargs)
-        trainer.fit(module, datamodule=datamodule)
+                             num_sanity_val_steps=0, **trainer_kwargs)
+        if resume is not None:
+            recorder.rows = recorder.read_rows(resume_epoch=checkpoint_epochs(resume))
+            result["resumed_from_epoch"] = len(recorder.rows)
+            # Clocks continue from the interrupted run's last recorded epoch.
+            offset = recorder.rows[-1]["elapsed_s"] if recorder.rows else 0.0
+            recorder.start -= offset
+            start -= offset
+            log.info("resuming %s from %s (after epoch %d)", job, resume, len(recorder.rows))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
         if trainer.interrupted:
             raise KeyboardInterrupt("training interrupted")
         tested = trainer.test(module, datamodule=datamodule, verbose=False)[0]
         result.update(status="completed", test_ppl=tested["test_ppl"])
+        if "mc_test_ppl" in tested:  # MC-dropout evaluation ran (eval.mc_samples > 0)
+            result.update(mc_test_ppl=tested["mc_test_ppl"], mc_samples=module.mc.samples)
     except Diverged as e:
         result.update(status="diverged", error=str(e))
     except BaseException as e:
