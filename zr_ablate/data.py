@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 SPLITS = ("train", "valid", "test")
+TRAIN_TOKENS = 929_589  # ptb.train.txt with one <eos> per line (checked in tests/test_data.py)
 EOS = "<eos>"
 
 
@@ -208,9 +209,14 @@ class PTBDataModule(pl.LightningDataModule):
         for split, limit in self.limits.items():
             if limit is not None:
                 self.tokens[split] = self.tokens[split][:limit]
-        if self.tokens["train"].numel() // self.batch_size <= self.bptt:
+        self.check_shape(self.tokens["train"].numel())
+
+    def check_shape(self, train_tokens: int | None = None) -> None:
+        """The unroll must fit in each training stream; checkable before any data is read."""
+        n = train_tokens or min(self.limits["train"] or TRAIN_TOKENS, TRAIN_TOKENS)
+        if n // self.batch_size <= self.bptt:
             raise ValueError(f"unroll {self.bptt} is longer than each of the {self.batch_size} training "
-                             f"streams; lower data.bptt or raise data.train_tokens")
+                             f"streams ({n} tokens); lower data.bptt or raise data.train_tokens")
 
     @property
     def test_batch_size(self) -> int:

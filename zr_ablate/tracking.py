@@ -48,8 +48,11 @@ def resolve_mode(mode: str) -> tuple[str, str]:
 
 
 def start_run(mode: str, project: str, entity: str | None, group: str, name: str, tags: list[str],
-              config: dict, job_dir: str, init_timeout: float = 90.0):
-    """Start this job's W&B run and wrap it for Lightning; None when disabled."""
+              config: dict, job_dir: str, init_timeout: float = 90.0, run_id: str | None = None):
+    """Start this job's W&B run and wrap it for Lightning; None when disabled.
+
+    `run_id` given (a resumed job): continue that run rather than start a second one.
+    """
     mode, why = resolve_mode(mode)
     log.info(why)
     if mode == "disabled":
@@ -59,7 +62,7 @@ def start_run(mode: str, project: str, entity: str | None, group: str, name: str
 
     finish_run(exit_code=1)  # a run still open here belongs to an earlier job of this process that died
     kwargs = dict(project=project, entity=entity, group=group, name=name, job_type="train", tags=tags,
-                  config=config, dir=job_dir)
+                  config=config, dir=job_dir, id=run_id, resume="allow" if run_id else None)
     try:
         run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=init_timeout), **kwargs)
     except Exception as e:  # no network, server down: keep the job, keep the record

@@ -1,0 +1,149 @@
+"""Sweeps that survive: resume after SIGKILL, skip finished jobs, isolate failures, named grids, launchers."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+
+from tests.conftest import REPO
+from tests.test_tracking import WANDB_CLI
+
+BASE = ["model=tiny", "trainer.enable_progress_bar=false", "threads=1"]
+
+
+def cmd(out: Path, ptb_dir, *args, multirun=False):
+    return [sys.executable, "run.py", *(["-m"] if multirun else []), f"out_root={out}", f"data.dir={ptb_dir}",
+            *BASE, *args]
+
+
+def run(out, ptb_dir, *args, multirun=False):
+    return subprocess.run(cmd(out, ptb_dir, *args, multirun=multirun), cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+
+
+# A tiny model on 20k training tokens: 1,000 windows an epoch, a few seconds, long enough to kill mid-epoch.
+RESUMABLE = ["data.train_tokens=20000", "trainer.max_epochs=3", "trainer.deterministic=true", "dropout=variational",
+             "logger.mode=offline", "sweep=resume"]
+TIMING = ["tokens_per_s", "train_s", "elapsed_s"]
+
+
+def test_sigkilled_job_resumes_to_the_same_result_as_an_uninterrupted_run(tmp_path, ptb_dir):
+    whole = run(tmp_path / "whole", ptb_dir, *RESUMABLE)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    proc = subprocess.Popen(cmd(tmp_path / "cut", ptb_dir, *RESUMABLE), cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    job = tmp_path / "cut" / "resume" / next(p.name for p in (tmp_path / "whole" / "resume").iterdir())
+    deadline = time.time() + 300
+    while not (job / "checkpoints" / "last.ckpt").exists():  # the end of epoch 1
+        assert proc.poll() is None and time.time() < deadline, "the job ended before it could be killed"
+        time.sleep(0.05)
+    time.sleep(1.0)  # into epoch 2
+    os.killpg(proc.pid, signal.SIGKILL)  # the job and its W&B service, with no chance to clean up
+    proc.wait()
+    killed = json.loads((job / "result.json").read_text())
+    assert killed["status"] == "running" and len(pd.read_csv(job / "epochs.csv")) < 3
+
+    again = run(tmp_path / "cut", ptb_dir, *RESUMABLE)
+    assert again.returncode == 0, again.stderr[-3000:]
+    a = json.loads((tmp_path / "whole" / "resume" / job.name / "result.json").read_text())
+    b = json.loads((job / "result.json").read_text())
+    assert b["status"] == "completed" and b["resumed_from_epoch"] in (1, 2)
+    for key in ("best_val_ppl", "final_val_ppl", "final_train_ppl", "test_ppl", "epochs"):
+        assert a[key] == b[key], key  # bit-identical, not approximately equal
+    curve_a = pd.read_csv(tmp_path / "whole" / "resume" / job.name / "epochs.csv").drop(columns=TIMING)
+    curve_b = pd.read_csv(job / "epochs.csv").drop(columns=TIMING)
+    pd.testing.assert_frame_equal(curve_a, curve_b, check_exact=True)
+    # The resumed process continued the same W&B run.
+    logs = sorted(job.glob("wandb/offline-run-*/run-*.wandb"))
+    # (The killed process's log may end before its run record was flushed; its file name carries the id.)
+    assert len(logs) == 2 and {log.stem.removeprefix("run-") for log in logs} == {b["wandb_run_id"]}
+    assert run_id(logs[-1]) == b["wandb_run_id"]
+
+
+def run_id(log: Path) -> str:
+    out = subprocess.run([WANDB_CLI, "leet", "inspect", "--summary", "--json", str(log)], capture_output=True,
+                         text=True, check=True).stdout
+    return json.loads(out)["run_id"]
+
+
+def test_rerun_skips_completed_jobs_and_says_so(tmp_path, ptb_dir):
+    first = run(tmp_path, ptb_dir, "dropout=none,zaremba", "logger.mode=disabled", multirun=True)
+    assert first.returncode == 0 and "2 completed, 0 diverged, 0 failed, 0 skipped" in first.stdout
+    results = sorted(tmp_path.glob("adhoc/*/result.json"))
+    stamps = [p.stat().st_mtime_ns for p in results]
+    again = run(tmp_path, ptb_dir, "dropout=none,zaremba", "logger.mode=disabled", multirun=True)
+    assert again.returncode == 0 and "0 completed, 0 diverged, 0 failed, 2 skipped" in again.stdout
+    assert [p.stat().st_mtime_ns for p in results] == stamps
+
+
+def test_failed_and_diverged_jobs_do_not_stop_the_sweep(tmp_path, ptb_dir):
+    # Weights U(-1e38, 1e38) overflow the logits (NaN loss); max_epochs=-5 makes the Trainer raise.
+    proc = run(tmp_path, ptb_dir, "dropout=zaremba", "model.init_scale=0.1,1e38", "trainer.max_epochs=2,-5",
+               "logger.mode=disabled", multirun=True)
+    assert proc.returncode != 0
+    assert "1 completed, 1 diverged, 2 failed, 0 skipped" in proc.stdout
+    status = {p.parent.name: json.loads(p.read_text())["status"] for p in tmp_path.glob("adhoc/*/result.json")}
+    assert status == {
+        "dropout=zaremba,model.init_scale=0.1,model=tiny,trainer.max_epochs=2": "completed",
+        "dropout=zaremba,model.init_scale=1e+38,model=tiny,trainer.max_epochs=2": "diverged",
+        "dropout=zaremba,model.init_scale=0.1,model=tiny,trainer.max_epochs=-5": "failed",
+        "dropout=zaremba,model.init_scale=1e+38,model=tiny,trainer.max_epochs=-5": "failed",
+    }
+
+
+def test_submitit_local_launcher_runs_real_processes(tmp_path, ptb_dir):
+    proc = run(tmp_path, ptb_dir, "dropout=none,variational", "hydra/launcher=local_submitit",
+               "logger.mode=disabled", multirun=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 completed" in proc.stdout
+    results = [json.loads(p.read_text()) for p in tmp_path.glob("adhoc/*/result.json")]
+    assert [r["status"] for r in results] == ["completed", "completed"] and {r["threads"] for r in results} == {1}
+    assert list(tmp_path.glob("adhoc/.submitit/*"))  # really went through submitit
+
+
+@pytest.mark.parametrize("args,message", [
+    (["grid=nope"], "Could not find 'grid/nope'"),
+    (["dropout=zaremba", "dropout.pp=0.3"], "Could not override 'dropout.pp'"),
+    (["dropout=none,zaremba", "dropout.p=0.3,1.5"],
+     "zaremba,dropout.p=1.5"),
+    (["dropout=zaremba", "data.bptt=5,900", "data.train_tokens=2000"], "unroll 900 is longer"),
+])
+def test_bad_sweeps_stop_before_any_job_trains(tmp_path, ptb_dir, args, message):
+    proc = run(tmp_path, ptb_dir, *args, multirun=True)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+    assert not list(tmp_path.rglob("result.json"))
+
+
+GRIDS = sorted((REPO / "sweeps" / "grid").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("grid", GRIDS, ids=lambda p: p.stem)
+def test_named_grids_compose_and_match_their_wandb_sweeps(grid):
+    from run import check
+    from zr_ablate.sweep import job_overrides
+
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"grid={grid.stem}"], return_hydra_config=True)
+        jobs = job_overrides(cfg)
+        for overrides in jobs:
+            job = compose("config", overrides=[f"grid={grid.stem}", *overrides])
+            check(job)
+            assert job.sweep == grid.stem
+    params = yaml.safe_load((REPO / "sweeps" / "wandb" / grid.name).read_text())["parameters"]
+    sizes = [len(p.get("values", [p.get("value")])) for k, p in params.items() if k != "sweep"]
+    assert len(jobs) == pd.Series(sizes).prod() > 1
+
+
+def test_table1_pairs_each_size_with_the_papers_placement():
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        pairs = {(c.model.name, c.dropout.name, c.model.dropout_p) for c in
+                 (compose("config", overrides=[f"paper={s}"]) for s in ("small", "medium", "large"))}
+    assert pairs == {("small", "none", 0.0), ("medium", "zaremba", 0.5), ("large", "zaremba", 0.65)}

@@ -1,0 +1,74 @@
+"""Sweep-level Hydra plumbing: check every job before any trains, and sum up how the sweep ended.
+
+`SweepGuard` is a Hydra callback (conf/config.yaml, hydra.callbacks):
+- on_multirun_start: composes each job's config from the sweep's overrides and runs `check` on it, so an
+  impossible combination (a bad probability, an unroll longer than the data) is one line before any job
+  trains, naming the job;
+- on_multirun_end: one summary line, completed / diverged / failed / skipped, and a non-zero exit if any
+  job failed. Jobs that ran now are those whose .hydra/ files Hydra wrote after the sweep started.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+
+FINAL_STATUSES = ("completed", "diverged")  # a rerun skips these; running/failed jobs are resumed
+log = logging.getLogger(__name__)
+
+
+def job_overrides(config) -> list[list[str]]:
+    """The override list of every job the basic sweeper will launch (as BasicSweeper expands them)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+    parsed = OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task))
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+class SweepGuard(Callback):
+    def __init__(self, check: str):
+        self.check = check  # dotted path of a function(job_config) that raises ValueError
+        self.started = time.time()
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        from hydra import compose
+        from hydra.utils import get_method
+
+        self.started = time.time()
+        check = get_method(self.check)
+        jobs = job_overrides(config)
+        for overrides in jobs:
+            try:
+                check(compose(config.hydra.job.config_name, overrides=overrides))
+            except Exception as e:
+                cause = e.__cause__ or e
+                sys.exit(f"zr_ablate: error: job {','.join(overrides)}: {cause}")
+        log.info("checked the settings of %d jobs", len(jobs))
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        counts, failed = Counter(), []
+        for hydra_dir in sorted(sweep.glob("*/.hydra")):
+            if (hydra_dir / "overrides.yaml").stat().st_mtime < self.started:
+                continue  # a job of an earlier command in the same sweep folder
+            job, path = hydra_dir.parent, hydra_dir.parent / "result.json"
+            result = json.loads(path.read_text()) if path.exists() else {}
+            status = result.get("status", "failed")
+            if status == "running":
+                status = "failed"  # its process died without recording how
+            elif status in FINAL_STATUSES and path.stat().st_mtime < self.started:
+                status = "skipped"  # finished by an earlier command; this one left it alone
+            counts[status] += 1
+            if status == "failed":
+                failed.append(job.name)
+        line = ", ".join(f"{counts[s]} {s}" for s in ("completed", "diverged", "failed", "skipped"))
+        print(f"sweep {config.sweep} ({sweep}): {line}" + (f"; failed: {'; '.join(failed)}" if failed else ""))
+        if failed:
+            sys.exit(1)
