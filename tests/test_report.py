@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from tests.conftest import REPO
 from tests.test_tracking import read_run
 from zr_ablate.reference import beside, published
-from zr_ablate.results import EPOCH_COLUMNS, RUN_COLUMNS, load_sweep, runs_from_wandb
+from zr_ablate.results import CONNECTIONS, EPOCH_COLUMNS, RUN_COLUMNS, load_sweep, runs_from_wandb
 
 TABLES = ["perplexity", "gap", "status"]
 FIGURES = ["val_curves", "train_vs_val", "test_ppl"]
@@ -96,6 +96,14 @@ def test_epoch_columns_are_the_ones_train_writes():
     from zr_ablate.train import EPOCH_FIELDS
 
     assert EPOCH_COLUMNS == EPOCH_FIELDS
+
+
+def test_rate_columns_are_the_dropout_connections():
+    from dataclasses import fields
+
+    from zr_ablate.dropout import DropoutSpec
+
+    assert CONNECTIONS == [f.name for f in fields(DropoutSpec) if f.name != "name"]
 
 
 def test_report_writes_every_table_and_figure(out):
@@ -220,3 +228,141 @@ def test_unwritable_out_fails_with_one_line(sweep, tmp_path):
     assert proc.returncode != 0
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith("zr_ablate.report: error: cannot create") and "--out" in line
+
+
+# ---- variants, swept probabilities, MC: job folders fabricated from the tiny sweep's, not trained ----
+
+def fabricate(source: Path, job: Path, config: dict, **record) -> None:
+    """A copy of a completed job with config entries ({"dropout.p": 0.2}) and result.json fields replaced; its
+    epochs.csv's val_ppl scaled so that the last epoch's is the new final_val_ppl."""
+    shutil.copytree(source, job, ignore=shutil.ignore_patterns("checkpoints", "wandb"))
+    result = json.loads((job / "result.json").read_text())
+    cfg = OmegaConf.create(result["config"])
+    for key, value in config.items():
+        OmegaConf.update(cfg, key, value)
+    curve = pd.read_csv(job / "epochs.csv")
+    curve["val_ppl"] *= record.get("final_val_ppl", result["final_val_ppl"]) / result["final_val_ppl"]
+    curve.to_csv(job / "epochs.csv", index=False)
+    result.update(record, config=OmegaConf.to_container(cfg))
+    (job / "result.json").write_text(json.dumps(result))
+
+
+def rate(value: float, **connections) -> dict:
+    """dropout.p and the connections that follow it (${dropout.p}) in the zaremba preset."""
+    return {f"dropout.{c}.p": value for c in ("embedding", "between", "output")} | {"dropout.p": value} | {
+        f"dropout.{c}.p": v for c, v in connections.items()}
+
+
+def sensitivity_ppl(p: float, seed: int) -> float:
+    return 1000 + 2000 * (p - 0.4) ** 2 + 10 * seed  # best at p = 0.4
+
+
+@pytest.fixture(scope="module")
+def swept_sweep(sweep, tmp_path_factory) -> Path:
+    """zaremba at p = 0.2, 0.4, 0.6 x seeds 1, 2, and semeniuta sweeping its own cell_update.p at p = 0.5."""
+    out = tmp_path_factory.mktemp("sens") / "sens"
+    for seed in (1, 2):
+        source = sweep / f"dropout=zaremba,model=tiny,seed={seed}"
+        for p in (0.2, 0.4, 0.6):
+            fabricate(source, out / f"dropout.p={p},dropout=zaremba,seed={seed}", rate(p),
+                      final_val_ppl=sensitivity_ppl(p, seed), test_ppl=sensitivity_ppl(p, seed) + 50)
+        for p in (0.1, 0.3):
+            fabricate(source, out / f"dropout.cell_update.p={p},dropout=semeniuta,seed={seed}",
+                      {"dropout.name": "semeniuta", **rate(0.5, cell_update=p)}, final_val_ppl=900 + 100 * p + seed)
+    return out
+
+
+@pytest.fixture(scope="module")
+def variant_sweep(sweep, tmp_path_factory) -> Path:
+    """zaremba plain, +tied and +tied+word0.1; a medium variational with MC-dropout test perplexities."""
+    out = tmp_path_factory.mktemp("variants") / "variants"
+    source = sweep / "dropout=zaremba,model=tiny,seed=1"
+    fabricate(source, out / "dropout=zaremba", {})
+    fabricate(source, out / "dropout=zaremba,model.tie_weights=true", {"model.tie_weights": True})
+    fabricate(source, out / "dropout.word.p=0.1,dropout=zaremba,model.tie_weights=true",
+              {"model.tie_weights": True, "dropout.word.p": 0.1})
+    for seed, mc in ((1, 80.0), (2, 82.0)):
+        fabricate(source, out / f"dropout=variational,model=medium,seed={seed}",
+                  {"dropout.name": "variational", "model.name": "medium", "seed": seed, "eval.mc_samples": 10},
+                  mc_test_ppl=mc, mc_samples=10)
+    return out
+
+
+def in_process_report(sweep: Path, out: Path) -> Path:
+    from zr_ablate.report import main
+
+    main([str(sweep), "--out", str(out)])
+    return out
+
+
+def test_variant_marks_tied_embeddings_and_word_dropout(variant_sweep, tmp_path):
+    runs, curves = load_sweep(variant_sweep)
+    assert list(runs.columns) == RUN_COLUMNS and set(runs["variant"]) <= set(curves["variant"])
+    jobs = runs.set_index("job")
+    assert jobs.loc["dropout=zaremba", "variant"] == "zaremba"
+    assert jobs.loc["dropout=zaremba,model.tie_weights=true", "variant"] == "zaremba+tied"
+    assert jobs.loc["dropout.word.p=0.1,dropout=zaremba,model.tie_weights=true", "variant"] == "zaremba+tied+word0.1"
+    assert set(runs["placement"]) == {"zaremba", "variational"}  # the plain preset name stays
+    assert (runs["p"] == 0.5).all() and jobs.loc["dropout=zaremba", "word_p"] == 0.0
+    table = pd.read_csv(in_process_report(variant_sweep, tmp_path) / "perplexity.csv")
+    assert table["placement"].tolist() == ["variational", "zaremba", "zaremba+tied", "zaremba+tied+word0.1"]
+    assert "p" not in table  # nothing varies p within a variant: no p column, one row each
+    assert "`+tied` ties the input and output embeddings" in (tmp_path / "results.md").read_text()
+
+
+def test_mc_column_sits_beside_gals_mc_value(variant_sweep, tmp_path):
+    job = "dropout=variational,model=medium,seed=2"
+    runs, _ = load_sweep(variant_sweep)
+    assert runs.set_index("job").loc[job, ["mc_test_ppl", "mc_samples"]].tolist() == [82.0, 10]
+    logged = fake_wandb_run(variant_sweep / job, flat_config=True)
+    del logged.summary["mc_samples"]  # W&B's summary has the logged mc_test_ppl; the passes are in the config
+    assert runs_from_wandb([logged])[0].loc[0, ["mc_test_ppl", "mc_samples"]].tolist() == [82.0, 10]
+    out = in_process_report(variant_sweep, tmp_path)
+    table = pd.read_csv(out / "perplexity.csv").set_index(["size", "placement"])
+    mc = table.loc[("medium", "variational")]
+    assert (mc["mc_test_ppl_mean"], mc["mc_samples"], mc["published_mc_test_ppl"]) == (81.0, 10, 78.6)
+    assert mc["published_mc_samples"] == 1000 and "Variational (untied weights, MC)" in mc["published_mc_source"]
+    assert table[["mc_test_ppl_mean", "published_mc_test_ppl"]].drop(("medium", "variational")).isna().all().all()
+    md = (out / "results.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| size | placement"))
+    assert "| MC test ppl | MC passes |" in header and "| published MC test |" in header
+    assert "| 81.0 ± 1.4 | 10 |" in md and "| 78.6 (1000 passes) |" in md
+
+
+def test_no_mc_column_without_mc_runs(out):
+    assert not any("mc" in c for c in pd.read_csv(out / "perplexity.csv").columns)
+    assert "MC test" not in (out / "results.md").read_text()
+
+
+def test_published_matches_tied_embeddings_and_leaves_other_recipes_out():
+    got = beside(pd.DataFrame({"size": ["large", "small", "medium", "medium", "medium"],
+                               "placement": ["zaremba+tied", "none+tied", "semeniuta", "zoneout", "weight_drop"]}))
+    assert got["published_test_ppl"].iloc[:2].tolist() == [74.3, 112.4]
+    assert got["published_source"].iloc[0].startswith("Press & Wolf 2016")
+    assert got["published_test_ppl"].iloc[2:].isna().all()
+    assert set(got["published_source"].iloc[2:]) == {
+        "published values use a different training recipe (Flipout Table 3)"}
+
+
+def test_swept_p_gets_one_row_per_value_and_a_sensitivity_figure(swept_sweep, tmp_path):
+    out = in_process_report(swept_sweep, tmp_path)
+    table = pd.read_csv(out / "perplexity.csv")
+    assert table.columns[:4].tolist() == ["size", "placement", "p", "cell_update_p"]
+    zaremba = table[table["placement"] == "zaremba"].set_index("p")
+    assert zaremba.index.tolist() == [0.2, 0.4, 0.6] and (zaremba["runs"] == 2).all()
+    assert zaremba["val_ppl_mean"].to_dict() == pytest.approx(
+        {p: (sensitivity_ppl(p, 1) + sensitivity_ppl(p, 2)) / 2 for p in (0.2, 0.4, 0.6)})
+    semeniuta = table[table["placement"] == "semeniuta"]
+    assert semeniuta["cell_update_p"].tolist() == [0.1, 0.3] and (semeniuta["p"] == 0.5).all()
+    assert len(pd.read_csv(out / "gap.csv")) == len(pd.read_csv(out / "status.csv")) == 5
+    md = (out / "results.md").read_text()
+    assert "| size | placement | p | cell_update.p | completed runs |" in md
+    assert "](sensitivity.png)" in md and "never a mean across them" in md
+    for name in FIGURES + ["sensitivity"]:
+        assert (out / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+        height, width, _ = matplotlib.image.imread(out / f"{name}.png").shape
+        assert height > 300 and width > 400
+
+
+def test_no_sensitivity_figure_when_nothing_is_swept(out):
+    assert not (out / "sensitivity.png").exists() and "sensitivity" not in (out / "results.md").read_text()

@@ -11,11 +11,20 @@ from pathlib import Path
 
 import pandas as pd
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 # The per-job numbers of result.json (and of the W&B run summary, which tracking.end_run copies from it).
-RECORD_FIELDS = ["best_val_ppl", "final_val_ppl", "test_ppl", "test_protocol", "final_train_ppl", "epochs",
-                 "wall_time_s", "tokens_per_s", "n_params", "error"]
-IDENTITY = ["job", "placement", "size", "seed", "status"]
+# mc_test_ppl and mc_samples only where MC-dropout evaluation ran (eval.mc_samples > 0).
+RECORD_FIELDS = ["best_val_ppl", "final_val_ppl", "test_ppl", "test_protocol", "mc_test_ppl", "mc_samples",
+                 "final_train_ppl", "epochs", "wall_time_s", "tokens_per_s", "n_params", "error"]
+# The connections of dropout.DropoutSpec (not imported from there, which would pull in torch); each gives a
+# column <connection>_p, its probability, so a sweep over one connection's rate can be told apart.
+CONNECTIONS = ["word", "embedding", "between", "recurrent", "cell_update", "weight_hh", "zoneout_c", "zoneout_h",
+               "output"]
+RATES = [f"{c}_p" for c in CONNECTIONS]
+# placement: the preset's name; variant: the same plus a marker for each setting that changes the method
+# beyond the preset (e.g. zaremba+tied+word0.1); p: the preset's shared probability, config dropout.p.
+IDENTITY = ["job", "placement", "size", "seed", "status", "variant", "p", *RATES]
 RUN_COLUMNS = IDENTITY + RECORD_FIELDS
 # train.EPOCH_FIELDS, the columns of epochs.csv; not imported from there, which would pull in torch.
 EPOCH_COLUMNS = ["epoch", "lr", "train_loss", "train_ppl", "val_loss", "val_ppl", "tokens_per_s", "train_s",
@@ -41,10 +50,25 @@ def _flat(config: dict, prefix: str = "") -> dict:
     return out
 
 
+def variant(placement: str | None, tied: bool, word_p: float) -> str | None:
+    """The placement plus +tied (tied input and output embeddings) and +word<p> (word-type dropout)."""
+    if placement is None:
+        return None
+    return placement + ("+tied" if tied else "") + (f"+word{word_p:g}" if word_p > 0 else "")
+
+
 def _row(job: str, config: dict, record: dict, status: str) -> dict:
     flat = _flat(config)
-    return {"job": job, "placement": flat.get("dropout.name"), "size": flat.get("model.name"),
-            "seed": flat.get("seed"), "status": status, **{k: record.get(k) for k in RECORD_FIELDS}}
+    placement = flat.get("dropout.name")
+    # A connection a (pre-)preset does not name is off; a job without any config has no rates at all.
+    rates = {f"{c}_p": flat.get(f"dropout.{c}.p", 0.0 if placement else None) for c in CONNECTIONS}
+    fields = {k: record.get(k) for k in RECORD_FIELDS}
+    if fields["mc_test_ppl"] is not None and fields["mc_samples"] is None:  # e.g. a W&B summary
+        fields["mc_samples"] = flat.get("eval.mc_samples")
+    tied, word_p = bool(flat.get("model.tie_weights")), rates["word_p"] or 0.0
+    return {"job": job, "placement": placement, "size": flat.get("model.name"), "seed": flat.get("seed"),
+            "status": status, "variant": variant(placement, tied, word_p), "p": flat.get("dropout.p"), **rates,
+            **fields}
 
 
 def _frames(rows: list[dict], curves: list[pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -56,6 +80,16 @@ def _frames(rows: list[dict], curves: list[pd.DataFrame]) -> tuple[pd.DataFrame,
 
 def _with_identity(curve: pd.DataFrame, row: dict) -> pd.DataFrame:
     return curve.assign(**{k: row[k] for k in IDENTITY})
+
+
+def _hydra_config(path: Path) -> dict:
+    """A job's .hydra/config.yaml with its interpolations (p: ${model.dropout_p}) resolved, as result.json
+    holds it; unresolved where one cannot be resolved outside the job."""
+    config = OmegaConf.load(path)
+    try:
+        return OmegaConf.to_container(config, resolve=True)
+    except OmegaConfBaseException:
+        return OmegaConf.to_container(config)
 
 
 def load_sweep(path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -77,7 +111,7 @@ def load_sweep(path) -> tuple[pd.DataFrame, pd.DataFrame]:
             row = _row(job.name, result.get("config") or {}, result, result.get("status"))
         else:
             # Hydra writes .hydra/config.yaml before the job starts; result.json comes a moment later.
-            config = OmegaConf.to_container(OmegaConf.load(hydra_config)) if hydra_config.exists() else {}
+            config = _hydra_config(hydra_config) if hydra_config.exists() else {}
             row = _row(job.name, config, {"error": "no result.json: the job never started or was killed "
                                                    "before writing it"}, "missing")
         rows.append(row)
