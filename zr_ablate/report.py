@@ -266,7 +266,8 @@ def _run_legend(published: bool, mean: bool = True) -> list[Line2D]:
 def plot_test(done: pd.DataFrame, ppl: pd.DataFrame, palette: dict, out: Path) -> tuple[Path, str]:
     """One panel per size: each run, mean +- sd per placement, and the published value where there is one."""
     sizes = _ordered(done["size"])
-    fig, axes = plt.subplots(1, len(sizes), figsize=(1.5 + 4.5 * len(sizes), 4.5), squeeze=False)
+    width = 1.5 + max(4.5, 0.8 * len(palette))  # room for every placement's label
+    fig, axes = plt.subplots(1, len(sizes), figsize=(width * len(sizes), 4.5), squeeze=False)
     for ax, size in zip(axes.flat, sizes):
         runs = done[done["size"] == size]
         order = [p for p in palette if p in set(runs["placement"])]
@@ -278,7 +279,8 @@ def plot_test(done: pd.DataFrame, ppl: pd.DataFrame, palette: dict, out: Path) -
             ax.hlines(published.get(placement, float("nan")), x - 0.3, x + 0.3, **PUBLISHED)
         note = "" if size in PAPER_SIZES else "\n(no published value at this size)"
         ax.set(title=f"model size: {size}{note}", xlabel="dropout placement", ylabel=f"test {PPL}")
-        ax.set_xticks(range(len(order)), [p.replace("+", "\n+") for p in order])  # zaremba+tied+word0.1: 3 lines
+        # zaremba+tied+word0.1 on 3 lines; names tilted so seven placements do not overlap.
+        ax.set_xticks(range(len(order)), [p.replace("+", "\n+") for p in order], rotation=30, ha="right")
     _log_if_wide(axes.flat, pd.concat([done["test_ppl"], ppl["published_test_ppl"].dropna()]))
     legend = _run_legend(ppl["published_test_ppl"].notna().any())
     axes.flat[-1].legend(handles=legend, loc="upper left", bbox_to_anchor=(1.02, 1))
