@@ -204,10 +204,20 @@ def _save(fig, out: Path, name: str, title: str) -> Path:
     return out / f"{name}.png"
 
 
-def _curve_grid(data: pd.DataFrame, y: str, palette: dict, rate_axis: str | None, **kw):
+def _curve_grid(data: pd.DataFrame, y: str, palette: dict, rate_axis: str | None, per_placement: bool = False,
+                **kw):
     """One panel per model size, one colour per placement, bands of +-1 sd over seeds. Where a sweep varies
-    p (rate_axis, and a `rate` column: see with_rate): one panel per size and placement, a colour per p."""
-    if rate_axis:
+    p (rate_axis, and a `rate` column: see with_rate): one panel per size and placement, a colour per p.
+    per_placement (one size only): one panel per placement on a shared y axis, for curves that would
+    tangle if overlaid."""
+    sharey = False
+    if per_placement and not rate_axis:
+        size = _ordered(data["size"])[0]
+        kw |= dict(hue="placement", col="placement", col_wrap=4,
+                   col_order=[p for p in palette if p in set(data["placement"])])
+        titles = dict(col_template=f"model size: {size}, placement: {{col_name}}")
+        sharey = True
+    elif rate_axis:
         rates = sorted(data["rate"].unique())
         data = data.assign(**{rate_axis: data["rate"].map("{:g}".format)})  # its name titles the legend
         palette = dict(zip(map("{:g}".format, rates), sns.color_palette("viridis", len(rates))))
@@ -220,7 +230,7 @@ def _curve_grid(data: pd.DataFrame, y: str, palette: dict, rate_axis: str | None
         kw |= dict(hue="placement", col="size", col_order=_ordered(data["size"]))
         titles = dict(template="model size: {col_name}")
     grid = sns.relplot(data, kind="line", x="epoch", y=y, hue_order=list(palette), palette=palette,
-                       errorbar="sd", marker="o", height=4, aspect=1.3, facet_kws={"sharey": False}, **kw)
+                       errorbar="sd", marker="o", height=4, aspect=1.3, facet_kws={"sharey": sharey}, **kw)
     grid.set_titles(**titles)
     for ax in grid.axes.flat:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -241,8 +251,10 @@ def plot_gap(curves: pd.DataFrame, palette: dict, band: str, out: Path,
     both = curves.melt(id_vars=[c for c in ["size", "placement", "rate", "job", "epoch"] if c in curves],
                        value_vars=["train_ppl", "val_ppl"], var_name="split", value_name="ppl")
     both["split"] = both["split"].map({"train_ppl": "train", "val_ppl": "validation"})
-    grid = _curve_grid(both, "ppl", palette, rate_axis, style="split", style_order=["validation", "train"],
-                       dashes={"validation": "", "train": (4, 2)})
+    # Train and validation of more than three placements tangle when overlaid: a panel each instead.
+    per_placement = both["size"].nunique() == 1 and both["placement"].nunique() > 3
+    grid = _curve_grid(both, "ppl", palette, rate_axis, per_placement, style="split",
+                       style_order=["validation", "train"], dashes={"validation": "", "train": (4, 2)})
     grid.set_axis_labels("epoch", PPL)
     _log_if_wide(grid.axes.flat, both["ppl"])
     title = f"Train (dashed) vs validation (solid) perplexity ({band})"

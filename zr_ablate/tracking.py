@@ -80,7 +80,7 @@ def end_run(result: dict) -> None:
     if wandb.run is None:
         return
     keys = ("status", "best_val_ppl", "final_val_ppl", "final_train_ppl", "test_ppl", "test_protocol",
-            "n_params", "wall_time_s", "tokens_per_s", "epochs")
+            "mc_test_ppl", "mc_samples", "n_params", "wall_time_s", "tokens_per_s", "epochs", "error")
     wandb.run.summary.update({k: result[k] for k in keys if result.get(k) is not None})
     finish_run(exit_code=0 if result["status"] == "completed" else 1)
 
