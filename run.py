@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zr_ablate.data import DataError
 from zr_ablate.dropout import DropoutSpec
+from zr_ablate.mc import MCDropoutEval
 from zr_ablate.model import LSTMLanguageModel
 from zr_ablate.module import LMModule
 from zr_ablate.sweep import FINAL_STATUSES
@@ -42,17 +43,22 @@ def error_line(e: Exception) -> str:
     return str(e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e)
 
 
+def dropout_spec(cfg: DictConfig) -> DropoutSpec:
+    return DropoutSpec.from_dict(OmegaConf.to_container(cfg.dropout, resolve=True))
+
+
 def check(cfg: DictConfig) -> None:
     """Cheap checks of one job's settings, without data or model: raises ValueError naming the fix.
     Run for every job of a sweep before any job trains (zr_ablate.sweep.SweepGuard)."""
-    DropoutSpec.from_dict(OmegaConf.to_container(cfg.dropout, resolve=True))
+    dropout_spec(cfg)
     LMModule.check_settings(**cfg.optim)
+    MCDropoutEval(cfg.eval.mc_samples)
     instantiate(cfg.data).check_shape()
 
 
 def build(cfg: DictConfig):
     """Config -> (Lightning module, data module). Raises ValueError/DataError on bad settings."""
-    spec = DropoutSpec.from_dict(OmegaConf.to_container(cfg.dropout, resolve=True))
+    spec = dropout_spec(cfg)
     datamodule = instantiate(cfg.data)
     datamodule.setup()  # the vocabulary size shapes the model
     model = LSTMLanguageModel(

@@ -26,6 +26,10 @@ def _at(mask: torch.Tensor, t: int) -> torch.Tensor:
     return mask[t if mask.size(0) > 1 else 0]
 
 
+def _masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return x if mask is None else x * mask
+
+
 def lstm_layer_loop(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, layer: nn.LSTM,
                     w_hh: torch.Tensor | None = None, recurrent: torch.Tensor | None = None,
                     cell_update: torch.Tensor | None = None, zoneout_c: torch.Tensor | None = None,
@@ -116,13 +120,13 @@ class DroppedLSTM(nn.Module):
         h0, c0 = state
         masks = {"embedding": self._mask("embedding", x), "between": [], "weight_hh": []}
         masks |= {k: [] for k in IN_LOOP}
-        x = x if masks["embedding"] is None else x * masks["embedding"]
+        x = _masked(x, masks["embedding"])
         hs, cs = [], []
         for i, layer in enumerate(self.layers):
             if i > 0:
                 m = self._mask("between", x)
                 masks["between"].append(m)
-                x = x if m is None else x * m
+                x = _masked(x, m)
             in_loop = {k: self._mask(k, x, self.hidden_size) for k in IN_LOOP}
             w_mask = weight_mask(self.spec.weight_hh, layer.weight_hh_l0) if self.training else None
             for k, m in {**in_loop, "weight_hh": w_mask}.items():
@@ -135,7 +139,7 @@ class DroppedLSTM(nn.Module):
             hs.append(h)
             cs.append(c)
         masks["output"] = self._mask("output", x)
-        x = x if masks["output"] is None else x * masks["output"]
+        x = _masked(x, masks["output"])
         if self.record_masks:
             self.last_masks = masks
         return x, (torch.stack(hs), torch.stack(cs))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -69,11 +70,12 @@ class EpochRecorder(pl.Callback):
         # Callbacks run before the module's own on_train_epoch_end, which logs and resets the train
         # metric, so read it directly; validation has already ended and logged val_ppl.
         train = pl_module.ppl["fit"]
+        train_ppl = float(train.compute()) if train.update_count else float("nan")
         row = {
             "epoch": trainer.current_epoch + 1,
             "lr": self.lr,
-            "train_loss": float(torch.log(train.compute())) if train.update_count else float("nan"),
-            "train_ppl": float(train.compute()) if train.update_count else float("nan"),
+            "train_loss": math.log(train_ppl),
+            "train_ppl": train_ppl,
             "val_loss": m.get("val_loss"),
             "val_ppl": m.get("val_ppl"),
             "tokens_per_s": self.tokens / self.train_s if self.train_s else float("nan"),
