@@ -5,6 +5,7 @@ from torch import nn
 
 from zr_ablate.dropout import Connection, DropoutSpec, sample_mask
 from zr_ablate.lstm import DroppedLSTM, lstm_layer_loop
+from zr_ablate.lstm_loop import lstm_layer_fast
 
 T, B, H, L = 6, 5, 8, 2
 
@@ -61,15 +62,79 @@ def reference(core: DroppedLSTM, x, state, masks):
 def test_fused_and_loop_agree_in_outputs_and_gradients():
     x, state = inputs()
     results = []
-    for impl in ("fused", "loop"):
+    for impl in ("fused", "loop", "reference"):
         core = make("none", impl)
         xi = x.clone().requires_grad_(True)
         out, (h, c) = core(xi, state)
         (out.square().sum() + h.sum() + c.sum()).backward()
         results.append((out, h, c, xi.grad, [p.grad for p in core.parameters()]))
-    (o1, h1, c1, gx1, gp1), (o2, h2, c2, gx2, gp2) = results
-    for a, b in [(o1, o2), (h1, h2), (c1, c2), (gx1, gx2)] + list(zip(gp1, gp2)):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    (o1, h1, c1, gx1, gp1) = results[0]
+    for (o2, h2, c2, gx2, gp2) in results[1:]:
+        for a, b in [(o1, o2), (h1, h2), (c1, c2), (gx1, gx2)] + list(zip(gp1, gp2)):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def _bits(p: float, *shape, g) -> torch.Tensor:
+    return (torch.rand(*shape, generator=g, dtype=torch.float64) < p).double()
+
+
+# Every kind of in-loop mask the fast loop takes, as dropout.py shapes them ([T, B, H] fresh per step,
+# [1, B, H] per sequence, [1, 1, 1] zoneout's expectation at evaluation), alone and all together.
+FAST_CASES = {
+    "no masks": lambda g: {},
+    "recurrent per step": lambda g: dict(recurrent=_bits(0.5, T, B, H, g=g) * 2),
+    "recurrent per sequence": lambda g: dict(recurrent=_bits(0.5, 1, B, H, g=g) * 2),
+    "cell update": lambda g: dict(cell_update=_bits(0.7, T, B, H, g=g) / 0.7),
+    "zoneout training": lambda g: dict(zoneout_c=_bits(0.3, T, B, H, g=g), zoneout_h=_bits(0.1, T, B, H, g=g)),
+    "zoneout evaluation": lambda g: dict(zoneout_c=torch.full((1, 1, 1), 0.3, dtype=torch.float64),
+                                         zoneout_h=torch.full((1, 1, 1), 0.1, dtype=torch.float64)),
+    "dropped W_hh": lambda g: dict(w_hh=_bits(0.5, 4 * H, H, g=g) * 2),
+    "all at once": lambda g: dict(recurrent=_bits(0.5, 1, B, H, g=g) * 2, cell_update=_bits(0.7, T, B, H, g=g) / 0.7,
+                                  zoneout_c=_bits(0.3, T, B, H, g=g), zoneout_h=_bits(0.1, 1, B, H, g=g),
+                                  w_hh=_bits(0.5, 4 * H, H, g=g) * 2),
+}
+
+
+@pytest.mark.parametrize("case", list(FAST_CASES))
+def test_fast_loop_equals_the_reference_loop_in_outputs_and_every_gradient(case):
+    """The hand-written backward of lstm_loop.LoopLSTM against autograd through the reference loop, in
+    float64: outputs, final h and c, and the gradients of x, h0, c0 and all four weights."""
+    g = torch.Generator().manual_seed(3)
+    torch.manual_seed(0)
+    layer = nn.LSTM(H, H).double()
+    for p in layer.parameters():
+        nn.init.uniform_(p, -0.5, 0.5)
+    masks = FAST_CASES[case](g)
+    w_mask = masks.pop("w_hh", None)
+    x0, h00, c00 = (torch.randn(*s, generator=g, dtype=torch.float64) for s in [(T, B, H), (B, H), (B, H)])
+    weights = [torch.randn(T, B, H, generator=g, dtype=torch.float64), torch.randn(B, H, generator=g,
+               dtype=torch.float64), torch.randn(B, H, generator=g, dtype=torch.float64)]
+    results = []
+    for fn in (lstm_layer_loop, lstm_layer_fast):
+        layer.zero_grad()
+        x, h0, c0 = (v.clone().requires_grad_(True) for v in (x0, h00, c00))
+        w_hh = None if w_mask is None else layer.weight_hh_l0 * w_mask
+        out, h, c = fn(x, h0, c0, layer, w_hh, **masks)
+        # A loss that reaches every output: each step's h, and the final h and c on their own.
+        sum((v * w).sum() for v, w in zip((out, h, c), weights)).backward()
+        results.append([out, h, c, x.grad, h0.grad, c0.grad] + [p.grad.clone() for p in layer.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["naive", "variational"])
+def test_the_core_draws_the_same_masks_and_numbers_on_the_fast_and_the_reference_loop(kind):
+    x, state = inputs()
+    results = []
+    for impl in ("loop", "reference"):
+        core = make(kind, impl).double().train()
+        torch.manual_seed(7)
+        xi = x.double().requires_grad_(True)
+        out, (h, c) = core(xi, tuple(s.double() for s in state))
+        (out.square().sum() + h.sum()).backward()
+        results.append([out, h, c, xi.grad] + [p.grad for p in core.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
 
 
 @pytest.mark.parametrize("kind", ["none", "naive", "zaremba", "variational"])

@@ -6,9 +6,12 @@ PyTorch's and the paper's):
          the embedding, between layers and on the output sit outside the kernel, and DropConnect on W_hh
          only changes the matrix the kernel is given for the window.
   loop   an explicit step loop, needed for masks on h_{t-1} (naive, variational) or g_t (semeniuta), and
-         for zoneout (training and evaluation). The input projection of the whole window is one matmul
-         before the loop; each step is one matmul.
-With dropout off both give the same numbers (tests/test_lstm.py).
+         for zoneout (training and evaluation): `lstm_loop.LoopLSTM`, an autograd.Function with its own
+         backward (the input projection of the whole window is one matmul before the loop, each step one
+         matmul, the weight gradient one matmul after the backward walk).
+  reference  `lstm_layer_loop` below: the same equations as a readable step loop under ordinary autograd,
+         kept as the definition the fast loop is tested against (tests/test_lstm.py).
+With dropout off all give the same numbers (tests/test_lstm.py).
 """
 from __future__ import annotations
 
@@ -16,8 +19,9 @@ import torch
 from torch import nn
 
 from .dropout import IN_LOOP, ZONEOUT, DropoutSpec, sample_mask, weight_mask, zoneout_mask
+from .lstm_loop import lstm_layer_fast
 
-IMPLS = ("auto", "fused", "loop")
+IMPLS = ("auto", "fused", "loop", "reference")
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each [layers, batch, hidden]
 
 
@@ -34,7 +38,7 @@ def lstm_layer_loop(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, layer: nn
                     w_hh: torch.Tensor | None = None, recurrent: torch.Tensor | None = None,
                     cell_update: torch.Tensor | None = None, zoneout_c: torch.Tensor | None = None,
                     zoneout_h: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One LSTM layer, step by step, with the in-loop masks of dropout.py (each None, [T, B, H] fresh per
+    """The reference LSTM layer, step by step under autograd, with the in-loop masks of dropout.py (each None, [T, B, H] fresh per
     step or [1, B, H] the same every step; zoneout's may be [1, 1, 1], its expectation at evaluation).
 
     x [T, B, I]; h, c [B, H]; w_hh [4H, H] replaces the layer's weight_hh_l0 (DropConnect).
@@ -95,8 +99,8 @@ class DroppedLSTM(nn.Module):
         if impl == "fused" and dropout.needs_step_loop:
             active = [k for k in IN_LOOP if getattr(dropout, k).active]
             raise ValueError(f"placement {dropout.name!r} masks h_(t-1), g_t or zones out the state inside the "
-                             f"time loop ({', '.join(active)}), which the fused LSTM cannot do; use impl auto "
-                             f"or loop")
+                             f"time loop ({', '.join(active)}), which the fused LSTM cannot do; use impl auto, "
+                             f"loop or reference")
         self.spec, self.impl, self.hidden_size = dropout, impl, hidden_size
         sizes = [input_size] + [hidden_size] * num_layers
         self.layers = nn.ModuleList(nn.LSTM(sizes[i], hidden_size) for i in range(num_layers))
@@ -132,8 +136,10 @@ class DroppedLSTM(nn.Module):
             for k, m in {**in_loop, "weight_hh": w_mask}.items():
                 masks[k].append(m)
             w_hh = None if w_mask is None else layer.weight_hh_l0 * w_mask
-            if self.impl == "loop" or any(m is not None for m in in_loop.values()):
+            if self.impl == "reference":
                 x, h, c = lstm_layer_loop(x, h0[i], c0[i], layer, w_hh, **in_loop)
+            elif self.impl == "loop" or any(m is not None for m in in_loop.values()):
+                x, h, c = lstm_layer_fast(x, h0[i], c0[i], layer, w_hh, **in_loop)
             else:
                 x, h, c = lstm_layer_fused(x, h0[i], c0[i], layer, w_hh)
             hs.append(h)

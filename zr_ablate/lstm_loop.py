@@ -1,0 +1,126 @@
+"""The fast explicit LSTM loop: one layer's time loop as an autograd.Function with a hand-written backward.
+
+Masks on h_{t-1} or g_t, and zoneout, sit inside the time loop, so those placements cannot use the fused
+kernel. Run through autograd, a step loop records ~15 small ops per step and replays them backward, and
+its weight gradient is T rank-B updates. This Function follows the cuDNN/haste design instead:
+  forward   per step one addmm [B, H] @ [H, 4H] onto the precomputed input gates, then in-place gate math
+            into preallocated [T, ...] buffers (no autograd graph, no per-step allocations for the saved
+            tensors);
+  backward  the reverse walk carries only dh and dc through the steps. Everything that does not depend on
+            the carried gradient (sigmoid/tanh derivatives times the saved activations) is computed for
+            the whole window in a few vectorised ops first, so each step is ~6 small ops plus one
+            matmul [B, 4H] @ [4H, H]. The weight gradient is one matmul after the walk,
+            [4H, T*B] @ [T*B, H], which is where the explicit loop gains on a per-step autograd graph.
+The input projection (x @ W_ih + biases for the whole window) stays outside, under ordinary autograd.
+
+`lstm.lstm_layer_loop` is the plain reference (autograd over a readable step loop); tests/test_lstm.py
+checks this Function against it, outputs and gradients, for every mask kind.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _step(mask: torch.Tensor | None, t: int) -> torch.Tensor | None:
+    """Step t of a [T, B, H] mask; a [1, ...] mask (variational, zoneout's expectation) is the same always."""
+    if mask is None:
+        return None
+    return mask[t if mask.size(0) > 1 else 0]
+
+
+class LoopLSTM(torch.autograd.Function):
+    """gates_x [T, B, 4H] (x @ W_ih^T + b_ih + b_hh), h0, c0 [B, H], w_hh [4H, H], masks (each None,
+    [T, B, H] or [1, B, H]; zoneout's may be [1, 1, 1]) -> outputs [T, B, H], h_T, c_T [B, H].
+    Same equations as lstm.lstm_layer_loop; masks are constants (no gradient)."""
+
+    @staticmethod
+    def forward(ctx, gates_x, h0, c0, w_hh, recurrent, cell_update, zoneout_c, zoneout_h):
+        steps, batch, four_h = gates_x.shape
+        hid = four_h // 4
+        w_t = w_hh.t()  # [H, 4H] view; BLAS reads the transpose in place
+        gates = torch.empty_like(gates_x)                    # activated i, f, g, o per step
+        cells = gates_x.new_empty(steps + 1, batch, hid)     # cells[t] = c_{t-1} (after zoneout), cells[0] = c0
+        tanh_c = gates_x.new_empty(steps, batch, hid)        # tanh of the new cell, before zoneout
+        out = gates_x.new_empty(steps, batch, hid)           # h_t, the layer's output and carried state
+        cells[0] = c0
+        h = h0
+        for t in range(steps):
+            r, m = _step(recurrent, t), _step(cell_update, t)
+            g = gates[t]
+            torch.addmm(gates_x[t], h if r is None else h * r, w_t, out=g)
+            g[:, :2 * hid].sigmoid_()
+            g[:, 2 * hid:3 * hid].tanh_()
+            g[:, 3 * hid:].sigmoid_()
+            i, f, gg, o = g.chunk(4, dim=1)
+            c = cells[t + 1]
+            torch.mul(f, cells[t], out=c)
+            c.addcmul_(i, gg if m is None else gg * m)
+            torch.tanh(c, out=tanh_c[t])
+            torch.mul(o, tanh_c[t], out=out[t])
+            if zoneout_c is not None:  # c_t = d*c_{t-1} + (1-d)*c_new
+                c.lerp_(cells[t], _step(zoneout_c, t))
+            if zoneout_h is not None:
+                out[t].lerp_(h, _step(zoneout_h, t))
+            h = out[t]
+        ctx.save_for_backward(gates, cells, tanh_c, out, h0, w_hh, recurrent, cell_update, zoneout_c, zoneout_h)
+        return out, out[-1].clone(), cells[-1].clone()
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_h, grad_c):
+        gates, cells, tanh_c, out, h0, w_hh, recurrent, cell_update, zoneout_c, zoneout_h = ctx.saved_tensors
+        steps, batch, four_h = gates.shape
+        hid = four_h // 4
+        i, f, g, o = gates.chunk(4, dim=2)  # each [T, B, H]
+        g_in = g if cell_update is None else g * cell_update  # what entered the cell
+        # Per-step factors that do not depend on the carried gradient, for the whole window at once:
+        #   d pre_{i,f,g} = dc_new * k[:, :, :3H]   d pre_o = dh_new * k[:, :, 3H:]
+        #   dc_new = dc_carry*(1-z_c) + dh_new * o*(1 - tanh(c)^2)
+        k = torch.empty_like(gates)
+        ki, kf, kg, ko = k.chunk(4, dim=2)
+        torch.mul(g_in, i * (1 - i), out=ki)
+        torch.mul(cells[:-1], f * (1 - f), out=kf)
+        torch.mul(i, 1 - g * g, out=kg)
+        if cell_update is not None:
+            kg.mul_(cell_update)
+        torch.mul(tanh_c, o * (1 - o), out=ko)
+        through_h = o * (1 - tanh_c * tanh_c)
+        k3 = k.view(steps, batch, 4, hid)
+
+        grad_gates = torch.empty_like(gates)  # d pre-activation [T, B, 4H]
+        g3 = grad_gates.view(steps, batch, 4, hid)
+        dh = grad_h if grad_h is not None else h0.new_zeros(batch, hid)
+        dc = grad_c if grad_c is not None else h0.new_zeros(batch, hid)
+        for t in reversed(range(steps)):
+            zc, zh, r = _step(zoneout_c, t), _step(zoneout_h, t), _step(recurrent, t)
+            dh_t = dh + grad_out[t] if grad_out is not None else dh
+            dh_new = dh_t if zh is None else dh_t * (1 - zh)
+            dc_new = dc if zc is None else dc * (1 - zc)
+            dc_new = dc_new + dh_new * through_h[t]
+            torch.mul(k3[t, :, :3], dc_new[:, None], out=g3[t, :, :3])
+            torch.mul(k3[t, :, 3], dh_new, out=g3[t, :, 3])
+            dc_prev = dc_new * f[t]
+            dc = dc_prev if zc is None else dc_prev + dc * zc
+            dh = grad_gates[t] @ w_hh  # [B, 4H] @ [4H, H]
+            if r is not None:
+                dh = dh * r
+            if zh is not None:
+                dh = dh + dh_t * zh
+        # h_{t-1} as it entered the matmul, for every step: [T, B, H]
+        h_in = torch.cat([h0[None], out[:-1]])
+        if recurrent is not None:
+            h_in = h_in * recurrent
+        grad_w = grad_gates.view(-1, four_h).t() @ h_in.view(-1, hid)  # [4H, T*B] @ [T*B, H]
+        return grad_gates, dh, dc, grad_w, None, None, None, None
+
+
+def lstm_layer_fast(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, layer,
+                    w_hh: torch.Tensor | None = None, recurrent: torch.Tensor | None = None,
+                    cell_update: torch.Tensor | None = None, zoneout_c: torch.Tensor | None = None,
+                    zoneout_h: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Drop-in for lstm.lstm_layer_loop (same arguments and returns) on the LoopLSTM Function."""
+    steps, batch, _ = x.shape
+    # [T*B, I] @ [I, 4H] once for the window, under autograd (gradients to x, W_ih and both biases).
+    gates_x = torch.addmm(layer.bias_ih_l0 + layer.bias_hh_l0, x.reshape(steps * batch, -1),
+                          layer.weight_ih_l0.t()).view(steps, batch, -1)
+    w = layer.weight_hh_l0 if w_hh is None else w_hh
+    return LoopLSTM.apply(gates_x, h, c, w, recurrent, cell_update, zoneout_c, zoneout_h)
