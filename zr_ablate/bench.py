@@ -1,0 +1,387 @@
+"""Throughput benchmark: every dropout placement against the fused `zaremba` path, Lightning against a plain loop.
+
+    python -m zr_ablate.bench                                # medium and large, every preset, this machine
+    python -m zr_ablate.bench --sizes medium --threads 2 --reference
+    python -m zr_ablate.bench --device cuda --out outputs/bench/gpu.json
+
+Sizes and placements are the YAML files in conf/model and conf/dropout, composed as run.py composes them.
+Tokens are random: speed does not depend on the text. What is measured:
+- a training step as LMModule trains (forward, NLL summed over the unroll / batch, backward, one global-norm
+  clip, SGD step) and an evaluation step (forward and summed NLL under no_grad), on batch x unroll windows;
+- each repeat times `steps` windows of every placement in turn, interleaved, so that drift of the machine
+  (another process, clock changes) hits all of them alike. tokens/s is the median over repeats; a ratio is
+  the median over repeats of (this placement / fused zaremba in the same repeat);
+- the first step's seconds beside the median step: nothing is compiled, so warm-up is that one step;
+- achieved GFLOP/s from the model's matmul FLOPs (training = 3 x forward) against the best square matmul on
+  this device, measured first;
+- memory, in a fresh process per row: the peak to train the model (CUDA: allocator peak; CPU: growth of peak
+  RSS over the process before the model was built) and the bytes autograd saves for backward in one step;
+- Lightning: LMModule under a Trainer (no logger, checkpoint or progress bar) against a plain
+  pytorch/examples-style loop over the same windows, interleaved, the first `warmup` steps of each excluded.
+Prints markdown tables and writes them, with every repeat, as JSON (--out).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from statistics import median
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from .dropout import DropoutSpec
+from .model import LSTMLanguageModel
+from .module import LMModule
+from .report import markdown_table
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+VOCAB = 10_000  # Mikolov's PTB
+BASELINE = ("zaremba", "auto")  # the fused path every ratio is taken against
+Window = tuple[torch.Tensor, torch.Tensor]  # (x, y), each [B, T]
+
+
+class BenchError(ValueError):
+    """A bad option, named with its fix."""
+
+
+# --- settings and models ------------------------------------------------------------------------------
+def choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def settings(size: str, placement: str, impl: str) -> DictConfig:
+    """The composed config of one row, exactly as `python run.py model=SIZE dropout=PLACEMENT` sees it."""
+    for group, name in (("model", size), ("dropout", placement)):
+        if name not in choices(group):
+            raise BenchError(f"unknown {group} {name!r}; choose from {', '.join(choices(group))}")
+    overrides = [f"model={size}", f"dropout={placement}"] + ([f"model.lstm_impl={impl}"] if impl != "auto" else [])
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def spec_of(cfg: DictConfig) -> DropoutSpec:
+    return DropoutSpec.from_dict(OmegaConf.to_container(cfg.dropout, resolve=True))
+
+
+def build_model(cfg: DictConfig, device: torch.device) -> LSTMLanguageModel:
+    torch.manual_seed(0)  # every row starts from the same weights
+    return LSTMLanguageModel(VOCAB, cfg.model.hidden, cfg.model.layers, spec_of(cfg), cfg.model.init_scale,
+                             cfg.model.tie_weights, cfg.model.lstm_impl).to(device)
+
+
+def path_of(model: LSTMLanguageModel) -> str:
+    """Which LSTM path training takes: fused kernel, fast loop, or the reference loop."""
+    core = model.lstm
+    if core.impl == "reference":
+        return "reference loop"
+    return "loop" if core.impl == "loop" or core.spec.needs_step_loop else "fused"
+
+
+def windows(count: int, batch: int, bptt: int, device: torch.device, seed: int = 0) -> list[Window]:
+    g = torch.Generator().manual_seed(seed)
+    stream = torch.randint(VOCAB, (batch, count * bptt + 1), generator=g)
+    return [(stream[:, i * bptt:(i + 1) * bptt].to(device), stream[:, i * bptt + 1:(i + 1) * bptt + 1].to(device))
+            for i in range(count)]
+
+
+def matmul_flops_per_token(hidden: int, layers: int, vocab: int = VOCAB, training: bool = True) -> int:
+    """Multiply-adds x 2 of the matmuls per token: each layer's gates [4H, H + H], the softmax [V, H].
+    Training adds the two gradient matmuls of each (input and weight gradients): 3 x forward."""
+    forward = layers * 2 * 4 * hidden * (hidden + hidden) + 2 * hidden * vocab
+    return 3 * forward if training else forward
+
+
+# --- timing --------------------------------------------------------------------------------------------
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+class PlainLoop:
+    """The pytorch/examples word_language_model training loop with Zaremba's loss, clip and SGD."""
+
+    def __init__(self, model: LSTMLanguageModel, lr: float, clip: float):
+        self.model, self.clip, self.state = model, clip, None
+        self.opt = torch.optim.SGD(model.parameters(), lr=lr)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.model.train()
+        state = self.state if self.state is not None else self.model.init_state(x.size(0))
+        logits, (h, c) = self.model(x.t(), state)  # [T, B, V]
+        self.state = (h.detach(), c.detach())  # truncated BPTT: carried, not backpropagated into
+        loss = F.cross_entropy(logits.reshape(-1, VOCAB), y.t().reshape(-1), reduction="sum") / x.size(0)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        self.opt.step()
+
+    @torch.no_grad()
+    def eval_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.model.eval()
+        logits, _ = self.model(x.t(), self.model.init_state(x.size(0)))
+        F.cross_entropy(logits.reshape(-1, VOCAB), y.t().reshape(-1), reduction="sum")
+
+
+def gemm_peak(device: torch.device, size: int | None = None, repeats: int = 5) -> float:
+    """Best GFLOP/s of a square float32 matmul: the ceiling the model's matmuls are compared against."""
+    n = size or (8192 if device.type == "cuda" else 2048)
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    return max(2 * n ** 3 / timed(lambda: a @ b, device) for _ in range(repeats)) / 1e9
+
+
+# --- memory, one fresh process per row ----------------------------------------------------------------
+def _rss_peak_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+
+
+def probe_memory(size: str, placement: str, impl: str, device: torch.device) -> dict:
+    """Run in a fresh process (--probe-memory): two training steps of one row. Returns the peak MB to train
+    it and the MB autograd saved for backward in one step (unique storages)."""
+    cfg = settings(size, placement, impl)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    before = _rss_peak_mb() if device.type == "cpu" else 0.0
+    model = build_model(cfg, device)
+    loop = PlainLoop(model, cfg.optim.lr, cfg.optim.clip)
+    wins = windows(2, cfg.data.batch_size, cfg.data.bptt, device)
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    loop.train_step(*wins[0])
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loop.train_step(*wins[1])
+    sync(device)
+    peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else _rss_peak_mb() - before
+    return {"peak_mb": peak, "saved_for_backward_mb": sum(saved.values()) / 2 ** 20}
+
+
+def memory_in_subprocess(size: str, placement: str, impl: str, device: torch.device, threads: int) -> dict:
+    cmd = [sys.executable, "-m", "zr_ablate.bench", "--probe-memory", size, placement, impl,
+           "--device", device.type, "--threads", str(threads)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory probe of {size}/{placement} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --- the placement table -------------------------------------------------------------------------------
+def bench_size(size: str, rows: list[tuple[str, str]], device: torch.device, args, peak: float) -> list[dict]:
+    """Every (placement, impl) row of one size, interleaved. rows[0] is the fused zaremba baseline."""
+    loops, first_step, results = {}, {}, []
+    for row in rows:
+        cfg = settings(size, *row)
+        loops[row] = PlainLoop(build_model(cfg, device), cfg.optim.lr, cfg.optim.clip)
+    batch, bptt = cfg.data.batch_size, cfg.data.bptt
+    wins = windows(args.steps + args.warmup, batch, bptt, device)
+    tokens = args.steps * batch * bptt
+    for row, loop in loops.items():  # warm-up; the first step is the cold start a short run pays
+        first_step[row] = timed(lambda: loop.train_step(*wins[0]), device)
+        for x, y in wins[1:args.warmup]:
+            loop.train_step(x, y)
+        loop.eval_step(*wins[0])
+    train = {row: [] for row in rows}
+    evaluate = {row: [] for row in rows}
+    for _ in range(args.repeats):
+        for row, loop in loops.items():
+            t = timed(lambda: [loop.train_step(x, y) for x, y in wins[args.warmup:]], device)
+            train[row].append(tokens / t)
+            t = timed(lambda: [loop.eval_step(x, y) for x, y in wins[args.warmup:]], device)
+            evaluate[row].append(tokens / t)
+    hidden, layers = cfg.model.hidden, cfg.model.layers
+    for row, loop in loops.items():
+        ratios = [a / b for a, b in zip(train[row], train[rows[0]])]
+        eval_ratios = [a / b for a, b in zip(evaluate[row], evaluate[rows[0]])]
+        tok_s = median(train[row])
+        gflops = tok_s * matmul_flops_per_token(hidden, layers) / 1e9
+        memory = memory_in_subprocess(size, *row, device, args.threads) if args.memory else {}
+        results.append({
+            "size": size, "placement": row[0], "impl": row[1], "path": path_of(loop.model),
+            "train_tokens_per_s": tok_s, "train_ratio": median(ratios),
+            "eval_tokens_per_s": median(evaluate[row]), "eval_ratio": median(eval_ratios),
+            "gflops": gflops, "gemm_peak_fraction": gflops / peak,
+            "first_step_s": first_step[row], "median_step_s": batch * bptt / tok_s, **memory,
+            "train_tokens_per_s_repeats": train[row], "eval_tokens_per_s_repeats": evaluate[row]})
+        del loop.model  # free before the next size
+    return results
+
+
+# --- Lightning against the plain loop --------------------------------------------------------------------
+class _StepClock(pl.Callback):
+    """Wall time from the start of batch `first` to the end of the last batch."""
+
+    def __init__(self, first: int, device: torch.device):
+        self.first, self.device, self.start, self.end = first, device, None, None
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if batch_idx == self.first:
+            sync(self.device)
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        sync(self.device)
+        self.end = time.perf_counter()
+
+
+def bench_lightning(size: str, placement: str, device: torch.device, args) -> dict:
+    cfg = settings(size, placement, "auto")
+    batch, bptt = cfg.data.batch_size, cfg.data.bptt
+    wins = windows(args.lightning_steps + args.warmup, batch, bptt, device, seed=1)
+    tokens = args.lightning_steps * batch * bptt
+    plain, lightning, fit_wall = [], [], []
+    for _ in range(args.repeats):
+        loop = PlainLoop(build_model(cfg, device), cfg.optim.lr, cfg.optim.clip)
+        for x, y in wins[:args.warmup]:
+            loop.train_step(x, y)
+        plain.append(tokens / timed(lambda: [loop.train_step(x, y) for x, y in wins[args.warmup:]], device))
+
+        module = LMModule(build_model(cfg, device), **cfg.optim)
+        clock = _StepClock(args.warmup, device)
+        trainer = pl.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_epochs=1,
+                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                             callbacks=[clock])
+        loader = torch.utils.data.DataLoader(wins, batch_size=None, shuffle=False)
+        fit_wall.append(timed(lambda: trainer.fit(module, train_dataloaders=loader), device))
+        lightning.append(tokens / (clock.end - clock.start))
+    return {"size": size, "placement": placement, "plain_tokens_per_s": median(plain),
+            "lightning_tokens_per_s": median(lightning),
+            "ratio": median(a / b for a, b in zip(lightning, plain)), "lightning_fit_wall_s": median(fit_wall),
+            "plain_repeats": plain, "lightning_repeats": lightning}
+
+
+# --- output ---------------------------------------------------------------------------------------------
+def placement_table(results: list[dict]) -> str:
+    import pandas as pd
+    df = pd.DataFrame(results)
+    shown = pd.DataFrame({
+        "size": df["size"], "placement": df["placement"], "path": df["path"],
+        "train tok/s": df["train_tokens_per_s"].map("{:,.0f}".format),
+        "x fused zaremba": df["train_ratio"].map("{:.2f}".format),
+        "eval tok/s": df["eval_tokens_per_s"].map("{:,.0f}".format),
+        "eval x": df["eval_ratio"].map("{:.2f}".format),
+        "GFLOP/s (% peak)": [f"{g:.0f} ({100 * f:.0f}%)" for g, f in zip(df["gflops"], df["gemm_peak_fraction"])],
+        "first / median step s": [f"{a:.2f} / {b:.2f}" for a, b in zip(df["first_step_s"], df["median_step_s"])]})
+    if "peak_mb" in df:
+        shown["peak MB"] = df["peak_mb"].map("{:,.0f}".format)
+        shown["saved for backward MB"] = df["saved_for_backward_mb"].map("{:,.0f}".format)
+    return markdown_table(shown)
+
+
+def lightning_table(results: list[dict]) -> str:
+    import pandas as pd
+    df = pd.DataFrame(results)
+    return markdown_table(pd.DataFrame({
+        "size": df["size"], "placement": df["placement"],
+        "plain loop tok/s": df["plain_tokens_per_s"].map("{:,.0f}".format),
+        "Lightning tok/s": df["lightning_tokens_per_s"].map("{:,.0f}".format),
+        "Lightning / plain": df["ratio"].map("{:.3f}".format),
+        "fit wall s (incl. setup)": df["lightning_fit_wall_s"].map("{:.1f}".format)}))
+
+
+def describe(device: torch.device, threads: int) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads} torch threads"
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m zr_ablate.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", nargs="+", default=["medium", "large"], help="conf/model profiles")
+    p.add_argument("--placements", nargs="+",
+                   default=["none", "naive", "zaremba", "variational", "semeniuta", "weight_drop", "zoneout"],
+                   help="conf/dropout presets (fused zaremba is always measured: it is the baseline)")
+    p.add_argument("--reference", action="store_true",
+                   help="add the plain autograd loop (impl=reference) for every looped placement")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--steps", type=int, default=3, help="timed windows per repeat")
+    p.add_argument("--warmup", type=int, default=2, help="untimed windows first")
+    p.add_argument("--lightning", nargs="*", default=["zaremba", "variational"],
+                   help="placements timed under Lightning and the plain loop (none: skip)")
+    p.add_argument("--lightning-steps", type=int, default=12, help="timed windows per Lightning repeat")
+    p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the memory probes")
+    p.add_argument("--out", type=Path, default=Path("outputs/bench/bench.json"))
+    p.add_argument("--probe-memory", nargs=3, metavar=("SIZE", "PLACEMENT", "IMPL"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if min(args.repeats, args.steps, args.warmup, args.lightning_steps) < 1:
+        p.error("--repeats, --steps, --warmup and --lightning-steps must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("zr_ablate.bench: error: --device cuda but torch sees no GPU; use --device cpu")
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.threads = torch.get_num_threads()
+    if args.probe_memory:
+        print(json.dumps(probe_memory(*args.probe_memory, device)))
+        return
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.touch()
+    except OSError as e:
+        sys.exit(f"zr_ablate.bench: error: cannot write {args.out} ({e.strerror}); pass --out to a writable path")
+    placements = [BASELINE] + [(p, "auto") for p in args.placements if (p, "auto") != BASELINE]
+    try:
+        for size in args.sizes:
+            for placement, _ in placements:
+                settings(size, placement, "auto")  # every name checked before anything runs
+    except BenchError as e:
+        sys.exit(f"zr_ablate.bench: error: {e}")
+    peak = gemm_peak(device)
+    print(f"device: {describe(device, args.threads)}; torch {torch.__version__}; "
+          f"float32 GEMM peak {peak:.0f} GFLOP/s", flush=True)
+    results, lightning = [], []
+    for size in args.sizes:
+        rows = list(placements)
+        if args.reference:
+            rows += [(p, "reference") for p, _ in placements if spec_of(settings(size, p, "auto")).needs_step_loop]
+        results += bench_size(size, rows, device, args, peak)
+        print(placement_table([r for r in results if r["size"] == size]), flush=True)
+        for placement in args.lightning:
+            lightning.append(bench_lightning(size, placement, device, args))
+            print(f"lightning {size}/{placement}: {lightning[-1]['ratio']:.3f} x plain loop", flush=True)
+    report = {"command": "python -m zr_ablate.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": describe(device, args.threads),
+              "torch": torch.__version__, "threads": args.threads, "gemm_peak_gflops": peak,
+              "settings": {k: str(v) for k, v in vars(args).items()}, "placements": results, "lightning": lightning}
+    args.out.write_text(json.dumps(report, indent=1))
+    print("\n## Training and evaluation throughput\n")
+    print(placement_table(results))
+    if lightning:
+        print("\n## Lightning against a plain PyTorch loop (training)\n")
+        print(lightning_table(lightning))
+    print(f"\nwritten: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
