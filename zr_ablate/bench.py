@@ -17,7 +17,8 @@ Tokens are random: speed does not depend on the text. What is measured:
 - memory, in a fresh process per row: the peak to train the model (CUDA: allocator peak; CPU: growth of peak
   RSS over the process before the model was built) and the bytes autograd saves for backward in one step;
 - Lightning: LMModule under a Trainer (no logger, checkpoint or progress bar) against a plain
-  pytorch/examples-style loop over the same windows, interleaved, the first `warmup` steps of each excluded.
+  pytorch/examples-style loop over the same windows, interleaved; the median step (start of one batch to
+  the start of the next) after the first `warmup` steps, so a stray slow step does not decide it.
 Prints markdown tables and writes them, with every repeat, as JSON (--out).
 """
 from __future__ import annotations
@@ -229,42 +230,51 @@ def bench_size(size: str, rows: list[tuple[str, str]], device: torch.device, arg
 
 # --- Lightning against the plain loop --------------------------------------------------------------------
 class _StepClock(pl.Callback):
-    """Wall time from the start of batch `first` to the end of the last batch."""
+    """The time at the start of every training batch and at the end of the last: step i lasts from its
+    start to the next one's, so whatever Lightning does between batches is inside it."""
 
-    def __init__(self, first: int, device: torch.device):
-        self.first, self.device, self.start, self.end = first, device, None, None
+    def __init__(self, device: torch.device):
+        self.device, self.marks = device, []
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if batch_idx == self.first:
-            sync(self.device)
-            self.start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         sync(self.device)
-        self.end = time.perf_counter()
+        self.marks.append(time.perf_counter())
+
+    def on_train_end(self, trainer, module):
+        sync(self.device)
+        self.marks.append(time.perf_counter())
+
+
+def _step_seconds(marks: list[float], warmup: int) -> float:
+    """Median seconds per step after the warm-up steps: robust to a stray slow step on a shared machine."""
+    return median(b - a for a, b in zip(marks[warmup:], marks[warmup + 1:]))
 
 
 def bench_lightning(size: str, placement: str, device: torch.device, args) -> dict:
     cfg = settings(size, placement, "auto")
     batch, bptt = cfg.data.batch_size, cfg.data.bptt
     wins = windows(args.lightning_steps + args.warmup, batch, bptt, device, seed=1)
-    tokens = args.lightning_steps * batch * bptt
     plain, lightning, fit_wall = [], [], []
     for _ in range(args.repeats):
         loop = PlainLoop(build_model(cfg, device), cfg.optim.lr, cfg.optim.clip)
-        for x, y in wins[:args.warmup]:
+        marks = []
+        for x, y in wins:
+            sync(device)
+            marks.append(time.perf_counter())
             loop.train_step(x, y)
-        plain.append(tokens / timed(lambda: [loop.train_step(x, y) for x, y in wins[args.warmup:]], device))
+        sync(device)
+        marks.append(time.perf_counter())
+        plain.append(batch * bptt / _step_seconds(marks, args.warmup))
 
         module = LMModule(build_model(cfg, device), **cfg.optim)
-        clock = _StepClock(args.warmup, device)
+        clock = _StepClock(device)
         trainer = pl.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_epochs=1,
                              logger=False, enable_checkpointing=False, enable_progress_bar=False,
                              enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
                              callbacks=[clock])
         loader = torch.utils.data.DataLoader(wins, batch_size=None, shuffle=False)
         fit_wall.append(timed(lambda: trainer.fit(module, train_dataloaders=loader), device))
-        lightning.append(tokens / (clock.end - clock.start))
+        lightning.append(batch * bptt / _step_seconds(clock.marks, args.warmup))
     return {"size": size, "placement": placement, "plain_tokens_per_s": median(plain),
             "lightning_tokens_per_s": median(lightning),
             "ratio": median(a / b for a, b in zip(lightning, plain)), "lightning_fit_wall_s": median(fit_wall),
@@ -321,7 +331,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed windows first")
     p.add_argument("--lightning", nargs="*", default=["zaremba", "variational"],
                    help="placements timed under Lightning and the plain loop (none: skip)")
-    p.add_argument("--lightning-steps", type=int, default=12, help="timed windows per Lightning repeat")
+    p.add_argument("--lightning-steps", type=int, default=15, help="timed windows per Lightning repeat")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the memory probes")
     p.add_argument("--out", type=Path, default=Path("outputs/bench/bench.json"))
     p.add_argument("--probe-memory", nargs=3, metavar=("SIZE", "PLACEMENT", "IMPL"), help=argparse.SUPPRESS)
