@@ -366,3 +366,22 @@ def test_swept_p_gets_one_row_per_value_and_a_sensitivity_figure(swept_sweep, tm
 
 def test_no_sensitivity_figure_when_nothing_is_swept(out):
     assert not (out / "sensitivity.png").exists() and "sensitivity" not in (out / "results.md").read_text()
+
+
+def test_kept_runs_regenerate_the_same_report(sweep, tmp_path):
+    """--keep-runs copies the records of every job, unfinished ones included, into OUT/runs/; a report
+    made from that copy alone has the same tables."""
+    first, again = tmp_path / "first", tmp_path / "again"
+    proc = report(sweep, "--out", first, "--keep-runs")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (first / "runs" / MISSING / ".hydra" / "config.yaml").is_file()
+    assert not (first / "runs" / MISSING / "result.json").exists()
+    assert sorted(p.name for p in (first / "runs").iterdir()) == sorted(p.name for p in sweep.iterdir()
+                                                                        if p.is_dir() and p.name[0] != ".")
+    proc = report(first / "runs", "--out", again)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for table in TABLES:
+        assert (again / f"{table}.csv").read_text() == (first / f"{table}.csv").read_text()
+    # regenerating in place keeps the records (nothing copied onto itself)
+    proc = report(first / "runs", "--out", first, "--keep-runs")
+    assert proc.returncode == 0 and (first / "runs" / FAILED / "result.json").is_file()

@@ -3,6 +3,7 @@
     python -m zr_ablate.report outputs/demo                          # -> reports/demo/
     python -m zr_ablate.report wandb:ENTITY/PROJECT/GROUP --out reports/medium
     python -m zr_ablate.report outputs/demo --wandb                  # also log them to a W&B run
+    python -m zr_ablate.report outputs/demo --keep-runs              # + each job's records in runs/
 
 Writes results.md (every table, every figure, and what was left out), each table as CSV (numbers) and
 LaTeX (formatted, booktabs), each figure as PNG and PDF. Only completed runs enter means and figures; the
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
 from .reference import PAPER_SIZES, beside, mc_beside
-from .results import RATES, NoRunsError, load_sweep, load_wandb
+from .results import RATES, NoRunsError, job_folders, load_sweep, load_wandb
 
 # Paper sizes, then our CPU profiles; placements in the README's order, then the later methods. Anything
 # else sorts after; a variant (zaremba+tied) right after its placement.
@@ -464,12 +466,36 @@ def load(source: str) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     return runs, curves, Path(source).resolve().name
 
 
+RECORDS = ("result.json", "epochs.csv", ".hydra/config.yaml")  # all load_sweep reads of a job
+
+
+def keep_runs(sweep: Path, out: Path) -> int:
+    """Copy each job's records into OUT/runs/<job>/, so that `python -m zr_ablate.report OUT/runs` can
+    regenerate the report without the sweep folder (which holds checkpoints and is not committed).
+    Returns the number of jobs copied; none when the source already is OUT/runs."""
+    target = out / "runs"
+    if target.resolve() == sweep.resolve():
+        return 0
+    jobs = job_folders(sweep)
+    for job in jobs:
+        for record in RECORDS:
+            if (job / record).is_file():
+                (target / job.name / record).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(job / record, target / job.name / record)
+    return len(jobs)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m zr_ablate.report", description=__doc__.split("\n")[0])
     parser.add_argument("source", help="a sweep folder (outputs/<sweep>) or wandb:ENTITY/PROJECT/GROUP")
     parser.add_argument("--out", help="report folder (default: reports/<sweep name>)")
     parser.add_argument("--wandb", action="store_true", help="also log tables and figures to a W&B run")
+    parser.add_argument("--keep-runs", action="store_true",
+                        help="copy each job's result.json, epochs.csv and .hydra/config.yaml into OUT/runs/")
     args = parser.parse_args(argv)
+    if args.keep_runs and args.source.startswith("wandb:"):
+        sys.exit("zr_ablate.report: error: --keep-runs copies a sweep folder's job records; a W&B source has "
+                 "none (drop --keep-runs)")
     try:
         runs, curves, name = load(args.source)
     except NoRunsError as e:
@@ -485,6 +511,8 @@ def main(argv: list[str] | None = None) -> None:
     numbers = tables(view)
     markdown_tables = {key: write_table(out, key, *pair) for key, pair in numbers.items()}
     runs.to_csv(out / "runs.csv", index=False)
+    if args.keep_runs:
+        keep_runs(Path(args.source), out)
     done, done_curves = view[view["status"] == "completed"], view_curves[view_curves["status"] == "completed"]
     figs = figures(done, done_curves, numbers["perplexity"][0], out, swept(view)) if len(done) else []
     command = shlex.join(["python", "-m", "zr_ablate.report", *(sys.argv[1:] if argv is None else argv)])

@@ -92,6 +92,11 @@ def _hydra_config(path: Path) -> dict:
         return OmegaConf.to_container(config)
 
 
+def job_folders(sweep: Path) -> list[Path]:
+    """The Hydra job folders of a sweep folder (not its .submitit/ or other hidden folders)."""
+    return sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def load_sweep(path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A sweep folder (outputs/<sweep>/, one sub-folder per Hydra job) -> (runs, curves)."""
     sweep = Path(path)
@@ -99,7 +104,7 @@ def load_sweep(path) -> tuple[pd.DataFrame, pd.DataFrame]:
         raise NoRunsError(f"{sweep} is not a folder; pass a sweep folder such as outputs/<sweep>")
     if (sweep / "result.json").exists():
         raise NoRunsError(f"{sweep} is one job's folder; pass the sweep folder above it, {sweep.parent}")
-    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    jobs = job_folders(sweep)
     if not jobs:
         raise NoRunsError(f"{sweep} holds no job folders; pass a sweep folder such as outputs/<sweep> "
                           f"(run.py -m writes one sub-folder per job there)")
