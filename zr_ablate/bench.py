@@ -81,10 +81,8 @@ def build_model(cfg: DictConfig, device: torch.device) -> LSTMLanguageModel:
 
 def path_of(model: LSTMLanguageModel) -> str:
     """Which LSTM path training takes: fused kernel, fast loop, or the reference loop."""
-    core = model.lstm
-    if core.impl == "reference":
-        return "reference loop"
-    return "loop" if core.impl == "loop" or core.spec.needs_step_loop else "fused"
+    path = model.lstm.path(masks_in_loop=model.lstm.spec.needs_step_loop)
+    return "reference loop" if path == "reference" else path
 
 
 def windows(count: int, batch: int, bptt: int, device: torch.device, seed: int = 0) -> list[Window]:
@@ -224,7 +222,6 @@ def bench_size(size: str, rows: list[tuple[str, str]], device: torch.device, arg
             "gflops": gflops, "gemm_peak_fraction": gflops / peak,
             "first_step_s": first_step[row], "median_step_s": batch * bptt / tok_s, **memory,
             "train_tokens_per_s_repeats": train[row], "eval_tokens_per_s_repeats": evaluate[row]})
-        del loop.model  # free before the next size
     return results
 
 

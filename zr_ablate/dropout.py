@@ -121,6 +121,14 @@ def sample_mask(conn: Connection, steps: int, batch: int, features: int,
     return _bernoulli(keep, (rows, batch, features), like) / keep
 
 
+def mask_at(mask: torch.Tensor | None, t: int) -> torch.Tensor | None:
+    """Step t of an in-loop mask: [T, B, H] fresh per step, or [1, ...] (per sequence, or zoneout's
+    expectation) the same at every step. None stays None."""
+    if mask is None:
+        return None
+    return mask[t if mask.size(0) > 1 else 0]
+
+
 def weight_mask(conn: Connection, weight: torch.Tensor) -> torch.Tensor | None:
     """DropConnect: one inverted-dropout mask shaped like `weight` ([4H, H]) for the window, or None."""
     mask = sample_mask(conn, 1, *weight.shape, weight)

@@ -18,16 +18,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .dropout import IN_LOOP, ZONEOUT, DropoutSpec, sample_mask, weight_mask, zoneout_mask
-from .lstm_loop import lstm_layer_fast
+from .dropout import IN_LOOP, ZONEOUT, DropoutSpec, mask_at, sample_mask, weight_mask, zoneout_mask
+from .lstm_loop import input_gates, lstm_layer_fast
 
 IMPLS = ("auto", "fused", "loop", "reference")
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each [layers, batch, hidden]
-
-
-def _at(mask: torch.Tensor, t: int) -> torch.Tensor:
-    """Step t of a [T, B, H] mask; a [1, ...] mask is the same at every step."""
-    return mask[t if mask.size(0) > 1 else 0]
 
 
 def _masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -38,8 +33,9 @@ def lstm_layer_loop(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, layer: nn
                     w_hh: torch.Tensor | None = None, recurrent: torch.Tensor | None = None,
                     cell_update: torch.Tensor | None = None, zoneout_c: torch.Tensor | None = None,
                     zoneout_h: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The reference LSTM layer, step by step under autograd, with the in-loop masks of dropout.py (each None, [T, B, H] fresh per
-    step or [1, B, H] the same every step; zoneout's may be [1, 1, 1], its expectation at evaluation).
+    """The reference LSTM layer, step by step under autograd, with the in-loop masks of dropout.py (each
+    None, [T, B, H] fresh per step or [1, B, H] the same every step; zoneout's may be [1, 1, 1], its
+    expectation at evaluation).
 
     x [T, B, I]; h, c [B, H]; w_hh [4H, H] replaces the layer's weight_hh_l0 (DropConnect).
     recurrent masks h_{t-1} where it enters the gates, not the carried h (Gal's formulation).
@@ -48,21 +44,18 @@ def lstm_layer_loop(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, layer: nn
     is computed from the new cell before zoneout); the zoned h is the layer's output and the carried state.
     Returns outputs [T, B, H] and the final h, c [B, H]. Gate order is PyTorch's: i, f, g, o.
     """
-    steps, batch, _ = x.shape
     w_hh_t = (layer.weight_hh_l0 if w_hh is None else w_hh).t()
-    # [T*B, I] @ [I, 4H] once for the window: the input side does not depend on the recurrence.
-    gates_x = torch.addmm(layer.bias_ih_l0 + layer.bias_hh_l0, x.reshape(steps * batch, -1),
-                          layer.weight_ih_l0.t()).view(steps, batch, -1)
+    gates_x = input_gates(x, layer)  # [T, B, 4H]
     outputs = []
-    for t in range(steps):
-        h_in = h if recurrent is None else h * _at(recurrent, t)
+    for t in range(x.size(0)):
+        h_in = h if recurrent is None else h * mask_at(recurrent, t)
         i, f, g, o = torch.addmm(gates_x[t], h_in, w_hh_t).chunk(4, dim=1)
-        g = torch.tanh(g) if cell_update is None else torch.tanh(g) * _at(cell_update, t)
+        g = torch.tanh(g) if cell_update is None else torch.tanh(g) * mask_at(cell_update, t)
         c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * g
         h_new = torch.sigmoid(o) * torch.tanh(c_new)
         # lerp(new, previous, d) = d*previous + (1-d)*new
-        c = c_new if zoneout_c is None else torch.lerp(c_new, c, _at(zoneout_c, t))
-        h = h_new if zoneout_h is None else torch.lerp(h_new, h, _at(zoneout_h, t))
+        c = c_new if zoneout_c is None else torch.lerp(c_new, c, mask_at(zoneout_c, t))
+        h = h_new if zoneout_h is None else torch.lerp(h_new, h, mask_at(zoneout_h, t))
         outputs.append(h)
     return torch.stack(outputs), h, c
 
@@ -107,6 +100,13 @@ class DroppedLSTM(nn.Module):
         self.record_masks = False
         self.last_masks: dict | None = None
 
+    def path(self, masks_in_loop: bool) -> str:
+        """The layer implementation a forward takes: "reference", "loop" (the fast Function) or "fused".
+        masks_in_loop: whether any mask sits inside the time loop for this forward."""
+        if self.impl == "reference":
+            return "reference"
+        return "loop" if self.impl == "loop" or masks_in_loop else "fused"
+
     def init_state(self, batch: int, like: torch.Tensor) -> State:
         zeros = like.new_zeros(len(self.layers), batch, self.hidden_size)
         return zeros, zeros.clone()
@@ -136,12 +136,12 @@ class DroppedLSTM(nn.Module):
             for k, m in {**in_loop, "weight_hh": w_mask}.items():
                 masks[k].append(m)
             w_hh = None if w_mask is None else layer.weight_hh_l0 * w_mask
-            if self.impl == "reference":
-                x, h, c = lstm_layer_loop(x, h0[i], c0[i], layer, w_hh, **in_loop)
-            elif self.impl == "loop" or any(m is not None for m in in_loop.values()):
-                x, h, c = lstm_layer_fast(x, h0[i], c0[i], layer, w_hh, **in_loop)
-            else:
+            path = self.path(any(m is not None for m in in_loop.values()))
+            if path == "fused":
                 x, h, c = lstm_layer_fused(x, h0[i], c0[i], layer, w_hh)
+            else:
+                layer_fn = lstm_layer_loop if path == "reference" else lstm_layer_fast
+                x, h, c = layer_fn(x, h0[i], c0[i], layer, w_hh, **in_loop)
             hs.append(h)
             cs.append(c)
         masks["output"] = self._mask("output", x)

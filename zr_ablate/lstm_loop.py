@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import torch
 
+from .dropout import mask_at
 
-def _step(mask: torch.Tensor | None, t: int) -> torch.Tensor | None:
-    """Step t of a [T, B, H] mask; a [1, ...] mask (variational, zoneout's expectation) is the same always."""
-    if mask is None:
-        return None
-    return mask[t if mask.size(0) > 1 else 0]
+
+def input_gates(x: torch.Tensor, layer) -> torch.Tensor:
+    """x [T, B, I] -> x @ W_ih^T + b_ih + b_hh [T, B, 4H]: one [T*B, I] @ [I, 4H] matmul for the window,
+    under autograd, since the input side does not depend on the recurrence."""
+    steps, batch, _ = x.shape
+    return torch.addmm(layer.bias_ih_l0 + layer.bias_hh_l0, x.reshape(steps * batch, -1),
+                       layer.weight_ih_l0.t()).view(steps, batch, -1)
 
 
 class LoopLSTM(torch.autograd.Function):
@@ -45,7 +48,7 @@ class LoopLSTM(torch.autograd.Function):
         cells[0] = c0
         h = h0
         for t in range(steps):
-            r, m = _step(recurrent, t), _step(cell_update, t)
+            r, m = mask_at(recurrent, t), mask_at(cell_update, t)
             g = gates[t]
             torch.addmm(gates_x[t], h if r is None else h * r, w_t, out=g)
             g[:, :2 * hid].sigmoid_()
@@ -58,9 +61,9 @@ class LoopLSTM(torch.autograd.Function):
             torch.tanh(c, out=tanh_c[t])
             torch.mul(o, tanh_c[t], out=out[t])
             if zoneout_c is not None:  # c_t = d*c_{t-1} + (1-d)*c_new
-                c.lerp_(cells[t], _step(zoneout_c, t))
+                c.lerp_(cells[t], mask_at(zoneout_c, t))
             if zoneout_h is not None:
-                out[t].lerp_(h, _step(zoneout_h, t))
+                out[t].lerp_(h, mask_at(zoneout_h, t))
             h = out[t]
         ctx.save_for_backward(gates, cells, tanh_c, out, h0, w_hh, recurrent, cell_update, zoneout_c, zoneout_h)
         return out, out[-1].clone(), cells[-1].clone()
@@ -88,11 +91,10 @@ class LoopLSTM(torch.autograd.Function):
 
         grad_gates = torch.empty_like(gates)  # d pre-activation [T, B, 4H]
         g3 = grad_gates.view(steps, batch, 4, hid)
-        dh = grad_h if grad_h is not None else h0.new_zeros(batch, hid)
-        dc = grad_c if grad_c is not None else h0.new_zeros(batch, hid)
+        dh, dc = grad_h, grad_c  # autograd passes zeros for outputs that got no gradient (materialize_grads)
         for t in reversed(range(steps)):
-            zc, zh, r = _step(zoneout_c, t), _step(zoneout_h, t), _step(recurrent, t)
-            dh_t = dh + grad_out[t] if grad_out is not None else dh
+            zc, zh, r = mask_at(zoneout_c, t), mask_at(zoneout_h, t), mask_at(recurrent, t)
+            dh_t = dh + grad_out[t]
             dh_new = dh_t if zh is None else dh_t * (1 - zh)
             dc_new = dc if zc is None else dc * (1 - zc)
             dc_new = dc_new + dh_new * through_h[t]
@@ -118,9 +120,5 @@ def lstm_layer_fast(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, layer,
                     cell_update: torch.Tensor | None = None, zoneout_c: torch.Tensor | None = None,
                     zoneout_h: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Drop-in for lstm.lstm_layer_loop (same arguments and returns) on the LoopLSTM Function."""
-    steps, batch, _ = x.shape
-    # [T*B, I] @ [I, 4H] once for the window, under autograd (gradients to x, W_ih and both biases).
-    gates_x = torch.addmm(layer.bias_ih_l0 + layer.bias_hh_l0, x.reshape(steps * batch, -1),
-                          layer.weight_ih_l0.t()).view(steps, batch, -1)
     w = layer.weight_hh_l0 if w_hh is None else w_hh
-    return LoopLSTM.apply(gates_x, h, c, w, recurrent, cell_update, zoneout_c, zoneout_h)
+    return LoopLSTM.apply(input_gates(x, layer), h, c, w, recurrent, cell_update, zoneout_c, zoneout_h)
