@@ -4,8 +4,8 @@
     python run.py -m dropout=none,naive,zaremba,variational model=demo
     python run.py -m grid=table1                      # a named sweep from sweeps/grid/
 
-The only place that reads the composed config: it builds the data module, the model and the Lightning
-module from it and hands them to zr_ablate.train.run_job. A rerun of the same command skips completed
+It builds the data module, the model and the Lightning module through zr_ablate.build (the one module
+that maps config to objects) and hands them to zr_ablate.train.run_job. A rerun of the same command skips completed
 jobs and resumes interrupted ones from their last checkpoint (same job folder, same W&B run).
 """
 from __future__ import annotations
@@ -18,16 +18,10 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from zr_ablate.data import DataError
-from zr_ablate.dropout import DropoutSpec
-from zr_ablate.mc import MCDropoutEval
-from zr_ablate.model import LSTMLanguageModel
-from zr_ablate.module import LMModule
+from zr_ablate.build import CONFIG_ERRORS, apply_precision, build, error_line
 from zr_ablate.sweep import FINAL_STATUSES
 from zr_ablate.tracking import end_run, finish_run, start_run
 from zr_ablate.train import read_result, run_job
@@ -35,37 +29,6 @@ from zr_ablate.train import read_result, run_job
 log = logging.getLogger("run")
 # Job folders are named from the overrides (not timestamps) so a rerun finds them; no overrides -> "default".
 OmegaConf.register_new_resolver("zr_job_name", lambda overrides: overrides or "default", replace=True)
-CONFIG_ERRORS = (ValueError, DataError, InstantiationException)
-
-
-def error_line(e: Exception) -> str:
-    # instantiate() wraps the constructor's own error; show the one that names the fix.
-    return str(e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e)
-
-
-def dropout_spec(cfg: DictConfig) -> DropoutSpec:
-    return DropoutSpec.from_dict(OmegaConf.to_container(cfg.dropout, resolve=True))
-
-
-def check(cfg: DictConfig) -> None:
-    """Cheap checks of one job's settings, without data or model: raises ValueError naming the fix.
-    Run for every job of a sweep before any job trains (zr_ablate.sweep.SweepGuard)."""
-    dropout_spec(cfg)
-    LMModule.check_settings(**cfg.optim)
-    MCDropoutEval(cfg.eval.mc_samples)
-    instantiate(cfg.data).check_shape()
-
-
-def build(cfg: DictConfig):
-    """Config -> (Lightning module, data module). Raises ValueError/DataError on bad settings."""
-    spec = dropout_spec(cfg)
-    datamodule = instantiate(cfg.data)
-    datamodule.setup()  # the vocabulary size shapes the model
-    model = LSTMLanguageModel(
-        vocab_size=len(datamodule.vocab), hidden=cfg.model.hidden, layers=cfg.model.layers, dropout=spec,
-        init_scale=cfg.model.init_scale, tie_weights=cfg.model.tie_weights, lstm_impl=cfg.model.lstm_impl)
-    module = LMModule(model, **cfg.optim, mc_samples=cfg.eval.mc_samples)
-    return module, datamodule
 
 
 def thread_budget(cfg: DictConfig, hydra_cfg) -> int | None:
@@ -94,6 +57,7 @@ def main(cfg: DictConfig) -> str:
     threads = thread_budget(cfg, hydra_cfg)
     if threads:
         torch.set_num_threads(threads)
+    precision = apply_precision(cfg.tf32)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     try:
         module, datamodule = build(cfg)
@@ -107,7 +71,8 @@ def main(cfg: DictConfig) -> str:
         run_id=previous.get("wandb_run_id"))
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_kwargs["log_every_n_steps"] = cfg.logger.log_every_n_steps
-    extra = {"wandb_run_id": wandb_logger.experiment.id if wandb_logger else None, "threads": threads}
+    extra = {"wandb_run_id": wandb_logger.experiment.id if wandb_logger else None, "threads": threads,
+             "precision": precision}
     try:
         result = run_job(module, datamodule, job_dir, trainer_kwargs, config=config,
                          test_protocol=cfg.data.test_protocol, extra=extra,

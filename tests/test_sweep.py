@@ -127,7 +127,7 @@ GRIDS = sorted((REPO / "sweeps" / "grid").glob("*.yaml"))
 
 @pytest.mark.parametrize("grid", GRIDS, ids=lambda p: p.stem)
 def test_named_grids_compose_and_match_their_wandb_sweeps(grid):
-    from run import check
+    from zr_ablate.build import check
     from zr_ablate.sweep import job_overrides
 
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):

@@ -10,10 +10,10 @@ from .lstm import DroppedLSTM, State
 
 class LSTMLanguageModel(nn.Module):
     def __init__(self, vocab_size: int, hidden: int, layers: int, dropout: DropoutSpec,
-                 init_scale: float, tie_weights: bool = False, lstm_impl: str = "auto"):
+                 init_scale: float, tie_weights: bool = False, lstm_impl: str = "auto", cuda_graph: bool = True):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, hidden)
-        self.lstm = DroppedLSTM(hidden, hidden, layers, dropout, impl=lstm_impl)
+        self.lstm = DroppedLSTM(hidden, hidden, layers, dropout, impl=lstm_impl, cuda_graph=cuda_graph)
         self.decoder = nn.Linear(hidden, vocab_size)
         if tie_weights:
             self.decoder.weight = self.embedding.weight

@@ -5,8 +5,14 @@
 - Loss: NLL summed over the T unrolled steps, averaged over the B examples, with plain SGD (lr 1) and
   one global-norm clip over all parameters. A per-token mean loss would make gradients T times smaller.
 - Perplexity: exp(total NLL / predicted tokens) over the whole split (`TokenPerplexity`).
+- No host-GPU sync per step: on a GPU a step at batch 20 takes milliseconds, and every `.item()` or
+  `bool(tensor)` waits for the queue to drain. The loss is summed on the device; the divergence check reads
+  it every `check_every` steps and at every epoch end, and the running perplexity and gradient norm are
+  logged only on the steps the logger writes (`Trainer(log_every_n_steps)`).
 """
 from __future__ import annotations
+
+import math
 
 import pytorch_lightning as pl
 import torch
@@ -22,7 +28,10 @@ STAGES = ("fit", "val", "test", "mc_test")  # mc_test: MC-dropout evaluation of 
 
 
 class Diverged(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """The loss became NaN or infinite, or so large that the perplexity overflows."""
+
+
+MAX_NLL = math.log(torch.finfo(torch.float64).max)  # a mean NLL above this overflows exp() in float64
 
 
 class TokenPerplexity(torchmetrics.Metric):
@@ -45,12 +54,16 @@ class TokenPerplexity(torchmetrics.Metric):
 
 class LMModule(pl.LightningModule):
     def __init__(self, model: nn.Module, lr: float, lr_decay: float, decay_after: int, clip: float,
-                 mc_samples: int = 0):
+                 mc_samples: int = 0, check_every: int = 50):
         """lr_decay: divide the lr by this once per epoch after `decay_after` epochs (paper: 2 / 1.2 / 1.15
         after 4 / 6 / 14). clip: max global gradient norm (5 / 5 / 10). mc_samples: K stochastic passes
-        of MC-dropout evaluation on the test split, logged as mc_test_ppl beside test_ppl (0 = off)."""
+        of MC-dropout evaluation on the test split, logged as mc_test_ppl beside test_ppl (0 = off).
+        check_every: training steps between divergence checks (each one host-GPU sync)."""
         super().__init__()
         self.check_settings(lr, lr_decay, decay_after, clip)
+        if check_every < 1:
+            raise ValueError(f"check_every_n_steps must be >= 1, got {check_every}")
+        self.check_every = check_every
         self.model = model
         self.lr, self.lr_decay, self.decay_after, self.clip = lr, lr_decay, decay_after, clip
         self.ppl = nn.ModuleDict({s: TokenPerplexity() for s in STAGES})
@@ -78,11 +91,29 @@ class LMModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         nll, tokens, batch_size = self._window(batch, "fit")
-        if not torch.isfinite(nll):
-            raise Diverged(f"training loss is {nll.item()} at epoch {self.current_epoch} step {batch_idx}")
+        if (batch_idx + 1) % self.check_every == 0:
+            self._check_diverged("fit", f"step {batch_idx + 1}")
         self.log("train_loss", nll / tokens, on_step=False, on_epoch=True, batch_size=tokens)
-        self.log("train_ppl_running", self.ppl["fit"].compute(), prog_bar=True, on_step=True, on_epoch=False)
+        if self._logging_step():
+            self.log("train_ppl_running", self.ppl["fit"].compute(), prog_bar=True, on_step=True, on_epoch=False)
         return nll / batch_size  # summed over steps, averaged over the batch
+
+    def _logging_step(self) -> bool:
+        """Whether the logger writes this step's metrics (Lightning writes when the number of optimiser
+        steps after this one is a multiple of log_every_n_steps); per-step values are only made then."""
+        every = self.trainer.log_every_n_steps if self._trainer is not None else 1
+        return every > 0 and (self.global_step + 1) % every == 0
+
+    def _check_diverged(self, stage: str, where: str) -> None:
+        """Raise Diverged if the NLL summed over `stage` so far is not finite or its perplexity overflows.
+        The sum runs on the device, so one NaN or inf window anywhere since the last reset is caught."""
+        metric = self.ppl[stage]
+        if not metric.update_count:
+            return
+        mean = float(metric.nll / metric.tokens)  # the one host-GPU sync
+        if not mean <= MAX_NLL:  # also NaN
+            raise Diverged(f"{'training' if stage == 'fit' else stage} loss is {mean:.4g} nats/token at epoch "
+                           f"{self.current_epoch + 1} {where}")
 
     def validation_step(self, batch, batch_idx):
         nll, tokens, _ = self._window(batch, "val")
@@ -112,9 +143,12 @@ class LMModule(pl.LightningModule):
         metric.reset()
 
     def on_train_epoch_end(self):
+        self._check_diverged("fit", "end")
         self._log_epoch_ppl("fit", "train_ppl")
 
     def on_validation_epoch_end(self):
+        if not self.trainer.sanity_checking:
+            self._check_diverged("val", "end")
         self._log_epoch_ppl("val", "val_ppl")
 
     def on_test_epoch_end(self):
@@ -144,5 +178,6 @@ class LMModule(pl.LightningModule):
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         # One global-norm clip over all parameters after the whole window's backward.
         norm = torch.nn.utils.clip_grad_norm_(self.parameters(), self.clip)
-        self.log("grad_norm", norm, on_step=True, on_epoch=False)
+        if self._logging_step():
+            self.log("grad_norm", norm, on_step=True, on_epoch=False)
 

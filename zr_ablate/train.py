@@ -17,6 +17,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
+from .clock import sync
 from .module import Diverged
 from .model import count_parameters
 
@@ -35,7 +36,11 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 
 class EpochRecorder(pl.Callback):
-    """Appends one row per epoch to epochs.csv and times training steps only (not validation)."""
+    """Appends one row per epoch to epochs.csv and times the training part of each epoch (not validation).
+
+    The clock runs from the epoch's start to the end of its last training window, read after waiting for
+    the device once (GPU work is queued: a clock read after every step without waiting would time the
+    launches, and waiting every step would stall the GPU)."""
 
     def __init__(self, path: Path):
         self.path, self.rows = path, []
@@ -55,17 +60,20 @@ class EpochRecorder(pl.Callback):
         return rows
 
     def on_train_epoch_start(self, trainer, pl_module):
-        self.train_s, self.tokens = 0.0, 0
+        self.train_s, self.tokens = None, 0
         self.lr = trainer.optimizers[0].param_groups[0]["lr"]
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        sync(pl_module.device)
         self.t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.train_s += time.perf_counter() - self.t0
         self.tokens += batch[1].numel()
+        if batch_idx + 1 == trainer.num_training_batches:  # the last training window of the epoch
+            sync(pl_module.device)
+            self.train_s = time.perf_counter() - self.t0
 
     def on_train_epoch_end(self, trainer, pl_module):
+        if self.train_s is None:  # the epoch ended early (a limit, an interruption): time what ran
+            self.train_s = time.perf_counter() - self.t0
         m = {k: float(v) for k, v in trainer.callback_metrics.items()}
         # Callbacks run before the module's own on_train_epoch_end, which logs and resets the train
         # metric, so read it directly; validation has already ended and logged val_ppl.
