@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .dropout import IN_LOOP, ZONEOUT, DropoutSpec, mask_at, sample_mask, weight_mask, zoneout_mask
+from .graphs import GraphedLayers
 from .lstm_loop import input_gates, lstm_layer_fast
 
 IMPLS = ("auto", "fused", "loop", "reference")
@@ -78,6 +79,13 @@ def lstm_layer_fused(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, layer: n
 class DroppedLSTM(nn.Module):
     """Stacked LSTM: embedding mask -> layer 1 -> between mask -> ... -> layer L -> output mask.
 
+    A forward first draws every mask of the window (`sample_masks`, in a fixed order, so the random
+    stream is the same whichever path runs), then runs the layers on them (`run_layers`). On CUDA in
+    training, a placement that needs the step loop runs the layers as a captured CUDA graph
+    (`graphs.GraphedLayers`, `cuda_graph=True`): the loop launches ~20 small kernels per step and layer,
+    which on a GPU is bound by launch latency; the graph replays them without the host. Only the first
+    training window shape seen is captured; any other (the short last window of an epoch) runs eager.
+
     Set `record_masks = True` to keep the masks of the last forward in `last_masks` (for tests and
     inspection): {"embedding": m, "output": m, "between": [m per gap], and per layer [m per layer] for
     "recurrent", "cell_update", "zoneout_c", "zoneout_h" and "weight_hh"}, each None where no mask was
@@ -85,7 +93,7 @@ class DroppedLSTM(nn.Module):
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int, dropout: DropoutSpec,
-                 impl: str = "auto"):
+                 impl: str = "auto", cuda_graph: bool = True):
         super().__init__()
         if impl not in IMPLS:
             raise ValueError(f"lstm impl must be one of {IMPLS}, got {impl!r}")
@@ -97,6 +105,8 @@ class DroppedLSTM(nn.Module):
         self.spec, self.impl, self.hidden_size = dropout, impl, hidden_size
         sizes = [input_size] + [hidden_size] * num_layers
         self.layers = nn.ModuleList(nn.LSTM(sizes[i], hidden_size) for i in range(num_layers))
+        self.cuda_graph = cuda_graph
+        self._graphed = None  # graphs.GraphedLayers once captured; a plain attribute, not a submodule
         self.record_masks = False
         self.last_masks: dict | None = None
 
@@ -111,30 +121,39 @@ class DroppedLSTM(nn.Module):
         zeros = like.new_zeros(len(self.layers), batch, self.hidden_size)
         return zeros, zeros.clone()
 
-    def _mask(self, which: str, like: torch.Tensor, features: int | None = None) -> torch.Tensor | None:
-        """The mask of connection `which` for a window shaped like `like` [T, B, F] (features: F instead)."""
-        steps, batch, feats = like.shape
+    def _mask(self, which: str, like: torch.Tensor, features: int) -> torch.Tensor | None:
+        """The mask of connection `which` for a window shaped like `like` [T, B, *], with `features` units."""
+        steps, batch, _ = like.shape
         conn = getattr(self.spec, which)
         if which in ZONEOUT:
-            return zoneout_mask(conn, steps, batch, features or feats, like, self.training)
-        return sample_mask(conn, steps, batch, features or feats, like) if self.training else None
+            return zoneout_mask(conn, steps, batch, features, like, self.training)
+        return sample_mask(conn, steps, batch, features, like) if self.training else None
 
-    def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """x [T, B, I], state (h, c) [L, B, H] -> outputs [T, B, H] (output mask applied), new state."""
-        h0, c0 = state
-        masks = {"embedding": self._mask("embedding", x), "between": [], "weight_hh": []}
+    def sample_masks(self, x: torch.Tensor) -> dict:
+        """Every mask of one window x [T, B, I], drawn in the order embedding, then per layer (between,
+        recurrent, cell_update, zoneout_c, zoneout_h, weight_hh), then output. Layout: see the class."""
+        hid = self.hidden_size
+        masks = {"embedding": self._mask("embedding", x, x.size(-1)), "between": [], "weight_hh": []}
         masks |= {k: [] for k in IN_LOOP}
-        x = _masked(x, masks["embedding"])
+        for i, layer in enumerate(self.layers):
+            if i > 0:
+                masks["between"].append(self._mask("between", x, hid))
+            for k in IN_LOOP:
+                masks[k].append(self._mask(k, x, hid))
+            w_mask = weight_mask(self.spec.weight_hh, layer.weight_hh_l0) if self.training else None
+            masks["weight_hh"].append(w_mask)
+        masks["output"] = self._mask("output", x, hid)
+        return masks
+
+    def run_layers(self, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, masks: dict):
+        """x [T, B, I] (embedding mask applied), h0, c0 [L, B, H] -> top outputs [T, B, H] (before the
+        output mask), h, c [L, B, H]. Uses masks["between"], the in-loop masks and masks["weight_hh"]."""
         hs, cs = [], []
         for i, layer in enumerate(self.layers):
             if i > 0:
-                m = self._mask("between", x)
-                masks["between"].append(m)
-                x = _masked(x, m)
-            in_loop = {k: self._mask(k, x, self.hidden_size) for k in IN_LOOP}
-            w_mask = weight_mask(self.spec.weight_hh, layer.weight_hh_l0) if self.training else None
-            for k, m in {**in_loop, "weight_hh": w_mask}.items():
-                masks[k].append(m)
+                x = _masked(x, masks["between"][i - 1])
+            in_loop = {k: masks[k][i] for k in IN_LOOP}
+            w_mask = masks["weight_hh"][i]
             w_hh = None if w_mask is None else layer.weight_hh_l0 * w_mask
             path = self.path(any(m is not None for m in in_loop.values()))
             if path == "fused":
@@ -144,8 +163,26 @@ class DroppedLSTM(nn.Module):
                 x, h, c = layer_fn(x, h0[i], c0[i], layer, w_hh, **in_loop)
             hs.append(h)
             cs.append(c)
-        masks["output"] = self._mask("output", x)
-        x = _masked(x, masks["output"])
+        return x, torch.stack(hs), torch.stack(cs)
+
+    def _graph_applies(self, x: torch.Tensor, masks: dict) -> bool:
+        """Capture/replay a CUDA graph: training with gradients on CUDA, on a placement that takes the loop."""
+        if not (self.cuda_graph and self.training and x.is_cuda and torch.is_grad_enabled()):
+            return False
+        return self.path(any(m is not None for k in IN_LOOP for m in masks[k])) == "loop"
+
+    def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """x [T, B, I], state (h, c) [L, B, H] -> outputs [T, B, H] (output mask applied), new state."""
+        h0, c0 = state
+        masks = self.sample_masks(x)
+        x = _masked(x, masks["embedding"])
+        if self._graph_applies(x, masks):
+            if self._graphed is None:
+                self._graphed = GraphedLayers(self, x, h0, c0, masks)
+            out, h, c = self._graphed(x, h0, c0, masks)
+        else:
+            out, h, c = self.run_layers(x, h0, c0, masks)
+        out = _masked(out, masks["output"])
         if self.record_masks:
             self.last_masks = masks
-        return x, (torch.stack(hs), torch.stack(cs))
+        return out, (h, c)
