@@ -37,16 +37,19 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from .dropout import DropoutSpec
+from . import build, concurrency
+from .clock import sync, timed
 from .model import LSTMLanguageModel
-from .module import LMModule
 from .report import markdown_table
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 VOCAB = 10_000  # Mikolov's PTB
 BASELINE = ("zaremba", "auto")  # the fused path every ratio is taken against
+# Row variants: auto = what run.py trains with; reference = the plain autograd loop (model.lstm_impl=
+# reference); eager = the fast loop without its CUDA graph (model.cuda_graph=false), on CUDA only.
+VARIANTS = {"auto": [], "reference": ["model.lstm_impl=reference"], "eager": ["model.cuda_graph=false"]}
 Window = tuple[torch.Tensor, torch.Tensor]  # (x, y), each [B, T]
 
 
@@ -59,30 +62,36 @@ def choices(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-def settings(size: str, placement: str, impl: str) -> DictConfig:
-    """The composed config of one row, exactly as `python run.py model=SIZE dropout=PLACEMENT` sees it."""
+def settings(size: str, placement: str, variant: str = "auto", extra: tuple[str, ...] = ()) -> DictConfig:
+    """The composed config of one row, exactly as `python run.py model=SIZE dropout=PLACEMENT EXTRA...` sees
+    it (extra: --overrides, e.g. model.cuda_graph=false)."""
     for group, name in (("model", size), ("dropout", placement)):
         if name not in choices(group):
             raise BenchError(f"unknown {group} {name!r}; choose from {', '.join(choices(group))}")
-    overrides = [f"model={size}", f"dropout={placement}"] + ([f"model.lstm_impl={impl}"] if impl != "auto" else [])
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("config", overrides=overrides)
-
-
-def spec_of(cfg: DictConfig) -> DropoutSpec:
-    return DropoutSpec.from_dict(OmegaConf.to_container(cfg.dropout, resolve=True))
+        try:
+            return compose("config", overrides=[f"model={size}", f"dropout={placement}", *extra, *VARIANTS[variant]])
+        except Exception as e:  # a bad --overrides entry: Hydra's own message names it
+            raise BenchError(f"bad --overrides {' '.join(extra)}: {e}") from None
 
 
 def build_model(cfg: DictConfig, device: torch.device) -> LSTMLanguageModel:
     torch.manual_seed(0)  # every row starts from the same weights
-    return LSTMLanguageModel(VOCAB, cfg.model.hidden, cfg.model.layers, spec_of(cfg), cfg.model.init_scale,
-                             cfg.model.tie_weights, cfg.model.lstm_impl).to(device)
+    return build.model(cfg, VOCAB).to(device)
 
 
-def path_of(model: LSTMLanguageModel) -> str:
-    """Which LSTM path training takes: fused kernel, fast loop, or the reference loop."""
+def needs_loop(size: str, placement: str) -> bool:
+    return build.dropout_spec(settings(size, placement)).needs_step_loop
+
+
+def path_of(model: LSTMLanguageModel, device: torch.device) -> str:
+    """Which LSTM path training takes: fused kernel, fast loop (as a CUDA graph or eager), reference loop."""
     path = model.lstm.path(masks_in_loop=model.lstm.spec.needs_step_loop)
-    return "reference loop" if path == "reference" else path
+    if path == "reference":
+        return "reference loop"
+    if path == "loop" and device.type == "cuda":
+        return "loop, CUDA graph" if model.lstm.cuda_graph else "loop, eager"
+    return path
 
 
 def windows(count: int, batch: int, bptt: int, device: torch.device, seed: int = 0) -> list[Window]:
@@ -100,19 +109,6 @@ def matmul_flops_per_token(hidden: int, layers: int, vocab: int = VOCAB, trainin
 
 
 # --- timing --------------------------------------------------------------------------------------------
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device) -> float:
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
-
-
 class PlainLoop:
     """The pytorch/examples word_language_model training loop with Zaremba's loss, clip and SGD."""
 
@@ -152,10 +148,10 @@ def _rss_peak_mb() -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
 
 
-def probe_memory(size: str, placement: str, impl: str, device: torch.device) -> dict:
-    """Run in a fresh process (--probe-memory): two training steps of one row. Returns the peak MB to train
-    it and the MB autograd saved for backward in one step (unique storages)."""
-    cfg = settings(size, placement, impl)
+def probe_memory(size: str, placement: str, impl: str, device: torch.device, extra: tuple[str, ...] = ()) -> dict:
+    """Two training steps of one row (on CPU in a fresh process, --probe-memory). Returns the peak MB to
+    train it and the MB autograd saved for backward in one step (unique storages)."""
+    cfg = settings(size, placement, impl, extra)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     before = _rss_peak_mb() if device.type == "cpu" else 0.0
@@ -176,9 +172,14 @@ def probe_memory(size: str, placement: str, impl: str, device: torch.device) -> 
     return {"peak_mb": peak, "saved_for_backward_mb": sum(saved.values()) / 2 ** 20}
 
 
-def memory_in_subprocess(size: str, placement: str, impl: str, device: torch.device, threads: int) -> dict:
+def memory_of_row(size: str, placement: str, impl: str, device: torch.device, threads: int,
+                  extra: tuple[str, ...] = ()) -> dict:
+    if device.type == "cuda":  # the allocator's peak resets in-process; no fresh process needed
+        result = probe_memory(size, placement, impl, device, extra)
+        torch.cuda.empty_cache()
+        return result
     cmd = [sys.executable, "-m", "zr_ablate.bench", "--probe-memory", size, placement, impl,
-           "--device", device.type, "--threads", str(threads)]
+           "--device", device.type, "--threads", str(threads), "--overrides", *extra]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"memory probe of {size}/{placement} failed: {done.stderr.strip().splitlines()[-1:]}")
@@ -190,7 +191,7 @@ def bench_size(size: str, rows: list[tuple[str, str]], device: torch.device, arg
     """Every (placement, impl) row of one size, interleaved. rows[0] is the fused zaremba baseline."""
     loops, first_step, results = {}, {}, []
     for row in rows:
-        cfg = settings(size, *row)
+        cfg = settings(size, *row, args.overrides)
         loops[row] = PlainLoop(build_model(cfg, device), cfg.optim.lr, cfg.optim.clip)
     batch, bptt = cfg.data.batch_size, cfg.data.bptt
     wins = windows(args.steps + args.warmup, batch, bptt, device)
@@ -214,9 +215,9 @@ def bench_size(size: str, rows: list[tuple[str, str]], device: torch.device, arg
         eval_ratios = [a / b for a, b in zip(evaluate[row], evaluate[rows[0]])]
         tok_s = median(train[row])
         gflops = tok_s * matmul_flops_per_token(hidden, layers) / 1e9
-        memory = memory_in_subprocess(size, *row, device, args.threads) if args.memory else {}
+        memory = memory_of_row(size, *row, device, args.threads, args.overrides) if args.memory else {}
         results.append({
-            "size": size, "placement": row[0], "impl": row[1], "path": path_of(loop.model),
+            "size": size, "placement": row[0], "impl": row[1], "path": path_of(loop.model, device),
             "train_tokens_per_s": tok_s, "train_ratio": median(ratios),
             "eval_tokens_per_s": median(evaluate[row]), "eval_ratio": median(eval_ratios),
             "gflops": gflops, "gemm_peak_fraction": gflops / peak,
@@ -248,7 +249,7 @@ def _step_seconds(marks: list[float], warmup: int) -> float:
 
 
 def bench_lightning(size: str, placement: str, device: torch.device, args) -> dict:
-    cfg = settings(size, placement, "auto")
+    cfg = settings(size, placement, "auto", args.overrides)
     batch, bptt = cfg.data.batch_size, cfg.data.bptt
     wins = windows(args.lightning_steps + args.warmup, batch, bptt, device, seed=1)
     plain, lightning, fit_wall = [], [], []
@@ -263,7 +264,7 @@ def bench_lightning(size: str, placement: str, device: torch.device, args) -> di
         marks.append(time.perf_counter())
         plain.append(batch * bptt / _step_seconds(marks, args.warmup))
 
-        module = LMModule(build_model(cfg, device), **cfg.optim)
+        module = build.lm_module(cfg, build_model(cfg, device))
         clock = _StepClock(device)
         trainer = pl.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_epochs=1,
                              logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -321,6 +322,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="conf/dropout presets (fused zaremba is always measured: it is the baseline)")
     p.add_argument("--reference", action="store_true",
                    help="add the plain autograd loop (impl=reference) for every looped placement")
+    p.add_argument("--eager", action="store_true",
+                   help="CUDA: add the fast loop without its CUDA graph (model.cuda_graph=false) per looped placement")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--repeats", type=int, default=5)
@@ -330,9 +333,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="placements timed under Lightning and the plain loop (none: skip)")
     p.add_argument("--lightning-steps", type=int, default=15, help="timed windows per Lightning repeat")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the memory probes")
+    p.add_argument("--overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides for every row, as on run.py's command line (e.g. model.cuda_graph=false)")
+    p.add_argument("--concurrency", nargs="*", type=int, default=None, metavar="K",
+                   help="aggregate throughput of K jobs at once, one process each (default: 1 2 4 on CUDA, "
+                        "none on CPU; zr_ablate.concurrency)")
+    p.add_argument("--concurrency-size", default="medium", help="model profile of the concurrent jobs")
+    p.add_argument("--concurrency-placements", nargs="+", default=["zaremba", "none", "variational", "naive"],
+                   help="one concurrent job per placement; level K runs the first K")
+    p.add_argument("--concurrency-seconds", type=float, default=4.0, help="length of each concurrency phase")
     p.add_argument("--out", type=Path, default=Path("outputs/bench/bench.json"))
     p.add_argument("--probe-memory", nargs=3, metavar=("SIZE", "PLACEMENT", "IMPL"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.overrides = tuple(args.overrides)
     if min(args.repeats, args.steps, args.warmup, args.lightning_steps) < 1:
         p.error("--repeats, --steps, --warmup and --lightning-steps must be at least 1")
     if args.threads is not None and args.threads < 1:
@@ -350,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     args.threads = torch.get_num_threads()
     if args.probe_memory:
-        print(json.dumps(probe_memory(*args.probe_memory, device)))
+        print(json.dumps(probe_memory(*args.probe_memory, device, args.overrides)))
         return
     try:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -358,10 +371,14 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as e:
         sys.exit(f"zr_ablate.bench: error: cannot write {args.out} ({e.strerror}); pass --out to a writable path")
     placements = [BASELINE] + [(p, "auto") for p in args.placements if (p, "auto") != BASELINE]
+    if args.concurrency is None:
+        args.concurrency = [1, 2, 4] if device.type == "cuda" else []
     try:
         for size in args.sizes:
             for placement, _ in placements:
-                settings(size, placement, "auto")  # every name checked before anything runs
+                settings(size, placement, "auto", args.overrides)  # every name checked before anything runs
+        for placement in args.concurrency_placements if args.concurrency else []:
+            settings(args.concurrency_size, placement, "auto", args.overrides)
     except BenchError as e:
         sys.exit(f"zr_ablate.bench: error: {e}")
     peak = gemm_peak(device)
@@ -370,23 +387,34 @@ def main(argv: list[str] | None = None) -> None:
     results, lightning = [], []
     for size in args.sizes:
         rows = list(placements)
+        looped = [p for p, _ in placements if needs_loop(size, p)]
+        if args.eager and device.type == "cuda":
+            rows += [(p, "eager") for p in looped]
         if args.reference:
-            rows += [(p, "reference") for p, _ in placements if spec_of(settings(size, p, "auto")).needs_step_loop]
+            rows += [(p, "reference") for p in looped]
         results += bench_size(size, rows, device, args, peak)
         print(placement_table([r for r in results if r["size"] == size]), flush=True)
         for placement in args.lightning:
             lightning.append(bench_lightning(size, placement, device, args))
             print(f"lightning {size}/{placement}: {lightning[-1]['ratio']:.3f} x plain loop", flush=True)
+    together = None
+    if args.concurrency:
+        together = concurrency.measure(args.concurrency_size, args.concurrency_placements, args.concurrency,
+                                       args.concurrency_seconds, device.type, args.overrides)
     report = {"command": "python -m zr_ablate.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": describe(device, args.threads),
               "torch": torch.__version__, "threads": args.threads, "gemm_peak_gflops": peak,
-              "settings": {k: str(v) for k, v in vars(args).items()}, "placements": results, "lightning": lightning}
+              "settings": {k: str(v) for k, v in vars(args).items()}, "placements": results, "lightning": lightning,
+              "concurrency": together}
     args.out.write_text(json.dumps(report, indent=1))
     print("\n## Training and evaluation throughput\n")
     print(placement_table(results))
     if lightning:
         print("\n## Lightning against a plain PyTorch loop (training)\n")
         print(lightning_table(lightning))
+    if together:
+        print(f"\n## Concurrent {args.concurrency_size} jobs, one process each (training, plain loop)\n")
+        print(concurrency.table(together))
     print(f"\nwritten: {args.out}")
 
 
