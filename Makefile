@@ -10,7 +10,7 @@ DEMO_ARGS ?=
 
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test clean-venv
+.PHONY: setup demo test clean-venv device-wheels device-sprint
 
 setup: $(VENV)/.installed
 
@@ -32,3 +32,33 @@ test: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# --- the GPU sprint (python -m zr_ablate.sprint) ---------------------------------------------------------
+# The lent GPU machine is bare (Python 3.12, torch, Lightning; no Hydra, omegaconf or W&B; no network; no
+# ../shared). `make device-wheels`, here, puts what it lacks (cp312 manylinux wheels) and PTB into .device/
+# (git-ignored: name it in the device tool's carry). `make device-sprint`, there, installs the wheels and
+# runs the sprint into $$OUT. DRY=1 runs the same plumbing here on the CPU (tiny profile, no wheels).
+DEVICE := .device
+DEVICE_PKGS := hydra-core==1.3.8 omegaconf==2.3.1 hydra-joblib-launcher==1.2.0 wandb==0.31.0
+OUT ?= outputs/sprint
+SPRINT_ARGS ?=
+
+device-wheels:
+	rm -rf $(DEVICE)/wheels && mkdir -p $(DEVICE)/wheels $(DEVICE)/ptb
+	$(PY) -m pip wheel --quiet --no-deps -w $(DEVICE)/wheels antlr4-python3-runtime==4.9.3  # sdist only on PyPI
+	$(PY) -m pip download --quiet --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		--find-links $(DEVICE)/wheels -d $(DEVICE)/wheels $(DEVICE_PKGS)
+	cp $(or $(PTB_DIR),../shared/data/ptb)/ptb.*.txt $(DEVICE)/ptb/
+	du -sh $(DEVICE)
+
+ifdef DRY
+device-sprint: setup
+	$(BIN)/python -m zr_ablate.sprint --dry --out $(OUT) $(if $(PTB_DIR),--ptb $(PTB_DIR)) $(SPRINT_ARGS)
+else
+device-sprint:
+	@start=$$(date +%s); \
+	python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site $(DEVICE)/wheels/*.whl \
+	&& PYTHONPATH=/tmp/site:$(CURDIR) python3 -m zr_ablate.sprint --out $(OUT) --ptb $(DEVICE)/ptb \
+		--started-at $$start $(SPRINT_ARGS)
+endif

@@ -1,0 +1,74 @@
+"""The GPU sprint: its plan from measured speeds, and its whole plumbing run dry on the CPU."""
+import json
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from zr_ablate import sprint
+from tests.conftest import REPO
+
+
+def bench(solo: dict, slow2: float, slow4: float) -> dict:
+    """A bench.json as the sprint reads it: one medium row per placement, concurrency levels 1/2/4."""
+    order = list(solo)
+    return {
+        "placements": [{"size": "medium", "placement": p, "impl": "auto", "train_tokens_per_s": v,
+                        "eval_tokens_per_s": 1e9} for p, v in solo.items()],
+        "lightning": [{"size": "medium", "ratio": 1.0}],
+        "concurrency": {"solo_tokens_per_s": solo, "levels": [
+            {"jobs": 1, "placements": order[:1], "slowdown": [1.0]},
+            {"jobs": 2, "placements": order[:2], "slowdown": [slow2, slow2]},
+            {"jobs": 4, "placements": order, "slowdown": [slow4] * 4}]}}
+
+
+def test_simulate_runs_jobs_as_joblib_does():
+    b = bench({"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0}, slow2=0.5, slow4=0.25)["concurrency"]
+    # two at a time at half speed: a, b end at 20; c, d start then and end at 40
+    assert sprint.simulate({"a": 10, "b": 10, "c": 10, "d": 10}, ["a", "b", "c", "d"], 2, b) == \
+        pytest.approx({"a": 20, "b": 20, "c": 40, "d": 40})
+    # one job alone runs at full speed once its partner ends
+    assert sprint.simulate({"a": 10, "b": 30}, ["a", "b"], 2, b) == pytest.approx({"a": 20, "b": 40})
+    # three running: between the measured levels 2 and 4
+    assert sprint.slowdown(b, 3, "a") == pytest.approx(0.375)
+
+
+def test_plan_keeps_the_order_and_drops_from_the_end():
+    solo = {"zaremba": 200_000.0, "none": 200_000.0, "variational": 100_000.0, "naive": 100_000.0}
+    b = bench(solo, slow2=0.9, slow4=0.6)  # concurrency pays: 4 at once is 2.4x one
+    per_job = {p: sprint.job_seconds(b, "medium", p, 39, 929_589) for p in solo}
+    everything = max(sprint.simulate(per_job, list(solo), 4, b["concurrency"]).values())
+    full = sprint.plan(b, "medium", 39, 929_589, available_s=everything * sprint.MARGIN + 1)
+    assert full["fits"] and full["jobs"] == list(solo) and full["at_once"] == 4 and not full["left_out"]
+    short = sprint.plan(b, "medium", 39, 929_589, available_s=everything * 0.8)
+    assert short["fits"] and short["jobs"] == list(solo)[:len(short["jobs"])] and short["left_out"]
+    assert "naive" in short["left_out"] and short["why"].startswith(", ".join(short["left_out"]))
+    hopeless = sprint.plan(b, "medium", 39, 929_589, available_s=10)
+    assert not hopeless["fits"] and hopeless["jobs"] == ["zaremba"] and "cut short" in hopeless["why"]
+
+
+def test_dry_sprint_runs_the_whole_plumbing_on_cpu(tmp_path, ptb_dir):
+    """make device-sprint DRY=1: GPU tests (skipped), bench, plan, the sweep on the tiny profile, the probe,
+    packing."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    cmd = [sys.executable, "-m", "zr_ablate.sprint", "--dry", "--out", str(out), "--ptb", str(ptb_dir),
+           "--work", str(work), "--budget", "900"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["bench.json", "environment.json", "plan.json", "sprint.log", "summary.md", "sweep.tar.gz"]
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["jobs"] == sprint.ORDER and plan["fits"]
+    with tarfile.open(out / "sweep.tar.gz") as tar:
+        names = tar.getnames()
+    assert not [n for n in names if "checkpoints" in n]
+    assert {f"gpu-medium/probe/{f}.csv" for f in ("probe", "memory", "positions")} <= set(names)
+    for placement in sprint.ORDER:
+        job = f"gpu-medium/dropout={placement},model=tiny,seed=1"
+        assert {f"{job}/result.json", f"{job}/epochs.csv", f"{job}/.hydra/config.yaml"} <= set(names)
+        assert any(n.startswith(f"{job}/wandb/") and n.endswith(".wandb") for n in names)
+    assert "| dropout=zaremba,model=tiny,seed=1 | completed | 2 |" in (out / "summary.md").read_text()
+    # a second sprint into the same work folder refuses rather than mixing old jobs with new ones
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert again.returncode != 0 and "already holds jobs; move it away" in again.stderr
