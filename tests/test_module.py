@@ -106,9 +106,11 @@ def test_state_is_carried_across_windows_and_reset_each_epoch(ptb_dir):
     torch.testing.assert_close(fresh, zero_start)
 
 
+# Zaremba's main.lua divides the lr at the end of each epoch e > max_epoch (4 small, 6 medium), so the
+# first max_epoch + 1 epochs train at lr 1: decay_after 5 and 7 in conf/model/.
 @pytest.mark.parametrize("decay,after,epochs,expected_tail", [
-    (2.0, 4, 13, [1, 1, 1, 1, 1 / 2, 1 / 4, 1 / 8]),            # small
-    (1.2, 6, 39, [1, 1, 1, 1, 1, 1, 1 / 1.2, 1 / 1.44]),        # medium
+    (2.0, 5, 13, [1, 1, 1, 1, 1, 1 / 2, 1 / 4, 1 / 8]),         # small
+    (1.2, 7, 39, [1, 1, 1, 1, 1, 1, 1, 1 / 1.2, 1 / 1.44]),     # medium
 ])
 def test_paper_learning_rate_schedule(decay, after, epochs, expected_tail):
     module = LMModule(torch.nn.Linear(2, 2), lr=1.0, lr_decay=decay, decay_after=after, clip=5.0)
@@ -121,6 +123,12 @@ def test_paper_learning_rate_schedule(decay, after, epochs, expected_tail):
         sched.step()
     assert lrs[: len(expected_tail)] == pytest.approx(expected_tail)
     assert lrs[-1] == pytest.approx(decay ** -(epochs - after))
+
+
+@pytest.mark.parametrize("size,after", [("small", 5), ("medium", 7), ("large", 15)])
+def test_paper_profiles_decay_on_zaremba_main_lua_timing(size, after):
+    from zr_ablate.bench import settings
+    assert settings(size, "zaremba").optim.decay_after == after
 
 
 def test_gradients_are_clipped_to_global_norm(ptb_dir):

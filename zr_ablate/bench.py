@@ -332,6 +332,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lightning", nargs="*", default=["zaremba", "variational"],
                    help="placements timed under Lightning and the plain loop (none: skip)")
     p.add_argument("--lightning-steps", type=int, default=15, help="timed windows per Lightning repeat")
+    p.add_argument("--lightning-sizes", nargs="+", default=None, help="sizes timed under Lightning (default: all)")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the memory probes")
     p.add_argument("--overrides", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides for every row, as on run.py's command line (e.g. model.cuda_graph=false)")
@@ -394,7 +395,7 @@ def main(argv: list[str] | None = None) -> None:
             rows += [(p, "reference") for p in looped]
         results += bench_size(size, rows, device, args, peak)
         print(placement_table([r for r in results if r["size"] == size]), flush=True)
-        for placement in args.lightning:
+        for placement in args.lightning if args.lightning_sizes is None or size in args.lightning_sizes else []:
             lightning.append(bench_lightning(size, placement, device, args))
             print(f"lightning {size}/{placement}: {lightning[-1]['ratio']:.3f} x plain loop", flush=True)
     together = None

@@ -55,8 +55,8 @@ class TokenPerplexity(torchmetrics.Metric):
 class LMModule(pl.LightningModule):
     def __init__(self, model: nn.Module, lr: float, lr_decay: float, decay_after: int, clip: float,
                  mc_samples: int = 0, check_every: int = 50):
-        """lr_decay: divide the lr by this once per epoch after `decay_after` epochs (paper: 2 / 1.2 / 1.15
-        after 4 / 6 / 14). clip: max global gradient norm (5 / 5 / 10). mc_samples: K stochastic passes
+        """lr_decay: divide the lr by this at the end of every epoch after the first `decay_after` (paper:
+        2 / 1.2 / 1.15 after 5 / 7 / 15, the timing of Zaremba's main.lua; the TF tutorial's is one earlier). clip: max global gradient norm (5 / 5 / 10). mc_samples: K stochastic passes
         of MC-dropout evaluation on the test split, logged as mc_test_ppl beside test_ppl (0 = off).
         check_every: training steps between divergence checks (each one host-GPU sync)."""
         super().__init__()

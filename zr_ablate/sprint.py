@@ -228,6 +228,7 @@ def bench_command(args, out: Path, overrides: list[str]) -> list[str]:
                       "--threads", "1"]
     return cmd + ["--device", "cuda", "--sizes", args.size, "large", "--eager", "--repeats", "3", "--steps", "3",
                   "--warmup", "3", "--lightning", "zaremba", "variational", "--lightning-steps", "10",
+                  "--lightning-sizes", args.size,
                   "--concurrency", "1", "2", "4", "--concurrency-size", args.size, "--concurrency-seconds", "3"]
 
 
