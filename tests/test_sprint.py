@@ -72,3 +72,21 @@ def test_dry_sprint_runs_the_whole_plumbing_on_cpu(tmp_path, ptb_dir):
     # a second sprint into the same work folder refuses rather than mixing old jobs with new ones
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert again.returncode != 0 and "already holds jobs; move it away" in again.stderr
+
+
+def test_pack_leaves_checkpoints_behind_and_splits_wandb_off_when_too_large(tmp_path, monkeypatch):
+    job = tmp_path / "sweep" / "dropout=zaremba"
+    for rel in ("result.json", "checkpoints/last.ckpt", "wandb/offline-run-1/run-1.wandb",
+                "wandb/offline-run-1/logs/debug-core.log", "wandb/debug.log", "probe/probe.csv"):
+        (job / rel).parent.mkdir(parents=True, exist_ok=True)
+        (job / rel).write_text("x" * 100)
+    (tmp_path / "out").mkdir()
+    small = sprint.pack(tmp_path / "sweep", tmp_path / "out")
+    with tarfile.open(small[0]) as tar:
+        assert sorted(tar.getnames()) == ["sweep/dropout=zaremba/probe/probe.csv", "sweep/dropout=zaremba/result.json",
+                                          "sweep/dropout=zaremba/wandb/offline-run-1/run-1.wandb"]
+    monkeypatch.setattr(sprint, "MAX_FILE", 10)  # everything is too large now
+    records, runs = sprint.pack(tmp_path / "sweep", tmp_path / "out")
+    with tarfile.open(records) as a, tarfile.open(runs) as b:
+        assert not [n for n in a.getnames() if "wandb" in n]
+        assert b.getnames() == ["sweep/dropout=zaremba/wandb/offline-run-1/run-1.wandb"]

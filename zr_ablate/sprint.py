@@ -247,14 +247,29 @@ def sweep_command(args, jobs: list[str], at_once: int, overrides: list[str], roo
             f"out_root={root}", f"sweep={args.sweep}", *overrides]
 
 
-def pack(sweep_dir: Path, out: Path) -> Path:
-    """Every job's records and W&B offline run into one tarball; checkpoints stay behind (too large)."""
-    target = out / "sweep.tar.gz"
+MAX_FILE = 15 * 2**20  # the device tool brings back files of at most 16 MiB
+
+
+def _tar(target: Path, sweep_dir: Path, keep) -> Path:
     with tarfile.open(target, "w:gz") as tar:
         for path in sorted(sweep_dir.rglob("*")):
-            if path.is_file() and "checkpoints" not in path.parts:
+            if path.is_file() and keep(path.relative_to(sweep_dir).parts):
                 tar.add(path, arcname=str(path.relative_to(sweep_dir.parent)))
     return target
+
+
+def pack(sweep_dir: Path, out: Path) -> list[Path]:
+    """Every job's records, the probe's tables and the W&B offline runs into OUT/sweep.tar.gz. Checkpoints
+    stay behind (too large), as do W&B's own debug logs. If that is over the size the device tool brings
+    back, the W&B runs go into a tarball of their own."""
+    def useful(parts):
+        return "checkpoints" not in parts and "logs" not in parts and not parts[-1].startswith("debug")
+
+    tarball = _tar(out / "sweep.tar.gz", sweep_dir, useful)
+    if tarball.stat().st_size <= MAX_FILE:
+        return [tarball]
+    return [_tar(out / "sweep.tar.gz", sweep_dir, lambda parts: useful(parts) and "wandb" not in parts),
+            _tar(out / "wandb.tar.gz", sweep_dir, lambda parts: useful(parts) and "wandb" in parts)]
 
 
 def summary(sweep_dir: Path) -> str:
@@ -325,8 +340,9 @@ def main(argv: list[str] | None = None) -> int:
             stop_mps()
             log("MPS: stopped")
     if sweep_dir.exists():
-        tarball = pack(sweep_dir, args.out)
-        log(f"packed {tarball} ({tarball.stat().st_size / 2**20:.1f} MiB)")
+        for tarball in pack(sweep_dir, args.out):
+            size = tarball.stat().st_size
+            log(f"packed {tarball} ({size / 2**20:.1f} MiB{'; TOO LARGE to come back' if size > MAX_FILE else ''})")
         table = summary(sweep_dir)
         (args.out / "summary.md").write_text(table + "\n")
         log("summary:\n" + table)
