@@ -7,6 +7,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Without a GPU, Triton kernels (zr_ablate.lstm_triton) run in Triton's CPU interpreter. Triton reads this
+# when it is first imported, so it is set before any test module imports anything.
+if not os.environ.get("CUDA_VISIBLE_DEVICES") and not Path("/dev/nvidia0").exists():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 PTB_DIR = Path(os.environ.get("ZR_ABLATE_PTB_DIR", REPO.parent / "shared" / "data" / "ptb")).resolve()
 SHA256 = {
     "ptb.train.txt": "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf",

@@ -1,78 +1,98 @@
-"""CUDA only (skipped without a GPU; the device sprint runs them first): the CUDA-graph path gives the same
-training as eager, and cuDNN's fused LSTM runs in FP32 unless TF32 is asked for."""
+"""CUDA only (skipped without a GPU; the device sprint runs them first and trains with what passed): both
+CUDA-graph modes train exactly as eager does, and cuDNN's fused LSTM runs in FP32 unless TF32 is asked for.
+Test names carry what they vouch for (test_step_graph_*, test_layers_graph_*, test_triton_*), which the
+sprint reads to decide what it may train with."""
 import pytest
 import torch
-import torch.nn.functional as F
 
-from zr_ablate.bench import settings
+from zr_ablate.bench import PlainLoop, settings
 from zr_ablate.build import apply_precision, model
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 CUDA = torch.device("cuda")
 VOCAB, B, T = 500, 6, 9
 
 
-def make(placement: str, cuda_graph: bool):
-    cfg = settings("tiny", placement, "auto", (f"model.cuda_graph={str(cuda_graph).lower()}", "model.hidden=48"))
+def make(placement: str, *overrides: str) -> PlainLoop:
+    cfg = settings("tiny", placement, "auto", ("model.hidden=48", *overrides))
     torch.manual_seed(0)
-    return model(cfg, VOCAB).to(CUDA), cfg.optim
+    return PlainLoop(model(cfg, VOCAB).to(CUDA), cfg)
 
 
-def windows(n: int, last: int):
-    """n full [B, T] windows, then one short [B, last] one (an epoch's last window)."""
+def windows(full: int, last: int):
+    """`full` [B, T] windows, a short [B, last] one (an epoch's last window), then one more full one: a
+    replay after an eager step must still update the weights."""
     g = torch.Generator().manual_seed(3)
-    stream = torch.randint(VOCAB, (B, n * T + last + 1), generator=g).to(CUDA)
-    starts = [i * T for i in range(n)] + [n * T]
-    lengths = [T] * n + [last]
+    lengths = [T] * full + [last, T]
+    stream = torch.randint(VOCAB, (B, sum(lengths) + 1), generator=g).to(CUDA)
+    starts = [sum(lengths[:i]) for i in range(len(lengths))]
     return [(stream[:, s:s + k], stream[:, s + 1:s + k + 1]) for s, k in zip(starts, lengths)]
 
 
-def train(placement: str, cuda_graph: bool, wins) -> tuple[list, list, object]:
-    """Zaremba's step on each window, the state carried; masks drawn from seed 100 + window index."""
-    lm, optim = make(placement, cuda_graph)
-    opt = torch.optim.SGD(lm.parameters(), lr=optim.lr)
-    lm.train()
-    state, losses, grads = lm.init_state(B), [], []
+def train(loop: PlainLoop, wins) -> list[list[torch.Tensor]]:
+    """The loss, gradients and weights after each window; masks drawn from seed 100 + window index."""
+    loop.model.train()
+    record = []
     for k, (x, y) in enumerate(wins):
         torch.manual_seed(100 + k)
-        logits, (h, c) = lm(x.t(), state)
-        state = (h.detach(), c.detach())
-        loss = F.cross_entropy(logits.reshape(-1, VOCAB), y.t().reshape(-1), reduction="sum") / B
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grads.append([p.grad.detach().clone() for p in lm.parameters()])
-        torch.nn.utils.clip_grad_norm_(lm.parameters(), optim.clip)
-        opt.step()
-        losses.append(loss.detach())
-    return losses, grads, lm
+        state = loop.state if loop.state is not None else loop.model.init_state(x.size(0))
+        nll, loop.state, norm = loop.step(x, y, state)
+        grads = [p.grad.detach().clone() for p in loop.model.parameters()]
+        loop.opt.step()
+        record.append([nll, norm, *grads, *(p.detach().clone() for p in loop.model.parameters())])
+    return record
+
+
+def assert_same(a: list, b: list) -> None:
+    for step_a, step_b in zip(a, b, strict=True):
+        for u, v in zip(step_a, step_b, strict=True):
+            torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("placement,impl", [("naive", "auto"), ("variational", "auto"), ("semeniuta", "auto"),
+                                            ("zoneout", "auto"), ("zaremba", "auto"), ("zaremba", "loop"),
+                                            ("none", "loop")])
+def test_step_graph_training_equals_eager(placement, impl):
+    apply_precision(False)
+    wins = windows(3, last=4)
+    eager = make(placement, "cuda_graph=off", f"model.lstm_impl={impl}")
+    graphed = make(placement, "cuda_graph=step", f"model.lstm_impl={impl}")
+    expected, got = train(eager, wins), train(graphed, wins)
+    assert graphed.step.graph_error is None
+    assert graphed.step.replays == 4  # captured on window 1, replayed for the four full ones; the short one eager
+    assert_same(expected, got)
 
 
 @pytest.mark.parametrize("placement", ["naive", "variational", "semeniuta", "zoneout"])
-def test_graphed_training_equals_eager(placement):
+def test_layers_graph_training_equals_eager(placement):
     apply_precision(False)
     wins = windows(3, last=4)
-    eager_losses, eager_grads, eager = train(placement, False, wins)
-    graph_losses, graph_grads, graphed = train(placement, True, wins)
-    assert eager.lstm._graphed is None
-    assert graphed.lstm._graphed is not None and graphed.lstm._graphed.replays == 3  # the short one ran eager
-    for a, b in zip(eager_losses, graph_losses):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    for step_a, step_b in zip(eager_grads, graph_grads):
-        for a, b in zip(step_a, step_b):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    # the same weights after four SGD steps: the graph read every update in place
-    for a, b in zip(eager.parameters(), graphed.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    eager, graphed = make(placement, "cuda_graph=off"), make(placement, "cuda_graph=layers")
+    expected, got = train(eager, wins), train(graphed, wins)
+    assert graphed.model.lstm._graphed is not None and graphed.model.lstm._graphed.replays == 4
+    assert_same(expected, got)
+
+
+@pytest.mark.parametrize("placement", ["naive", "variational", "zoneout", "zaremba"])
+def test_triton_training_matches_the_torch_loop(placement):
+    """lstm_impl=triton in a step graph against the eager PyTorch loop: other kernels, so FP32 rounding
+    apart, the same losses, gradients and weights over five windows."""
+    apply_precision(False)
+    wins = windows(3, last=4)
+    ref = make(placement, "cuda_graph=off", "model.lstm_impl=loop")
+    tri = make(placement, "cuda_graph=step", "model.lstm_impl=triton")
+    expected, got = train(ref, wins), train(tri, wins)
+    assert tri.step.graph_error is None and tri.step.replays == 4
+    for step_a, step_b in zip(expected, got, strict=True):
+        for u, v in zip(step_a, step_b, strict=True):
+            torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-5)
 
 
 def test_fused_cudnn_matches_the_loop_in_fp32_by_default():
     """With TF32 off, cuDNN's LSTM and the cuBLAS step loop agree to FP32 rounding (~1e-6); TF32 would
     leave ~1e-3 relative differences."""
     apply_precision(False)
-    fused, _ = make("none", True)
-    looped, _ = make("none", True)
-    looped.lstm.impl = "loop"
+    fused, looped = make("none").model, make("none", "model.lstm_impl=loop").model
     x, _ = windows(1, last=1)[0]
     with torch.no_grad():
         a, _ = fused(x.t(), fused.init_state(B))

@@ -95,10 +95,20 @@ FAST_CASES = {
 }
 
 
+def triton_layer(*args, **kwargs):
+    """lstm_triton on this machine: compiled on a GPU, else in Triton's interpreter (tests/conftest.py)."""
+    pytest.importorskip("triton")
+    from zr_ablate.lstm_triton import lstm_layer_triton
+
+    return lstm_layer_triton(*args, **kwargs)
+
+
+@pytest.mark.parametrize("fast", [lstm_layer_fast, triton_layer], ids=["loop", "triton"])
 @pytest.mark.parametrize("case", list(FAST_CASES))
-def test_fast_loop_equals_the_reference_loop_in_outputs_and_every_gradient(case):
-    """The hand-written backward of lstm_loop.LoopLSTM against autograd through the reference loop, in
-    float64: outputs, final h and c, and the gradients of x, h0, c0 and all four weights."""
+def test_fast_loop_equals_the_reference_loop_in_outputs_and_every_gradient(case, fast):
+    """The hand-written backwards of lstm_loop.LoopLSTM and lstm_triton.TritonLoopLSTM against autograd
+    through the reference loop, in float64: outputs, final h and c, and the gradients of x, h0, c0 and all
+    four weights."""
     g = torch.Generator().manual_seed(3)
     torch.manual_seed(0)
     layer = nn.LSTM(H, H).double()
@@ -110,7 +120,7 @@ def test_fast_loop_equals_the_reference_loop_in_outputs_and_every_gradient(case)
     weights = [torch.randn(T, B, H, generator=g, dtype=torch.float64), torch.randn(B, H, generator=g,
                dtype=torch.float64), torch.randn(B, H, generator=g, dtype=torch.float64)]
     results = []
-    for fn in (lstm_layer_loop, lstm_layer_fast):
+    for fn in (lstm_layer_loop, fast):
         layer.zero_grad()
         x, h0, c0 = (v.clone().requires_grad_(True) for v in (x0, h00, c00))
         w_hh = None if w_mask is None else layer.weight_hh_l0 * w_mask

@@ -10,6 +10,7 @@ from tests.conftest import SHA256
 from zr_ablate.data import PTBDataModule
 from zr_ablate.dropout import DropoutSpec
 from zr_ablate.model import LSTMLanguageModel
+from zr_ablate.step import TrainStep
 from zr_ablate.module import LMModule
 
 
@@ -44,13 +45,18 @@ def manual_ppl(model, stream: torch.Tensor, batch: int, bptt: int) -> float:
 
 
 def test_training_loss_is_summed_over_steps_and_averaged_over_batch(ptb_dir):
+    """The step back-propagates sum NLL / B = T x the per-token mean: its gradients are T times the mean's."""
     dm, module = tiny(ptb_dir)
     x, y = next(iter(dm.train_dataloader()))
-    loss = module.training_step((x, y), 0)
-    module._state.clear()
+    step = TrainStep(module.model, clip=1e9)  # no clipping
+    nll, _, _ = step(x, y, module.model.init_state(4))
+    grads = [p.grad.clone() for p in module.model.parameters()]
     logits, _ = module.model(x.t(), module.model.init_state(4))
     mean_ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.t().reshape(-1))
-    torch.testing.assert_close(loss, mean_ce * x.size(1))  # T times the per-token mean
+    torch.testing.assert_close(nll / x.size(0), mean_ce.detach() * x.size(1))
+    expected = torch.autograd.grad(mean_ce * x.size(1), list(module.model.parameters()))
+    for a, b in zip(grads, expected):
+        torch.testing.assert_close(a, b)
 
 
 def test_validation_perplexity_is_token_weighted_over_the_split(ptb_dir):
@@ -114,13 +120,7 @@ def test_state_is_carried_across_windows_and_reset_each_epoch(ptb_dir):
 ])
 def test_paper_learning_rate_schedule(decay, after, epochs, expected_tail):
     module = LMModule(torch.nn.Linear(2, 2), lr=1.0, lr_decay=decay, decay_after=after, clip=5.0)
-    conf = module.configure_optimizers()
-    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
-    lrs = []
-    for _ in range(epochs):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    lrs = [module.lr_at(e) for e in range(epochs)]
     assert lrs[: len(expected_tail)] == pytest.approx(expected_tail)
     assert lrs[-1] == pytest.approx(decay ** -(epochs - after))
 
@@ -132,13 +132,18 @@ def test_paper_profiles_decay_on_zaremba_main_lua_timing(size, after):
 
 
 def test_gradients_are_clipped_to_global_norm(ptb_dir):
-    _, module = tiny(ptb_dir)
-    for p in module.parameters():
-        p.grad = torch.full_like(p, 10.0)
-    module.log = lambda *a, **k: None  # outside a Trainer
-    module.configure_gradient_clipping(None)
-    total = torch.sqrt(sum(p.grad.square().sum() for p in module.parameters()))
-    assert total.item() == pytest.approx(5.0, rel=1e-4)
+    """One clip over all parameters together, after the whole window's backward; the step reports the norm
+    before clipping."""
+    dm, module = tiny(ptb_dir)
+    x, y = next(iter(dm.train_dataloader()))
+    raw = TrainStep(module.model, clip=1e9)
+    raw(x, y, module.model.init_state(4))
+    raw_norm = torch.sqrt(sum(p.grad.square().sum() for p in module.model.parameters()))
+    assert raw_norm > 0.5  # so a clip of half of it bites
+    _, _, norm = TrainStep(module.model, clip=raw_norm.item() / 2)(x, y, module.model.init_state(4))
+    total = torch.sqrt(sum(p.grad.square().sum() for p in module.model.parameters()))
+    assert norm.item() == pytest.approx(raw_norm.item(), rel=1e-5)
+    assert total.item() == pytest.approx(raw_norm.item() / 2, rel=1e-4)
 
 
 def test_bad_optimisation_settings_are_rejected():

@@ -191,33 +191,41 @@ def word_model(kind: str) -> LSTMLanguageModel:
     return LSTMLanguageModel(20, H, 1, DropoutSpec(word=Connection(0.5, kind)), init_scale=0.1)
 
 
+def embed(model: LSTMLanguageModel, tokens: torch.Tensor) -> torch.Tensor:
+    """The embedded window as the model's forward feeds it to the LSTM: rows times the word mask."""
+    mask = model.sample_masks(tokens)["word"]
+    return model.embedding(tokens) if mask is None else model.embedding(tokens) * mask
+
+
 def test_word_dropout_drops_all_occurrences_of_a_word_in_an_example_together():
     model = word_model("sequence")
     model.train()
     tokens = torch.randint(0, 4, (30, 1)).expand(30, 16)  # 16 examples of the same text: 4 words, repeated
-    emb = model.embed(tokens)  # [T, B, H]
+    emb = embed(model, tokens)  # [T, B, H]
     dropped = emb.eq(0).all(-1)  # [T, B]: the whole row zeroed
     for b in range(16):
         for w in tokens[:, b].unique():
             assert dropped[tokens[:, b] == w, b].unique().numel() == 1  # every occurrence shares the draw
     assert len({tuple(dropped[:, b].tolist()) for b in range(16)}) > 1  # each example draws its own
     torch.testing.assert_close(emb[~dropped], model.embedding(tokens)[~dropped] / 0.5)
-    assert not torch.equal(dropped, model.embed(tokens).eq(0).all(-1))  # a new window, new draws
+    assert not torch.equal(dropped, embed(model, tokens).eq(0).all(-1))  # a new window, new draws
     model.eval()
-    assert torch.equal(model.embed(tokens), model.embedding(tokens))
+    assert torch.equal(embed(model, tokens), model.embedding(tokens))
 
 
 def test_word_dropout_per_step_drops_occurrences_independently_and_feeds_the_lstm():
     model = word_model("step")
     model.train()
     tokens = torch.zeros(40, 3, dtype=torch.long)  # one word, 40 occurrences per example
-    dropped = model.embed(tokens).eq(0).all(-1)
+    dropped = embed(model, tokens).eq(0).all(-1)
     assert dropped.any() and not dropped.all(0).any()
     state = model.init_state(3)
     torch.manual_seed(2)
     logits, _ = model(tokens, state)
     torch.manual_seed(2)
-    torch.testing.assert_close(logits, model.decoder(model.lstm(model.embed(tokens), state)[0]))
+    masks = model.sample_masks(tokens)  # the same draws, in the same order: word first, then the LSTM's
+    expected = model.decoder(model.lstm(model.embedding(tokens) * masks["word"], state, masks)[0])
+    torch.testing.assert_close(logits, expected)
 
 
 # ---- weight tying ---------------------------------------------------------------------------------------

@@ -90,3 +90,36 @@ def test_pack_leaves_checkpoints_behind_and_splits_wandb_off_when_too_large(tmp_
     with tarfile.open(records) as a, tarfile.open(runs) as b:
         assert not [n for n in a.getnames() if "wandb" in n]
         assert b.getnames() == ["sweep/dropout=zaremba/wandb/offline-run-1/run-1.wandb"]
+
+
+def rows(**speeds) -> dict:
+    """bench.json rows at medium: speeds[f"{placement}_{variant}"] = training tokens/s."""
+    return {"placements": [{"size": "medium", "placement": k.rsplit("_", 1)[0], "impl": k.rsplit("_", 1)[1],
+                            "train_tokens_per_s": v} for k, v in speeds.items()]}
+
+
+ALL = {"modes": ["step", "layers", "off"], "triton": True}
+
+
+def test_choose_takes_what_trains_the_sweep_fastest_among_what_passed():
+    base = dict(zaremba_auto=100, none_auto=100, variational_auto=120, naive_auto=120, zaremba_loop=130,
+                none_loop=130, variational_layers=90, naive_layers=90)
+    # loop saves >5% on the fused placements; the step graph beats layers: step + loop
+    assert sprint.choose(rows(**base), "medium", ALL) == ["cuda_graph=step", "model.lstm_impl=loop"]
+    # triton faster still for every placement, but only if its tests passed
+    fast = dict(base, zaremba_triton=200, none_triton=200, variational_triton=200, naive_triton=200)
+    assert sprint.choose(rows(**fast), "medium", ALL) == ["cuda_graph=step", "model.lstm_impl=triton"]
+    assert sprint.choose(rows(**fast), "medium", dict(ALL, triton=False)) == \
+        ["cuda_graph=step", "model.lstm_impl=loop"]
+    # a gain under 5% is not worth leaving the default
+    assert sprint.choose(rows(**dict(base, zaremba_loop=102, none_loop=102)), "medium", ALL) == ["cuda_graph=step"]
+    # layers measured faster for every looped placement, or the step graph failed to capture: layers
+    slow_step = dict(base, variational_layers=200, naive_layers=200)
+    assert sprint.choose(rows(**slow_step), "medium", ALL)[0] == "cuda_graph=layers"
+    failed = rows(**base)
+    failed["placements"][2]["graph_error"] = "RuntimeError: operation not permitted when stream is capturing"
+    assert sprint.choose(failed, "medium", ALL)[0] == "cuda_graph=layers"
+    # only what passed its GPU tests: no step graph -> layers; nothing -> off
+    assert sprint.choose(rows(**base), "medium", {"modes": ["layers", "off"], "triton": False})[0] == \
+        "cuda_graph=layers"
+    assert sprint.choose(None, "medium", {"modes": ["off"], "triton": False}) == ["cuda_graph=off"]

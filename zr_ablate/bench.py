@@ -48,8 +48,12 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 VOCAB = 10_000  # Mikolov's PTB
 BASELINE = ("zaremba", "auto")  # the fused path every ratio is taken against
 # Row variants: auto = what run.py trains with; reference = the plain autograd loop (model.lstm_impl=
-# reference); eager = the fast loop without its CUDA graph (model.cuda_graph=false), on CUDA only.
-VARIANTS = {"auto": [], "reference": ["model.lstm_impl=reference"], "eager": ["model.cuda_graph=false"]}
+# reference). On CUDA: eager and layers = cuda_graph off / layers instead of the default; loop = the fused
+# placements on the fast loop instead of cuDNN; triton = every placement on the Triton loop.
+VARIANTS = {"auto": [], "reference": ["model.lstm_impl=reference"], "eager": ["cuda_graph=off"],
+            "layers": ["cuda_graph=layers"], "loop": ["model.lstm_impl=loop"], "triton": ["model.lstm_impl=triton"]}
+# Which placements a variant differs from auto for: the looped ones, the fused ones, or all.
+APPLIES = {"reference": "looped", "eager": "looped", "layers": "looped", "loop": "fused", "triton": "all"}
 Window = tuple[torch.Tensor, torch.Tensor]  # (x, y), each [B, T]
 
 
@@ -84,14 +88,16 @@ def needs_loop(size: str, placement: str) -> bool:
     return build.dropout_spec(settings(size, placement)).needs_step_loop
 
 
-def path_of(model: LSTMLanguageModel, device: torch.device) -> str:
-    """Which LSTM path training takes: fused kernel, fast loop (as a CUDA graph or eager), reference loop."""
+def path_of(loop: "PlainLoop", device: torch.device) -> str:
+    """Which LSTM path training takes (fused kernel, fast loop, reference loop) and, on CUDA, what is graphed."""
+    model = loop.model
     path = model.lstm.path(masks_in_loop=model.lstm.spec.needs_step_loop)
-    if path == "reference":
-        return "reference loop"
-    if path == "loop" and device.type == "cuda":
-        return "loop, CUDA graph" if model.lstm.cuda_graph else "loop, eager"
-    return path
+    path = "reference loop" if path == "reference" else path
+    if device.type != "cuda":
+        return path
+    if loop.step.cuda_graph:
+        return f"{path}, step graph"
+    return f"{path}, layers graph" if model.lstm.cuda_graph and path == "loop" else f"{path}, eager"
 
 
 def windows(count: int, batch: int, bptt: int, device: torch.device, seed: int = 0) -> list[Window]:
@@ -110,21 +116,18 @@ def matmul_flops_per_token(hidden: int, layers: int, vocab: int = VOCAB, trainin
 
 # --- timing --------------------------------------------------------------------------------------------
 class PlainLoop:
-    """The pytorch/examples word_language_model training loop with Zaremba's loss, clip and SGD."""
+    """The pytorch/examples word_language_model training loop, taking LMModule's step (step.TrainStep:
+    Zaremba's loss, backward, clip; a CUDA graph when cuda_graph=step) and SGD."""
 
-    def __init__(self, model: LSTMLanguageModel, lr: float, clip: float):
-        self.model, self.clip, self.state = model, clip, None
-        self.opt = torch.optim.SGD(model.parameters(), lr=lr)
+    def __init__(self, model: LSTMLanguageModel, cfg: DictConfig):
+        self.model, self.state = model, None
+        self.step = build.train_step(cfg, model)
+        self.opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.model.train()
         state = self.state if self.state is not None else self.model.init_state(x.size(0))
-        logits, (h, c) = self.model(x.t(), state)  # [T, B, V]
-        self.state = (h.detach(), c.detach())  # truncated BPTT: carried, not backpropagated into
-        loss = F.cross_entropy(logits.reshape(-1, VOCAB), y.t().reshape(-1), reduction="sum") / x.size(0)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        _, self.state, _ = self.step(x, y, state)  # truncated BPTT: the state is carried, detached
         self.opt.step()
 
     @torch.no_grad()
@@ -156,7 +159,7 @@ def probe_memory(size: str, placement: str, impl: str, device: torch.device, ext
         torch.cuda.reset_peak_memory_stats(device)
     before = _rss_peak_mb() if device.type == "cpu" else 0.0
     model = build_model(cfg, device)
-    loop = PlainLoop(model, cfg.optim.lr, cfg.optim.clip)
+    loop = PlainLoop(model, cfg)
     wins = windows(2, cfg.data.batch_size, cfg.data.bptt, device)
     saved: dict[int, int] = {}
 
@@ -192,7 +195,7 @@ def bench_size(size: str, rows: list[tuple[str, str]], device: torch.device, arg
     loops, first_step, results = {}, {}, []
     for row in rows:
         cfg = settings(size, *row, args.overrides)
-        loops[row] = PlainLoop(build_model(cfg, device), cfg.optim.lr, cfg.optim.clip)
+        loops[row] = PlainLoop(build_model(cfg, device), cfg)
     batch, bptt = cfg.data.batch_size, cfg.data.bptt
     wins = windows(args.steps + args.warmup, batch, bptt, device)
     tokens = args.steps * batch * bptt
@@ -217,11 +220,12 @@ def bench_size(size: str, rows: list[tuple[str, str]], device: torch.device, arg
         gflops = tok_s * matmul_flops_per_token(hidden, layers) / 1e9
         memory = memory_of_row(size, *row, device, args.threads, args.overrides) if args.memory else {}
         results.append({
-            "size": size, "placement": row[0], "impl": row[1], "path": path_of(loop.model, device),
+            "size": size, "placement": row[0], "impl": row[1], "path": path_of(loop, device),
             "train_tokens_per_s": tok_s, "train_ratio": median(ratios),
             "eval_tokens_per_s": median(evaluate[row]), "eval_ratio": median(eval_ratios),
             "gflops": gflops, "gemm_peak_fraction": gflops / peak,
             "first_step_s": first_step[row], "median_step_s": batch * bptt / tok_s, **memory,
+            "graph_error": loop.step.graph_error,  # why a step graph could not be captured (then eager)
             "train_tokens_per_s_repeats": train[row], "eval_tokens_per_s_repeats": evaluate[row]})
     return results
 
@@ -254,7 +258,7 @@ def bench_lightning(size: str, placement: str, device: torch.device, args) -> di
     wins = windows(args.lightning_steps + args.warmup, batch, bptt, device, seed=1)
     plain, lightning, fit_wall = [], [], []
     for _ in range(args.repeats):
-        loop = PlainLoop(build_model(cfg, device), cfg.optim.lr, cfg.optim.clip)
+        loop = PlainLoop(build_model(cfg, device), cfg)
         marks = []
         for x, y in wins:
             sync(device)
@@ -322,8 +326,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="conf/dropout presets (fused zaremba is always measured: it is the baseline)")
     p.add_argument("--reference", action="store_true",
                    help="add the plain autograd loop (impl=reference) for every looped placement")
-    p.add_argument("--eager", action="store_true",
-                   help="CUDA: add the fast loop without its CUDA graph (model.cuda_graph=false) per looped placement")
+    p.add_argument("--variants", nargs="*", default=[], choices=["eager", "layers", "loop", "triton"],
+                   help="CUDA: add rows per placement with cuda_graph=off (eager) or layers (looped placements), "
+                        "on the fast loop instead of cuDNN (loop; fused placements), or on Triton (all)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--repeats", type=int, default=5)
@@ -389,8 +394,9 @@ def main(argv: list[str] | None = None) -> None:
     for size in args.sizes:
         rows = list(placements)
         looped = [p for p, _ in placements if needs_loop(size, p)]
-        if args.eager and device.type == "cuda":
-            rows += [(p, "eager") for p in looped]
+        for variant in args.variants if device.type == "cuda" else []:
+            rows += [(p, variant) for p, _ in placements
+                     if APPLIES[variant] == "all" or (p in looped) == (APPLIES[variant] == "looped")]
         if args.reference:
             rows += [(p, "reference") for p in looped]
         results += bench_size(size, rows, device, args, peak)

@@ -8,6 +8,7 @@ tests build through these functions, so a setting is wired to its constructor in
     cfg.optim, cfg.eval   -> LMModule                         lm_module
     cfg.data              -> PTBDataModule (its _target_)     datamodule
     cfg.tf32              -> torch's float32 precision flags  apply_precision
+    cfg.cuda_graph        -> graphed layers (model) or graphed steps (TrainStep in LMModule and the bench)
 """
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ from .dropout import DropoutSpec
 from .mc import MCDropoutEval
 from .model import LSTMLanguageModel
 from .module import LMModule
+from .step import TrainStep
 
 CONFIG_ERRORS = (ValueError, DataError, InstantiationException)
+CUDA_GRAPHS = ("off", "layers", "step")
 
 
 def error_line(e: BaseException) -> str:
@@ -38,11 +41,23 @@ def model(cfg: DictConfig, vocab_size: int) -> LSTMLanguageModel:
     m = cfg.model
     return LSTMLanguageModel(vocab_size=vocab_size, hidden=m.hidden, layers=m.layers, dropout=dropout_spec(cfg),
                              init_scale=m.init_scale, tie_weights=m.tie_weights, lstm_impl=m.lstm_impl,
-                             cuda_graph=m.cuda_graph)
+                             cuda_graph=cuda_graph(cfg) == "layers")
+
+
+def cuda_graph(cfg: DictConfig) -> str:
+    if cfg.cuda_graph not in CUDA_GRAPHS:
+        raise ValueError(f"cuda_graph must be one of {', '.join(CUDA_GRAPHS)}, got {cfg.cuda_graph!r}")
+    return cfg.cuda_graph
 
 
 def lm_module(cfg: DictConfig, lm: LSTMLanguageModel) -> LMModule:
-    return LMModule(lm, **cfg.optim, mc_samples=cfg.eval.mc_samples, check_every=cfg.check_every_n_steps)
+    return LMModule(lm, **cfg.optim, mc_samples=cfg.eval.mc_samples, check_every=cfg.check_every_n_steps,
+                    cuda_graph=cuda_graph(cfg) == "step")
+
+
+def train_step(cfg: DictConfig, lm: LSTMLanguageModel) -> TrainStep:
+    """The bench's plain loop takes the same step as LMModule."""
+    return TrainStep(lm, cfg.optim.clip, cuda_graph=cuda_graph(cfg) == "step")
 
 
 def datamodule(cfg: DictConfig) -> PTBDataModule:
@@ -53,6 +68,7 @@ def check(cfg: DictConfig) -> None:
     """Cheap checks of one job's settings, without data or model: raises ValueError naming the fix.
     Run for every job of a sweep before any job trains (zr_ablate.sweep.SweepGuard)."""
     dropout_spec(cfg)
+    cuda_graph(cfg)
     LMModule.check_settings(**cfg.optim)
     MCDropoutEval(cfg.eval.mc_samples)
     datamodule(cfg).check_shape()

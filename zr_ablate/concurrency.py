@@ -38,7 +38,7 @@ def worker(size: str, placement: str, device: torch.device, overrides: tuple[str
     from .clock import sync
 
     cfg = settings(size, placement, "auto", overrides)
-    loop = PlainLoop(build_model(cfg, device), cfg.optim.lr, cfg.optim.clip)
+    loop = PlainLoop(build_model(cfg, device), cfg)
     wins = windows(16, cfg.data.batch_size, cfg.data.bptt, device)
     for x, y in wins[:STEPS_WARMUP]:
         loop.train_step(x, y)

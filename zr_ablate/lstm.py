@@ -9,8 +9,10 @@ PyTorch's and the paper's):
          for zoneout (training and evaluation): `lstm_loop.LoopLSTM`, an autograd.Function with its own
          backward (the input projection of the whole window is one matmul before the loop, each step one
          matmul, the weight gradient one matmul after the backward walk).
+  triton the fast loop with each step's gate arithmetic in one Triton kernel each way
+         (`lstm_triton`, CUDA): far fewer kernels per step, where a GPU at batch 20 is launch-bound.
   reference  `lstm_layer_loop` below: the same equations as a readable step loop under ordinary autograd,
-         kept as the definition the fast loop is tested against (tests/test_lstm.py).
+         kept as the definition the fast loops are tested against (tests/test_lstm.py).
 With dropout off all give the same numbers (tests/test_lstm.py).
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ from .dropout import IN_LOOP, ZONEOUT, DropoutSpec, mask_at, sample_mask, weight
 from .graphs import GraphedLayers
 from .lstm_loop import input_gates, lstm_layer_fast
 
-IMPLS = ("auto", "fused", "loop", "reference")
+IMPLS = ("auto", "fused", "loop", "triton", "reference")
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each [layers, batch, hidden]
 
 
@@ -76,6 +78,15 @@ def lstm_layer_fused(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, layer: n
     return out, h[0], c[0]
 
 
+def _triton_layer():
+    from .lstm_triton import lstm_layer_triton  # imports Triton: only when asked for
+
+    return lstm_layer_triton
+
+
+_LAYER_FNS = {"reference": lambda: lstm_layer_loop, "loop": lambda: lstm_layer_fast, "triton": _triton_layer}
+
+
 class DroppedLSTM(nn.Module):
     """Stacked LSTM: embedding mask -> layer 1 -> between mask -> ... -> layer L -> output mask.
 
@@ -111,11 +122,11 @@ class DroppedLSTM(nn.Module):
         self.last_masks: dict | None = None
 
     def path(self, masks_in_loop: bool) -> str:
-        """The layer implementation a forward takes: "reference", "loop" (the fast Function) or "fused".
-        masks_in_loop: whether any mask sits inside the time loop for this forward."""
-        if self.impl == "reference":
-            return "reference"
-        return "loop" if self.impl == "loop" or masks_in_loop else "fused"
+        """The layer implementation a forward takes: "reference", "loop" (the fast Function), "triton" or
+        "fused". masks_in_loop: whether any mask sits inside the time loop for this forward."""
+        if self.impl in ("reference", "loop", "triton"):
+            return self.impl
+        return "loop" if masks_in_loop else "fused"
 
     def init_state(self, batch: int, like: torch.Tensor) -> State:
         zeros = like.new_zeros(len(self.layers), batch, self.hidden_size)
@@ -159,8 +170,7 @@ class DroppedLSTM(nn.Module):
             if path == "fused":
                 x, h, c = lstm_layer_fused(x, h0[i], c0[i], layer, w_hh)
             else:
-                layer_fn = lstm_layer_loop if path == "reference" else lstm_layer_fast
-                x, h, c = layer_fn(x, h0[i], c0[i], layer, w_hh, **in_loop)
+                x, h, c = _LAYER_FNS[path]()(x, h0[i], c0[i], layer, w_hh, **in_loop)
             hs.append(h)
             cs.append(c)
         return x, torch.stack(hs), torch.stack(cs)
@@ -169,12 +179,13 @@ class DroppedLSTM(nn.Module):
         """Capture/replay a CUDA graph: training with gradients on CUDA, on a placement that takes the loop."""
         if not (self.cuda_graph and self.training and x.is_cuda and torch.is_grad_enabled()):
             return False
-        return self.path(any(m is not None for k in IN_LOOP for m in masks[k])) == "loop"
+        return self.path(any(m is not None for k in IN_LOOP for m in masks[k])) in ("loop", "triton")
 
-    def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """x [T, B, I], state (h, c) [L, B, H] -> outputs [T, B, H] (output mask applied), new state."""
+    def forward(self, x: torch.Tensor, state: State, masks: dict | None = None) -> tuple[torch.Tensor, State]:
+        """x [T, B, I], state (h, c) [L, B, H] -> outputs [T, B, H] (output mask applied), new state.
+        masks: from sample_masks (drawn here when not given)."""
         h0, c0 = state
-        masks = self.sample_masks(x)
+        masks = self.sample_masks(x) if masks is None else masks
         x = _masked(x, masks["embedding"])
         if self._graph_applies(x, masks):
             if self._graphed is None:

@@ -24,15 +24,24 @@ class LSTMLanguageModel(nn.Module):
     def init_state(self, batch: int) -> State:
         return self.lstm.init_state(batch, self.decoder.weight)
 
-    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [T, B] -> [T, B, H]; in training, word dropout zeroes whole embedding rows (dropout.word)."""
-        x = self.embedding(tokens)
-        mask = word_mask(self.lstm.spec.word, tokens, self.embedding.num_embeddings, x) if self.training else None
-        return x if mask is None else x * mask
+    def sample_masks(self, tokens: torch.Tensor) -> dict:
+        """Every dropout mask of one window tokens [T, B]: word dropout's row mask [T, B, 1] under "word", then
+        DroppedLSTM.sample_masks (a fixed order, so a seed gives the same masks whatever runs them). At
+        evaluation only zoneout's expectation is there."""
+        word = (word_mask(self.lstm.spec.word, tokens, self.embedding.num_embeddings, self.decoder.weight)
+                if self.training else None)
+        steps, batch = tokens.shape
+        like = self.decoder.weight.new_empty(steps, batch, self.embedding.embedding_dim)  # shape, dtype, device
+        return {"word": word, **self.lstm.sample_masks(like)}
 
-    def forward(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """tokens [T, B] -> logits [T, B, V], new state (h, c) [L, B, H]."""
-        out, state = self.lstm(self.embed(tokens), state)
+    def forward(self, tokens: torch.Tensor, state: State, masks: dict | None = None) -> tuple[torch.Tensor, State]:
+        """tokens [T, B] -> logits [T, B, V], new state (h, c) [L, B, H]. masks: from sample_masks (drawn
+        here when not given); passing them lets a CUDA graph replay the window with new masks."""
+        masks = self.sample_masks(tokens) if masks is None else masks
+        x = self.embedding(tokens)
+        if masks["word"] is not None:  # word dropout zeroes whole embedding rows
+            x = x * masks["word"]
+        out, state = self.lstm(x, state, masks)
         return self.decoder(out), state
 
 

@@ -4,6 +4,9 @@
   detached, and reset at the start of every epoch. Validation and test keep their own state.
 - Loss: NLL summed over the T unrolled steps, averaged over the B examples, with plain SGD (lr 1) and
   one global-norm clip over all parameters. A per-token mean loss would make gradients T times smaller.
+  The step is explicit (Lightning's manual optimisation, `step.TrainStep`), so that on a GPU it can
+  replay as one CUDA graph; the lr is set per epoch from the epoch number (`lr_at`), so a resumed run
+  needs no scheduler state.
 - Perplexity: exp(total NLL / predicted tokens) over the whole split (`TokenPerplexity`).
 - No host-GPU sync per step: on a GPU a step at batch 20 takes milliseconds, and every `.item()` or
   `bool(tensor)` waits for the queue to drain. The loss is summed on the device; the divergence check reads
@@ -21,6 +24,7 @@ import torchmetrics
 from torch import nn
 
 from .mc import MCDropoutEval
+from .step import TrainStep
 
 
 # ModuleDict keys cannot be "train" (nn.Module.train exists), so stages are named by their split.
@@ -54,11 +58,12 @@ class TokenPerplexity(torchmetrics.Metric):
 
 class LMModule(pl.LightningModule):
     def __init__(self, model: nn.Module, lr: float, lr_decay: float, decay_after: int, clip: float,
-                 mc_samples: int = 0, check_every: int = 50):
+                 mc_samples: int = 0, check_every: int = 50, cuda_graph: bool = False):
         """lr_decay: divide the lr by this at the end of every epoch after the first `decay_after` (paper:
         2 / 1.2 / 1.15 after 5 / 7 / 15, the timing of Zaremba's main.lua; the TF tutorial's is one earlier). clip: max global gradient norm (5 / 5 / 10). mc_samples: K stochastic passes
         of MC-dropout evaluation on the test split, logged as mc_test_ppl beside test_ppl (0 = off).
-        check_every: training steps between divergence checks (each one host-GPU sync)."""
+        check_every: training steps between divergence checks (each one host-GPU sync). cuda_graph: on
+        CUDA, replay each full training window as one CUDA graph (`step.TrainStep`)."""
         super().__init__()
         self.check_settings(lr, lr_decay, decay_after, clip)
         if check_every < 1:
@@ -69,6 +74,8 @@ class LMModule(pl.LightningModule):
         self.ppl = nn.ModuleDict({s: TokenPerplexity() for s in STAGES})
         self._state: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}
         self.mc = MCDropoutEval(mc_samples)
+        self.automatic_optimization = False
+        self.train_step = TrainStep(model, clip, cuda_graph)
 
     @staticmethod
     def check_settings(lr: float, lr_decay: float, decay_after: int, clip: float) -> None:
@@ -90,13 +97,20 @@ class LMModule(pl.LightningModule):
         return nll, y.numel(), x.size(0)
 
     def training_step(self, batch, batch_idx):
-        nll, tokens, batch_size = self._window(batch, "fit")
+        x, y = batch  # [B, T] each
+        log_now = self._logging_step()  # before the optimiser step advances global_step
+        state = self._state.get("fit") or self.model.init_state(x.size(0))
+        nll, self._state["fit"], grad_norm = self.train_step(x, y, state)  # masks, forward, backward, clip
+        self.optimizers().step()  # SGD at this epoch's lr
+        tokens = y.numel()
+        self.ppl["fit"].update(nll, tokens)
         if (batch_idx + 1) % self.check_every == 0:
             self._check_diverged("fit", f"step {batch_idx + 1}")
         self.log("train_loss", nll / tokens, on_step=False, on_epoch=True, batch_size=tokens)
-        if self._logging_step():
+        if log_now:
             self.log("train_ppl_running", self.ppl["fit"].compute(), prog_bar=True, on_step=True, on_epoch=False)
-        return nll / batch_size  # summed over steps, averaged over the batch
+            self.log("grad_norm", grad_norm, on_step=True, on_epoch=False)  # before clipping
+        return nll / x.size(0)  # the window's loss as back-propagated (detached): for callbacks
 
     def _logging_step(self) -> bool:
         """Whether the logger writes this step's metrics (Lightning writes when the number of optimiser
@@ -128,6 +142,7 @@ class LMModule(pl.LightningModule):
     # --- state resets and epoch metrics -------------------------------------------------------------
     def on_train_epoch_start(self):
         self._state["fit"] = None
+        self.log("lr", self.lr_at(self.current_epoch), on_step=False, on_epoch=True)
 
     def on_validation_epoch_start(self):
         self._state["val"] = None
@@ -145,6 +160,7 @@ class LMModule(pl.LightningModule):
     def on_train_epoch_end(self):
         self._check_diverged("fit", "end")
         self._log_epoch_ppl("fit", "train_ppl")
+        self._set_lr(self.current_epoch + 1)
 
     def on_validation_epoch_end(self):
         if not self.trainer.sanity_checking:
@@ -169,15 +185,16 @@ class LMModule(pl.LightningModule):
 
     # --- optimisation -------------------------------------------------------------------------------
     def configure_optimizers(self):
-        opt = torch.optim.SGD(self.parameters(), lr=self.lr)
-        # Epoch e (0-based) trains with lr / lr_decay ** max(0, e + 1 - decay_after).
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda e: self.lr_decay ** -max(0, e + 1 - self.decay_after))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch", "name": "lr"}}
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
 
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        # One global-norm clip over all parameters after the whole window's backward.
-        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), self.clip)
-        if self._logging_step():
-            self.log("grad_norm", norm, on_step=True, on_epoch=False)
+    def lr_at(self, epoch: int) -> float:
+        """Epoch e (0-based) trains with lr / lr_decay ** max(0, e + 1 - decay_after)."""
+        return self.lr * self.lr_decay ** -max(0, epoch + 1 - self.decay_after)
+
+    def _set_lr(self, epoch: int) -> None:
+        for group in self.trainer.optimizers[0].param_groups:
+            group["lr"] = self.lr_at(epoch)
+
+    def on_train_start(self):
+        self._set_lr(self.current_epoch)  # also after a resume: the epoch number is all it needs
 

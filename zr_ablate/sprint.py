@@ -5,14 +5,16 @@
 
 Steps, each logged to OUT/sprint.log; a step that fails is logged and the next still runs:
  1. environment.json: GPU, driver, torch, Python.
- 2. GPU tests (tests/test_gpu.py): the CUDA-graph path equals eager, cuDNN runs in FP32. If they fail, the
-    sweep trains with model.cuda_graph=false.
+ 2. GPU tests (tests/test_gpu.py): each CUDA-graph mode (step, layers) trains exactly as eager does, the
+    Triton loop as the PyTorch loop does, cuDNN runs in FP32. Only what passed its tests is used.
  3. MPS: if nvidia-cuda-mps-control is there, start its daemon and check that a CUDA process runs under
     it (else stop it and go on without). Without MPS, processes sharing a GPU take turns: the small
     batch-20 kernels of one job leave most of the GPU idle, and a second job's kernels cannot fill it.
     Under MPS they run side by side. Stopped again at the end; no setting of the GPU is changed.
- 4. bench.json (python -m zr_ablate.bench): every placement at medium and large, with and without the
-    CUDA graph, and 1, 2 and 4 concurrent medium jobs (one process each), under MPS when it runs.
+ 4. bench.json (python -m zr_ablate.bench): every placement at medium and large in the best mode that
+    passed, with the other mode and with the fused placements on the fast loop beside it (`choose`
+    picks the sweep's cuda_graph and model.lstm_impl from these rows); then 1, 2 and 4 concurrent medium
+    jobs (one process each, zr_ablate.concurrency) with those settings, under MPS when it runs.
  5. plan.json (`plan`): from the measured speeds, which jobs finish before the deadline and how many run at
     once, taking jobs in the order zaremba, none, variational, naive; what is left out, and why.
  6. the sweep: run.py -m grid=ablation_medium seed=1 dropout=<planned> with the joblib launcher, stopped
@@ -37,7 +39,9 @@ import tarfile
 import time
 import traceback
 from pathlib import Path
+from xml.etree import ElementTree
 
+from . import concurrency
 from .data import TRAIN_TOKENS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -219,25 +223,71 @@ def stop_mps() -> None:
         pass
 
 
-def bench_command(args, out: Path, overrides: list[str]) -> list[str]:
-    cmd = [sys.executable, "-m", "zr_ablate.bench", "--out", str(out), "--overrides", *overrides]
+def bench_command(args, out: Path, checks: dict) -> list[str]:
+    """The placement table in the best passed mode, the other passed graph mode beside it for the looped
+    placements, and the fused placements on the fast loop; concurrency is measured after `choose`."""
+    modes = checks["modes"]
+    cmd = [sys.executable, "-m", "zr_ablate.bench", "--out", str(out), "--overrides", f"cuda_graph={modes[0]}",
+           "--concurrency"]
     if args.dry:
         return cmd + ["--device", "cpu", "--sizes", args.size, "--placements", *ORDER, "--repeats", "1", "--steps",
                       "1", "--warmup", "1", "--lightning", "zaremba", "--lightning-steps", "2", "--no-memory",
-                      "--concurrency", "1", "2", "--concurrency-size", args.size, "--concurrency-seconds", "1",
                       "--threads", "1"]
-    return cmd + ["--device", "cuda", "--sizes", args.size, "large", "--eager", "--repeats", "3", "--steps", "3",
-                  "--warmup", "3", "--lightning", "zaremba", "variational", "--lightning-steps", "10",
-                  "--lightning-sizes", args.size,
-                  "--concurrency", "1", "2", "4", "--concurrency-size", args.size, "--concurrency-seconds", "3"]
+    variants = ["loop"] + (["layers"] if modes[0] == "step" and "layers" in modes else []) + (
+        ["triton"] if checks["triton"] else [])
+    return cmd + ["--device", "cuda", "--sizes", args.size, "large", "--variants", *variants, "--repeats", "3",
+                  "--steps", "3", "--warmup", "3", "--lightning", "zaremba", "variational", "--lightning-steps", "10",
+                  "--lightning-sizes", args.size]
 
 
-def graph_or_eager(bench: dict, size: str, jobs: list[str]) -> bool:
-    """Keep the CUDA graph unless the eager loop measured faster for most looped placements."""
-    rows = {(r["placement"], r["impl"]): r["train_tokens_per_s"] for r in bench["placements"] if r["size"] == size}
-    looped = [p for p in jobs if (p, "eager") in rows]
-    faster = [p for p in looped if rows[(p, "eager")] > 1.05 * rows[(p, "auto")]]
-    return not looped or len(faster) * 2 <= len(looped)
+def gpu_checks(log: Log, deadline: float) -> dict:
+    """Run tests/test_gpu.py; -> {"modes": the CUDA-graph modes whose tests passed, best first, then "off"
+    (always allowed); "triton": whether lstm_impl=triton passed}."""
+    report = Path("/tmp/zr_ablate-gpu-tests.xml")
+    report.unlink(missing_ok=True)
+    code = run_logged([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py",
+                       f"--junitxml={report}"], log, timeout=min(180.0, deadline - time.time()))
+    failed = set()
+    if report.exists():
+        for case in ElementTree.parse(report).iter("testcase"):
+            if case.find("failure") is not None or case.find("error") is not None:
+                failed.add(case.get("name", ""))
+
+    def passed(prefix: str) -> bool:
+        return code in (0, 1) and report.exists() and not any(n.startswith(prefix) for n in failed)
+
+    checks = {"modes": [m for m in ("step", "layers") if passed(f"test_{m}_graph")] + ["off"],
+              "triton": passed("test_triton")}
+    log(f"GPU tests exit {code}; failed: {sorted(failed) or 'none'}; may use: {checks}")
+    return checks
+
+
+def choose(bench: dict | None, size: str, checks: dict) -> list[str]:
+    """The sweep's overrides. cuda_graph: the first passed mode, unless its rows show a failed capture or the
+    other passed mode trained every looped placement >5% faster. model.lstm_impl: of auto, loop (the fused
+    placements on the fast loop) and triton (if it passed), the one that trains the sweep's placements in
+    the least total time, if >5% less than auto."""
+    mode = checks["modes"][0]
+    if bench is None:
+        return [f"cuda_graph={mode}"]
+    rows = {(r["placement"], r["impl"]): r for r in bench["placements"] if r["size"] == size}
+    looped = [p for p in ORDER if (p, "layers") in rows]
+    if mode == "step" and "layers" in checks["modes"] and looped and (
+            any(rows[(p, "auto")].get("graph_error") for p in looped)
+            or all(rows[(p, "layers")]["train_tokens_per_s"] > 1.05 * rows[(p, "auto")]["train_tokens_per_s"]
+                   for p in looped)):
+        mode = "layers"
+    impls = ["auto", "loop"] + (["triton"] if checks["triton"] else [])
+
+    def seconds(impl: str) -> float:  # per token, summed over the sweep's placements
+        picked = [rows.get((p, impl), rows[(p, "auto")]) for p in ORDER if (p, "auto") in rows]
+        if impl == "triton" and len(picked) != sum((p, "triton") in rows for p in ORDER):
+            return float("inf")  # not measured for every placement
+        return sum(1 / r["train_tokens_per_s"] for r in picked)
+
+    best = min(impls, key=seconds)
+    impl = best if seconds(best) < seconds("auto") / 1.05 else "auto"
+    return [f"cuda_graph={mode}"] + ([f"model.lstm_impl={impl}"] if impl != "auto" else [])
 
 
 def sweep_command(args, jobs: list[str], at_once: int, overrides: list[str], root: Path) -> list[str]:
@@ -323,16 +373,11 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "environment.json").write_text(json.dumps(env, indent=1))
     log(f"environment: {json.dumps(env)}")
 
-    overrides: list[str] = []
-    code = run_logged([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py"],
-                      log, timeout=min(150.0, deadline - time.time()))
-    if code != 0:  # all skipped (no GPU, a dry run) exits 0
-        log(f"GPU tests failed (exit {code}): the sweep trains without CUDA graphs")
-        overrides.append("model.cuda_graph=false")
+    checks = gpu_checks(log, deadline)
 
     mps = not args.dry and args.mps == "auto" and start_mps(log)
     try:
-        run_measured(args, log, overrides, deadline, mps)
+        run_measured(args, log, checks, deadline, mps)
     except Exception:  # whatever broke, what the sweep wrote so far still gets packed
         log("sprint step failed:\n" + traceback.format_exc())
     finally:
@@ -350,11 +395,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_measured(args, log: Log, overrides: list[str], deadline: float, mps: bool) -> None:
-    """Steps 4-7: bench, plan, sweep, probe."""
+def run_measured(args, log: Log, checks: dict, deadline: float, mps: bool) -> None:
+    """Steps 4-7: bench, concurrency, plan, sweep, probe."""
     bench_path = args.out / "bench.json"
-    code = run_logged(bench_command(args, bench_path, overrides), log, timeout=min(180.0, deadline - time.time()))
+    code = run_logged(bench_command(args, bench_path, checks), log, timeout=min(150.0, deadline - time.time()))
     bench = json.loads(bench_path.read_text()) if code == 0 and bench_path.stat().st_size else None
+    overrides = choose(bench, args.size, checks)
+    log(f"training with {' '.join(overrides)}")
+    if bench is not None:
+        try:
+            bench["concurrency"] = concurrency.measure(args.size, ORDER, [1, 2] if args.dry else [1, 2, 4],
+                                                       1.0 if args.dry else 3.0, "cpu" if args.dry else "cuda",
+                                                       tuple(overrides), timeout=min(120.0, deadline - time.time()))
+            log("concurrency:\n" + concurrency.table(bench["concurrency"]))
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            log(f"concurrency not measured ({e}): planning one job at a time")
+        bench_path.write_text(json.dumps(bench, indent=1))
     cfg_epochs, tokens = sweep_shape(args.size)
     available = deadline - time.time() - STOP_S - PROBE_S - PACK_S
     if bench is None:
@@ -363,9 +419,6 @@ def run_measured(args, log: Log, overrides: list[str], deadline: float, mps: boo
                     "why": "the bench failed, so nothing was measured", "available_s": available}
     else:
         the_plan = plan(bench, args.size, cfg_epochs, tokens, available)
-        if "model.cuda_graph=false" not in overrides and not graph_or_eager(bench, args.size, the_plan["jobs"]):
-            overrides.append("model.cuda_graph=false")
-            log("the eager loop measured faster than its CUDA graph: the sweep trains eager")
     the_plan.update(overrides=overrides, mps=mps)
     (args.out / "plan.json").write_text(json.dumps(the_plan, indent=1))
     log(f"plan: {the_plan['jobs']} {the_plan['at_once']} at a time"

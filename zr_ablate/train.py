@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from .clock import sync
 from .module import Diverged
@@ -146,7 +146,7 @@ def run_job(module: pl.LightningModule, datamodule: pl.LightningDataModule, job_
         # Saved at every epoch end (after validation), when the carried state is reset anyway.
         checkpoint = ModelCheckpoint(dirpath=job / CHECKPOINTS, filename="last", save_top_k=1,
                                      enable_version_counter=False)  # one file, overwritten each epoch
-        callbacks = [recorder, checkpoint] + ([LearningRateMonitor(logging_interval="epoch")] if loggers else [])
+        callbacks = [recorder, checkpoint]
         trainer = pl.Trainer(default_root_dir=str(job), callbacks=callbacks, logger=loggers or False,
                              num_sanity_val_steps=0, **trainer_kwargs)
         if resume is not None:
