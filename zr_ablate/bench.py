@@ -329,6 +329,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--variants", nargs="*", default=[], choices=["eager", "layers", "loop", "triton"],
                    help="CUDA: add rows per placement with cuda_graph=off (eager) or layers (looped placements), "
                         "on the fast loop instead of cuDNN (loop; fused placements), or on Triton (all)")
+    p.add_argument("--variant-sizes", nargs="+", default=None, help="sizes that get the --variants rows (default: all)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--repeats", type=int, default=5)
@@ -394,7 +395,8 @@ def main(argv: list[str] | None = None) -> None:
     for size in args.sizes:
         rows = list(placements)
         looped = [p for p, _ in placements if needs_loop(size, p)]
-        for variant in args.variants if device.type == "cuda" else []:
+        variants = args.variants if device.type == "cuda" and size in (args.variant_sizes or [size]) else []
+        for variant in variants:
             rows += [(p, variant) for p, _ in placements
                      if APPLIES[variant] == "all" or (p in looped) == (APPLIES[variant] == "looped")]
         if args.reference:

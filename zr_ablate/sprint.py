@@ -235,9 +235,9 @@ def bench_command(args, out: Path, checks: dict) -> list[str]:
                       "--threads", "1"]
     variants = ["loop"] + (["layers"] if modes[0] == "step" and "layers" in modes else []) + (
         ["triton"] if checks["triton"] else [])
-    return cmd + ["--device", "cuda", "--sizes", args.size, "large", "--variants", *variants, "--repeats", "3",
-                  "--steps", "3", "--warmup", "3", "--lightning", "zaremba", "variational", "--lightning-steps", "10",
-                  "--lightning-sizes", args.size]
+    return cmd + ["--device", "cuda", "--sizes", args.size, "large", "--variants", *variants, "--variant-sizes",
+                  args.size, "--repeats", "2", "--steps", "3", "--warmup", "2", "--no-memory", "--lightning",
+                  "zaremba", "variational", "--lightning-steps", "8", "--lightning-sizes", args.size]
 
 
 def gpu_checks(log: Log, deadline: float) -> dict:
@@ -363,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (Path(args.ptb) / "ptb.train.txt").is_file():
         sys.exit(f"zr_ablate.sprint: error: no PTB in {args.ptb}; pass --ptb (make device-wheels copies it to .device/ptb)")
     args.ptb = str(Path(args.ptb).resolve())
+    os.environ["ZR_ABLATE_PTB_DIR"] = args.ptb  # the GPU tests read PTB from here (no ../shared there)
     sweep_dir = (REPO / args.work / args.sweep).resolve()
     if sweep_dir.exists() and any(sweep_dir.iterdir()):
         sys.exit(f"zr_ablate.sprint: error: {sweep_dir} already holds jobs; move it away (a sprint starts clean)")
@@ -405,7 +406,7 @@ def run_measured(args, log: Log, checks: dict, deadline: float, mps: bool) -> No
     if bench is not None:
         try:
             bench["concurrency"] = concurrency.measure(args.size, ORDER, [1, 2] if args.dry else [1, 2, 4],
-                                                       1.0 if args.dry else 3.0, "cpu" if args.dry else "cuda",
+                                                       1.0 if args.dry else 2.0, "cpu" if args.dry else "cuda",
                                                        tuple(overrides), timeout=min(120.0, deadline - time.time()))
             log("concurrency:\n" + concurrency.table(bench["concurrency"]))
         except (RuntimeError, subprocess.TimeoutExpired) as e:
