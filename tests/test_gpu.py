@@ -50,14 +50,17 @@ def assert_same(a: list, b: list) -> None:
             torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-6)
 
 
-# The sweep's placements on each path they may take (the CPU tests cover every mask kind of the layers).
-@pytest.mark.parametrize("placement,impl", [("naive", "auto"), ("variational", "auto"), ("zaremba", "auto"),
-                                            ("zaremba", "loop")])
-def test_step_graph_training_equals_eager(placement, impl):
+# The sweep's placements on each path they may take (the CPU tests cover every mask kind of the layers):
+# the loop on Triton kernels (the default on CUDA) and on PyTorch ops, cuDNN, and cuDNN's placements on the loop.
+@pytest.mark.parametrize("placement,impl,kernel", [("naive", "auto", "auto"), ("variational", "auto", "auto"),
+                                                   ("variational", "auto", "torch"), ("zaremba", "auto", "auto"),
+                                                   ("zaremba", "loop", "auto")])
+def test_step_graph_training_equals_eager(placement, impl, kernel):
     apply_precision(False)
     wins = windows(3, last=4)
-    eager = make(placement, "cuda_graph=off", f"model.lstm_impl={impl}")
-    graphed = make(placement, "cuda_graph=step", f"model.lstm_impl={impl}")
+    same = (f"model.lstm_impl={impl}", f"model.loop_kernel={kernel}")
+    eager = make(placement, "cuda_graph=off", *same)
+    graphed = make(placement, "cuda_graph=step", *same)
     expected, got = train(eager, wins), train(graphed, wins)
     assert graphed.step.graph_error is None
     assert graphed.step.replays == 4  # captured on window 1, replayed for the four full ones; the short one eager
@@ -76,12 +79,12 @@ def test_layers_graph_training_equals_eager(placement):
 
 @pytest.mark.parametrize("placement", ["naive", "variational", "zoneout", "zaremba"])
 def test_triton_training_matches_the_torch_loop(placement):
-    """lstm_impl=triton in a step graph against the eager PyTorch loop: other kernels, so FP32 rounding
-    apart, the same losses, gradients and weights over five windows."""
+    """The loop on Triton kernels in a step graph against the loop on PyTorch ops, eager: other kernels, so
+    FP32 rounding apart, the same losses, gradients and weights over five windows."""
     apply_precision(False)
     wins = windows(3, last=4)
-    ref = make(placement, "cuda_graph=off", "model.lstm_impl=loop")
-    tri = make(placement, "cuda_graph=step", "model.lstm_impl=triton")
+    ref = make(placement, "cuda_graph=off", "model.lstm_impl=loop", "model.loop_kernel=torch")
+    tri = make(placement, "cuda_graph=step", "model.lstm_impl=loop", "model.loop_kernel=triton")
     expected, got = train(ref, wins), train(tri, wins)
     assert tri.step.graph_error is None and tri.step.replays == 4
     for step_a, step_b in zip(expected, got, strict=True):
@@ -107,8 +110,8 @@ def test_step_graph_under_lightning_trains_as_eager_does(ptb_dir):
     """The whole path run.py takes (manual optimisation, the lr per epoch, the carried state, the short last
     window) on the GPU: the step graph and the Triton loop give eager's validation perplexity."""
     apply_precision(False)
-    eager, expected = fit(ptb_dir, "cuda_graph=off", "model.lstm_impl=loop")
-    graphed, got = fit(ptb_dir, "cuda_graph=step", "model.lstm_impl=triton")
+    eager, expected = fit(ptb_dir, "cuda_graph=off", "model.loop_kernel=torch")
+    graphed, got = fit(ptb_dir, "cuda_graph=step", "model.loop_kernel=triton")
     assert graphed.train_step.graph_error is None and graphed.train_step.replays > 10
     assert got["val_ppl"].item() == pytest.approx(expected["val_ppl"].item(), rel=1e-4)
 
@@ -117,7 +120,7 @@ def test_fused_cudnn_matches_the_loop_in_fp32_by_default():
     """With TF32 off, cuDNN's LSTM and the cuBLAS step loop agree to FP32 rounding (~1e-6); TF32 would
     leave ~1e-3 relative differences."""
     apply_precision(False)
-    fused, looped = make("none").model, make("none", "model.lstm_impl=loop").model
+    fused, looped = make("none").model, make("none", "model.lstm_impl=loop", "model.loop_kernel=torch").model
     x, _ = windows(1, last=1)[0]
     with torch.no_grad():
         a, _ = fused(x.t(), fused.init_state(B))

@@ -3,11 +3,12 @@ import json
 import subprocess
 import sys
 import tarfile
+from types import SimpleNamespace
 
 import pytest
 
-from zr_ablate import sprint
 from tests.conftest import REPO
+from zr_ablate import sprint
 
 
 def bench(solo: dict, slow2: float, slow4: float) -> dict:
@@ -103,14 +104,14 @@ ALL = {"modes": ["step", "layers", "off"], "triton": True}
 
 def test_choose_takes_what_trains_the_sweep_fastest_among_what_passed():
     base = dict(zaremba_auto=100, none_auto=100, variational_auto=120, naive_auto=120, zaremba_loop=130,
-                none_loop=130, variational_layers=90, naive_layers=90)
-    # loop saves >5% on the fused placements; the step graph beats layers: step + loop
+                none_loop=130, variational_layers=90, naive_layers=90, variational_torch=80, naive_torch=80)
+    # loop saves >5% on the fused placements; the step graph beats layers; Triton beats torch ops
     assert sprint.choose(rows(**base), "medium", ALL) == ["cuda_graph=step", "model.lstm_impl=loop"]
-    # triton faster still for every placement, but only if its tests passed
-    fast = dict(base, zaremba_triton=200, none_triton=200, variational_triton=200, naive_triton=200)
-    assert sprint.choose(rows(**fast), "medium", ALL) == ["cuda_graph=step", "model.lstm_impl=triton"]
-    assert sprint.choose(rows(**fast), "medium", dict(ALL, triton=False)) == \
-        ["cuda_graph=step", "model.lstm_impl=loop"]
+    # the Triton kernels only if they passed their tests; torch ops if they measured faster
+    assert sprint.choose(rows(**base), "medium", dict(ALL, triton=False)) == \
+        ["cuda_graph=step", "model.lstm_impl=loop", "model.loop_kernel=torch"]
+    torch_faster = dict(base, variational_torch=200, naive_torch=200)
+    assert sprint.choose(rows(**torch_faster), "medium", ALL)[-1] == "model.loop_kernel=torch"
     # a gain under 5% is not worth leaving the default
     assert sprint.choose(rows(**dict(base, zaremba_loop=102, none_loop=102)), "medium", ALL) == ["cuda_graph=step"]
     # layers measured faster for every looped placement, or the step graph failed to capture: layers
@@ -120,6 +121,24 @@ def test_choose_takes_what_trains_the_sweep_fastest_among_what_passed():
     failed["placements"][2]["graph_error"] = "RuntimeError: operation not permitted when stream is capturing"
     assert sprint.choose(failed, "medium", ALL)[0] == "cuda_graph=layers"
     # only what passed its GPU tests: no step graph -> layers; nothing -> off
-    assert sprint.choose(rows(**base), "medium", {"modes": ["layers", "off"], "triton": False})[0] == \
+    assert sprint.choose(rows(**base), "medium", {"modes": ["layers", "off"], "triton": True})[0] == \
         "cuda_graph=layers"
-    assert sprint.choose(None, "medium", {"modes": ["off"], "triton": False}) == ["cuda_graph=off"]
+    assert sprint.choose(None, "medium", {"modes": ["off"], "triton": False}) == \
+        ["cuda_graph=off", "model.loop_kernel=torch"]
+
+
+def test_successive_leases_skip_what_is_already_completed(tmp_path):
+    """--done: a placement completed at this size and seed is not trained again; other sizes, seeds and
+    unfinished jobs do not count."""
+    def job(name, placement, status, size="medium", seed=1):
+        folder = tmp_path / name
+        folder.mkdir()
+        config = {"dropout": {"name": placement}, "model": {"name": size}, "seed": seed}
+        (folder / "result.json").write_text(json.dumps({"status": status, "config": config}))
+    job("a", "zaremba", "completed")
+    job("b", "none", "failed")
+    job("c", "variational", "completed", seed=2)
+    job("d", "naive", "completed", size="small")
+    args = SimpleNamespace(done=tmp_path, size="medium", seed=1)
+    assert sprint.remaining(args, lambda msg: None) == ["none", "variational", "naive"]
+    assert sprint.remaining(SimpleNamespace(done=None, size="medium", seed=1), print) == sprint.ORDER

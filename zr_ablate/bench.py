@@ -41,6 +41,8 @@ from omegaconf import DictConfig
 
 from . import build, concurrency
 from .clock import sync, timed
+from .lstm import loop_layer
+from .lstm_loop import lstm_layer_fast
 from .model import LSTMLanguageModel
 from .report import markdown_table
 
@@ -49,11 +51,12 @@ VOCAB = 10_000  # Mikolov's PTB
 BASELINE = ("zaremba", "auto")  # the fused path every ratio is taken against
 # Row variants: auto = what run.py trains with; reference = the plain autograd loop (model.lstm_impl=
 # reference). On CUDA: eager and layers = cuda_graph off / layers instead of the default; loop = the fused
-# placements on the fast loop instead of cuDNN; triton = every placement on the Triton loop.
+# placements on the fast loop instead of cuDNN; torch = the loop's step arithmetic as PyTorch ops instead
+# of Triton kernels (model.loop_kernel).
 VARIANTS = {"auto": [], "reference": ["model.lstm_impl=reference"], "eager": ["cuda_graph=off"],
-            "layers": ["cuda_graph=layers"], "loop": ["model.lstm_impl=loop"], "triton": ["model.lstm_impl=triton"]}
-# Which placements a variant differs from auto for: the looped ones, the fused ones, or all.
-APPLIES = {"reference": "looped", "eager": "looped", "layers": "looped", "loop": "fused", "triton": "all"}
+            "layers": ["cuda_graph=layers"], "loop": ["model.lstm_impl=loop"], "torch": ["model.loop_kernel=torch"]}
+# Which placements a variant differs from auto for: the looped ones or the fused ones.
+APPLIES = {"reference": "looped", "eager": "looped", "layers": "looped", "loop": "fused", "torch": "looped"}
 Window = tuple[torch.Tensor, torch.Tensor]  # (x, y), each [B, T]
 
 
@@ -89,15 +92,19 @@ def needs_loop(size: str, placement: str) -> bool:
 
 
 def path_of(loop: "PlainLoop", device: torch.device) -> str:
-    """Which LSTM path training takes (fused kernel, fast loop, reference loop) and, on CUDA, what is graphed."""
+    """Which LSTM path training takes (fused kernel, fast loop and its kernels, reference loop) and, on
+    CUDA, what is graphed."""
     model = loop.model
     path = model.lstm.path(masks_in_loop=model.lstm.spec.needs_step_loop)
+    if path == "loop":
+        path = "triton loop" if loop_layer(model.lstm.loop_kernel, device.type == "cuda") is not lstm_layer_fast \
+            else "loop"
     path = "reference loop" if path == "reference" else path
     if device.type != "cuda":
         return path
     if loop.step.cuda_graph:
         return f"{path}, step graph"
-    return f"{path}, layers graph" if model.lstm.cuda_graph and path == "loop" else f"{path}, eager"
+    return f"{path}, layers graph" if model.lstm.cuda_graph and path.endswith("loop") else f"{path}, eager"
 
 
 def windows(count: int, batch: int, bptt: int, device: torch.device, seed: int = 0) -> list[Window]:
@@ -326,9 +333,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="conf/dropout presets (fused zaremba is always measured: it is the baseline)")
     p.add_argument("--reference", action="store_true",
                    help="add the plain autograd loop (impl=reference) for every looped placement")
-    p.add_argument("--variants", nargs="*", default=[], choices=["eager", "layers", "loop", "triton"],
-                   help="CUDA: add rows per placement with cuda_graph=off (eager) or layers (looped placements), "
-                        "on the fast loop instead of cuDNN (loop; fused placements), or on Triton (all)")
+    p.add_argument("--variants", nargs="*", default=[], choices=["eager", "layers", "loop", "torch"],
+                   help="CUDA: add rows per placement with cuda_graph=off (eager) or layers, or the loop on PyTorch "
+                        "ops instead of Triton (torch) (looped placements); on the fast loop instead of cuDNN "
+                        "(loop; fused placements)")
     p.add_argument("--variant-sizes", nargs="+", default=None, help="sizes that get the --variants rows (default: all)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -397,8 +405,7 @@ def main(argv: list[str] | None = None) -> None:
         looped = [p for p, _ in placements if needs_loop(size, p)]
         variants = args.variants if device.type == "cuda" and size in (args.variant_sizes or [size]) else []
         for variant in variants:
-            rows += [(p, variant) for p, _ in placements
-                     if APPLIES[variant] == "all" or (p in looped) == (APPLIES[variant] == "looped")]
+            rows += [(p, variant) for p, _ in placements if (p in looped) == (APPLIES[variant] == "looped")]
         if args.reference:
             rows += [(p, "reference") for p in looped]
         results += bench_size(size, rows, device, args, peak)

@@ -41,7 +41,7 @@ def model(cfg: DictConfig, vocab_size: int) -> LSTMLanguageModel:
     m = cfg.model
     return LSTMLanguageModel(vocab_size=vocab_size, hidden=m.hidden, layers=m.layers, dropout=dropout_spec(cfg),
                              init_scale=m.init_scale, tie_weights=m.tie_weights, lstm_impl=m.lstm_impl,
-                             cuda_graph=cuda_graph(cfg) == "layers")
+                             cuda_graph=cuda_graph(cfg) == "layers", loop_kernel=m.loop_kernel)
 
 
 def cuda_graph(cfg: DictConfig) -> str:

@@ -9,13 +9,16 @@ PyTorch's and the paper's):
          for zoneout (training and evaluation): `lstm_loop.LoopLSTM`, an autograd.Function with its own
          backward (the input projection of the whole window is one matmul before the loop, each step one
          matmul, the weight gradient one matmul after the backward walk).
-  triton the fast loop with each step's gate arithmetic in one Triton kernel each way
-         (`lstm_triton`, CUDA): far fewer kernels per step, where a GPU at batch 20 is launch-bound.
+         Its step arithmetic runs as PyTorch ops (`lstm_loop`) or as one Triton kernel per step each way
+         (`lstm_triton`, CUDA: far fewer kernels where a GPU at batch 20 is launch-bound): `loop_kernel`,
+         whose default, auto, takes Triton on CUDA when it imports and PyTorch elsewhere.
   reference  `lstm_layer_loop` below: the same equations as a readable step loop under ordinary autograd,
          kept as the definition the fast loops are tested against (tests/test_lstm.py).
 With dropout off all give the same numbers (tests/test_lstm.py).
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import nn
@@ -24,7 +27,8 @@ from .dropout import IN_LOOP, ZONEOUT, DropoutSpec, mask_at, sample_mask, weight
 from .graphs import GraphedLayers
 from .lstm_loop import input_gates, lstm_layer_fast
 
-IMPLS = ("auto", "fused", "loop", "triton", "reference")
+IMPLS = ("auto", "fused", "loop", "reference")
+LOOP_KERNELS = ("auto", "torch", "triton")
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each [layers, batch, hidden]
 
 
@@ -78,13 +82,23 @@ def lstm_layer_fused(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, layer: n
     return out, h[0], c[0]
 
 
-def _triton_layer():
-    from .lstm_triton import lstm_layer_triton  # imports Triton: only when asked for
+@functools.cache
+def triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
-    return lstm_layer_triton
 
+def loop_layer(kernel: str, cuda: bool):
+    """The fast loop's layer function for `loop_kernel` on this device (lstm_triton imports Triton: only
+    when it is used)."""
+    if kernel == "triton" or (kernel == "auto" and cuda and triton_importable()):
+        from .lstm_triton import lstm_layer_triton
 
-_LAYER_FNS = {"reference": lambda: lstm_layer_loop, "loop": lambda: lstm_layer_fast, "triton": _triton_layer}
+        return lstm_layer_triton
+    return lstm_layer_fast
 
 
 class DroppedLSTM(nn.Module):
@@ -104,10 +118,13 @@ class DroppedLSTM(nn.Module):
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int, dropout: DropoutSpec,
-                 impl: str = "auto", cuda_graph: bool = True):
+                 impl: str = "auto", cuda_graph: bool = True, loop_kernel: str = "auto"):
         super().__init__()
         if impl not in IMPLS:
             raise ValueError(f"lstm impl must be one of {IMPLS}, got {impl!r}")
+        if loop_kernel not in LOOP_KERNELS:
+            raise ValueError(f"model.loop_kernel must be one of {LOOP_KERNELS}, got {loop_kernel!r}")
+        self.loop_kernel = loop_kernel
         if impl == "fused" and dropout.needs_step_loop:
             active = [k for k in IN_LOOP if getattr(dropout, k).active]
             raise ValueError(f"placement {dropout.name!r} masks h_(t-1), g_t or zones out the state inside the "
@@ -122,9 +139,9 @@ class DroppedLSTM(nn.Module):
         self.last_masks: dict | None = None
 
     def path(self, masks_in_loop: bool) -> str:
-        """The layer implementation a forward takes: "reference", "loop" (the fast Function), "triton" or
-        "fused". masks_in_loop: whether any mask sits inside the time loop for this forward."""
-        if self.impl in ("reference", "loop", "triton"):
+        """The layer implementation a forward takes: "reference", "loop" (the fast loop) or "fused".
+        masks_in_loop: whether any mask sits inside the time loop for this forward."""
+        if self.impl in ("reference", "loop"):
             return self.impl
         return "loop" if masks_in_loop else "fused"
 
@@ -170,7 +187,8 @@ class DroppedLSTM(nn.Module):
             if path == "fused":
                 x, h, c = lstm_layer_fused(x, h0[i], c0[i], layer, w_hh)
             else:
-                x, h, c = _LAYER_FNS[path]()(x, h0[i], c0[i], layer, w_hh, **in_loop)
+                layer_fn = lstm_layer_loop if path == "reference" else loop_layer(self.loop_kernel, x.is_cuda)
+                x, h, c = layer_fn(x, h0[i], c0[i], layer, w_hh, **in_loop)
             hs.append(h)
             cs.append(c)
         return x, torch.stack(hs), torch.stack(cs)
@@ -179,7 +197,7 @@ class DroppedLSTM(nn.Module):
         """Capture/replay a CUDA graph: training with gradients on CUDA, on a placement that takes the loop."""
         if not (self.cuda_graph and self.training and x.is_cuda and torch.is_grad_enabled()):
             return False
-        return self.path(any(m is not None for k in IN_LOOP for m in masks[k])) in ("loop", "triton")
+        return self.path(any(m is not None for k in IN_LOOP for m in masks[k])) == "loop"
 
     def forward(self, x: torch.Tensor, state: State, masks: dict | None = None) -> tuple[torch.Tensor, State]:
         """x [T, B, I], state (h, c) [L, B, H] -> outputs [T, B, H] (output mask applied), new state.

@@ -1,4 +1,4 @@
-"""The fast LSTM loop with each step's gate arithmetic in one Triton kernel (model.lstm_impl=triton, CUDA).
+"""The fast LSTM loop with each step's gate arithmetic in one Triton kernel (model.loop_kernel=triton; CUDA).
 
 `lstm_loop.LoopLSTM` runs every step as one matmul plus ~8 elementwise PyTorch kernels forward and ~8
 backward. On a GPU at batch 20 each of those kernels runs for a few microseconds, so a medium window
@@ -206,7 +206,7 @@ def lstm_layer_triton(x, h, c, layer, w_hh=None, recurrent=None, cell_update=Non
     """Drop-in for lstm.lstm_layer_loop on the Triton kernels. CUDA tensors, or CPU ones under
     TRITON_INTERPRET=1 (Triton's interpreter, for tests)."""
     if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError("model.lstm_impl=triton needs a CUDA GPU; use lstm_impl auto or loop on the CPU")
+        raise ValueError("model.loop_kernel=triton needs a CUDA GPU; use loop_kernel auto or torch on the CPU")
     from .lstm_loop import input_gates
 
     w = layer.weight_hh_l0 if w_hh is None else w_hh

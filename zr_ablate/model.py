@@ -10,10 +10,12 @@ from .lstm import DroppedLSTM, State
 
 class LSTMLanguageModel(nn.Module):
     def __init__(self, vocab_size: int, hidden: int, layers: int, dropout: DropoutSpec,
-                 init_scale: float, tie_weights: bool = False, lstm_impl: str = "auto", cuda_graph: bool = True):
+                 init_scale: float, tie_weights: bool = False, lstm_impl: str = "auto", cuda_graph: bool = True,
+                 loop_kernel: str = "auto"):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, hidden)
-        self.lstm = DroppedLSTM(hidden, hidden, layers, dropout, impl=lstm_impl, cuda_graph=cuda_graph)
+        self.lstm = DroppedLSTM(hidden, hidden, layers, dropout, impl=lstm_impl, cuda_graph=cuda_graph,
+                                loop_kernel=loop_kernel)
         self.decoder = nn.Linear(hidden, vocab_size)
         if tie_weights:
             self.decoder.weight = self.embedding.weight

@@ -93,8 +93,10 @@ def _hydra_config(path: Path) -> dict:
 
 
 def job_folders(sweep: Path) -> list[Path]:
-    """The Hydra job folders of a sweep folder (not its .submitit/ or other hidden folders)."""
-    return sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """The Hydra job folders of a sweep folder: those with Hydra's .hydra/ or a result.json (not .submitit/,
+    nor what tools write beside the jobs, such as the probe's probe/)."""
+    return sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")
+                  and ((p / ".hydra").is_dir() or (p / "result.json").is_file()))
 
 
 def load_sweep(path) -> tuple[pd.DataFrame, pd.DataFrame]:

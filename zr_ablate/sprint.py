@@ -16,7 +16,9 @@ Steps, each logged to OUT/sprint.log; a step that fails is logged and the next s
     picks the sweep's cuda_graph and model.lstm_impl from these rows); then 1, 2 and 4 concurrent medium
     jobs (one process each, zr_ablate.concurrency) with those settings, under MPS when it runs.
  5. plan.json (`plan`): from the measured speeds, which jobs finish before the deadline and how many run at
-    once, taking jobs in the order zaremba, none, variational, naive; what is left out, and why.
+    once, taking jobs in the order zaremba, none, variational, naive, leaving out those already completed
+    in --done (so successive leases work through the four); what is left out, and why. --bench plans from
+    an earlier sprint's measurements instead of step 4, leaving more of the lease to train.
  6. the sweep: run.py -m grid=ablation_medium seed=1 dropout=<planned> with the joblib launcher, stopped
     at the deadline if it overruns (its jobs then end as failed/running, and say so).
  7. the context-length probe (python -m zr_ablate.probe) on the finished jobs' checkpoints, which
@@ -39,6 +41,7 @@ import tarfile
 import time
 import traceback
 from pathlib import Path
+from statistics import median
 from xml.etree import ElementTree
 
 from . import concurrency
@@ -102,7 +105,7 @@ def job_seconds(bench: dict, size: str, placement: str, epochs: int, train_token
     row = rows[(size, placement, "auto")]
     train = (bench.get("concurrency") or {}).get("solo_tokens_per_s", {}).get(placement, row["train_tokens_per_s"])
     ratios = [r["ratio"] for r in bench.get("lightning", []) if r["size"] == size]
-    lightning = sorted(ratios)[len(ratios) // 2] if ratios else 0.9
+    lightning = median(ratios) if ratios else 0.9
     per_epoch = train_tokens / (train * lightning) + VALID_TOKENS / row["eval_tokens_per_s"] + PER_EPOCH_S
     return START_S + TEST_S + epochs * per_epoch
 
@@ -234,7 +237,7 @@ def bench_command(args, out: Path, checks: dict) -> list[str]:
                       "1", "--warmup", "1", "--lightning", "zaremba", "--lightning-steps", "2", "--no-memory",
                       "--threads", "1"]
     variants = ["loop"] + (["layers"] if modes[0] == "step" and "layers" in modes else []) + (
-        ["triton"] if checks["triton"] else [])
+        ["torch"] if checks["triton"] else [])
     return cmd + ["--device", "cuda", "--sizes", args.size, "large", "--variants", *variants, "--variant-sizes",
                   args.size, "--repeats", "2", "--steps", "3", "--warmup", "2", "--no-memory", "--lightning",
                   "zaremba", "variational", "--lightning-steps", "8", "--lightning-sizes", args.size]
@@ -242,7 +245,7 @@ def bench_command(args, out: Path, checks: dict) -> list[str]:
 
 def gpu_checks(log: Log, deadline: float) -> dict:
     """Run tests/test_gpu.py; -> {"modes": the CUDA-graph modes whose tests passed, best first, then "off"
-    (always allowed); "triton": whether lstm_impl=triton passed}."""
+    (always allowed); "triton": whether the Triton loop kernels passed}."""
     report = Path("/tmp/zr_ablate-gpu-tests.xml")
     report.unlink(missing_ok=True)
     code = run_logged([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py",
@@ -263,31 +266,34 @@ def gpu_checks(log: Log, deadline: float) -> dict:
 
 
 def choose(bench: dict | None, size: str, checks: dict) -> list[str]:
-    """The sweep's overrides. cuda_graph: the first passed mode, unless its rows show a failed capture or the
-    other passed mode trained every looped placement >5% faster. model.lstm_impl: of auto, loop (the fused
-    placements on the fast loop) and triton (if it passed), the one that trains the sweep's placements in
-    the least total time, if >5% less than auto."""
+    """The sweep's overrides, from what passed its GPU tests and the bench's medium rows:
+    - cuda_graph: the first passed mode, unless its rows show a failed capture or the other passed mode
+      trained every looped placement >5% faster;
+    - model.lstm_impl=loop (the fused placements on the fast loop rather than cuDNN) if that trains the
+      sweep's placements in >5% less time in all;
+    - model.loop_kernel=torch if the Triton kernels failed their tests, or PyTorch ops trained every looped
+      placement >5% faster."""
     mode = checks["modes"][0]
+    kernel = [] if checks["triton"] else ["model.loop_kernel=torch"]
     if bench is None:
-        return [f"cuda_graph={mode}"]
-    rows = {(r["placement"], r["impl"]): r for r in bench["placements"] if r["size"] == size}
-    looped = [p for p in ORDER if (p, "layers") in rows]
-    if mode == "step" and "layers" in checks["modes"] and looped and (
-            any(rows[(p, "auto")].get("graph_error") for p in looped)
-            or all(rows[(p, "layers")]["train_tokens_per_s"] > 1.05 * rows[(p, "auto")]["train_tokens_per_s"]
-                   for p in looped)):
+        return [f"cuda_graph={mode}", *kernel]
+    rows = {(r["placement"], r["impl"]): r["train_tokens_per_s"] for r in bench["placements"] if r["size"] == size}
+    errors = {r["placement"] for r in bench["placements"] if r["size"] == size and r["impl"] == "auto"
+              and r.get("graph_error")}
+
+    def faster(variant: str, placements: list[str]) -> bool:
+        measured = [p for p in placements if (p, variant) in rows]
+        return bool(measured) and all(rows[(p, variant)] > 1.05 * rows[(p, "auto")] for p in measured)
+
+    looped = [p for p in ORDER if (p, "layers") in rows or (p, "torch") in rows]
+    if mode == "step" and "layers" in checks["modes"] and (errors or faster("layers", looped)):
         mode = "layers"
-    impls = ["auto", "loop"] + (["triton"] if checks["triton"] else [])
-
-    def seconds(impl: str) -> float:  # per token, summed over the sweep's placements
-        picked = [rows.get((p, impl), rows[(p, "auto")]) for p in ORDER if (p, "auto") in rows]
-        if impl == "triton" and len(picked) != sum((p, "triton") in rows for p in ORDER):
-            return float("inf")  # not measured for every placement
-        return sum(1 / r["train_tokens_per_s"] for r in picked)
-
-    best = min(impls, key=seconds)
-    impl = best if seconds(best) < seconds("auto") / 1.05 else "auto"
-    return [f"cuda_graph={mode}"] + ([f"model.lstm_impl={impl}"] if impl != "auto" else [])
+    if not kernel and faster("torch", looped):
+        kernel = ["model.loop_kernel=torch"]
+    seconds = {v: sum(1 / rows.get((p, v), rows[(p, "auto")]) for p in ORDER if (p, "auto") in rows)
+               for v in ("auto", "loop")}
+    impl = ["model.lstm_impl=loop"] if seconds["loop"] < seconds["auto"] / 1.05 else []
+    return [f"cuda_graph={mode}", *impl, *kernel]
 
 
 def sweep_command(args, jobs: list[str], at_once: int, overrides: list[str], root: Path) -> list[str]:
@@ -349,6 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--sweep", default="gpu-medium", help="sweep name: the folder and the W&B group")
     p.add_argument("--work", type=Path, default=Path("outputs/device"), help="where the sweep's job folders go")
+    p.add_argument("--bench", type=Path, default=None,
+                   help="plan from this bench.json (an earlier sprint's) instead of measuring again: more time to train")
+    p.add_argument("--done", type=Path, default=None,
+                   help="a folder of job folders (reports/gpu-medium/runs): placements completed there at this size "
+                        "and seed are not trained again, so successive leases work through the four")
     p.add_argument("--mps", choices=["auto", "off"], default="auto",
                    help="auto: run concurrent jobs under CUDA MPS when it starts (never in a dry run)")
     args = p.parse_args(argv)
@@ -398,12 +409,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_measured(args, log: Log, checks: dict, deadline: float, mps: bool) -> None:
     """Steps 4-7: bench, concurrency, plan, sweep, probe."""
+    order = remaining(args, log)
+    if not order:
+        log(f"nothing to train: {', '.join(ORDER)} are all completed in {args.done}")
+        return
     bench_path = args.out / "bench.json"
-    code = run_logged(bench_command(args, bench_path, checks), log, timeout=min(150.0, deadline - time.time()))
-    bench = json.loads(bench_path.read_text()) if code == 0 and bench_path.stat().st_size else None
+    if args.bench:
+        bench = json.loads(args.bench.read_text())
+        log(f"planning from {args.bench} ({bench.get('device')}, {bench.get('date')}): not measured again")
+    else:
+        code = run_logged(bench_command(args, bench_path, checks), log, timeout=min(150.0, deadline - time.time()))
+        bench = json.loads(bench_path.read_text()) if code == 0 and bench_path.stat().st_size else None
     overrides = choose(bench, args.size, checks)
     log(f"training with {' '.join(overrides)}")
-    if bench is not None:
+    if bench is not None and not args.bench:
         try:
             bench["concurrency"] = concurrency.measure(args.size, ORDER, [1, 2] if args.dry else [1, 2, 4],
                                                        1.0 if args.dry else 2.0, "cpu" if args.dry else "cuda",
@@ -415,11 +434,11 @@ def run_measured(args, log: Log, checks: dict, deadline: float, mps: bool) -> No
     cfg_epochs, tokens = sweep_shape(args.size)
     available = deadline - time.time() - STOP_S - PROBE_S - PACK_S
     if bench is None:
-        log("bench failed: planning without measurements (zaremba and none, two at a time)")
-        the_plan = {"jobs": ORDER[:2], "at_once": 2, "fits": None, "left_out": ORDER[2:],
+        log("bench failed: planning without measurements (the first two, two at a time)")
+        the_plan = {"jobs": order[:2], "at_once": 2, "fits": None, "left_out": order[2:],
                     "why": "the bench failed, so nothing was measured", "available_s": available}
     else:
-        the_plan = plan(bench, args.size, cfg_epochs, tokens, available)
+        the_plan = plan(bench, args.size, cfg_epochs, tokens, available, order)
     the_plan.update(overrides=overrides, mps=mps)
     (args.out / "plan.json").write_text(json.dumps(the_plan, indent=1))
     log(f"plan: {the_plan['jobs']} {the_plan['at_once']} at a time"
@@ -434,6 +453,23 @@ def run_measured(args, log: Log, checks: dict, deadline: float, mps: bool) -> No
         code = run_logged([sys.executable, "-m", "zr_ablate.probe", str(sweep_dir), "--data-dir", args.ptb],
                           log, timeout=deadline - time.time() - PACK_S)
         log(f"probe exit {code}")
+
+
+def remaining(args, log: Log) -> list[str]:
+    """ORDER without the placements completed in --done at this size and seed."""
+    if args.done is None or not args.done.is_dir():
+        return list(ORDER)
+    from .results import NoRunsError, load_sweep
+
+    try:
+        runs, _ = load_sweep(args.done)
+    except NoRunsError:
+        return list(ORDER)
+    done = runs[(runs["status"] == "completed") & (runs["size"] == args.size) & (runs["seed"] == args.seed)]
+    finished = set(done["placement"])
+    if finished:
+        log(f"already completed in {args.done}: {', '.join(p for p in ORDER if p in finished)}")
+    return [p for p in ORDER if p not in finished]
 
 
 def sweep_shape(size: str) -> tuple[int, int]:
