@@ -179,8 +179,10 @@ def environment(dry: bool) -> dict:
     """Versions and the GPU, read without creating a CUDA context in this process (MPS starts later)."""
     import torch
 
-    env = {"python": platform.python_version(), "torch": torch.__version__, "dry": dry,
-           "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+    from .bench import cpu_model
+
+    env = {"python": platform.python_version(), "torch": torch.__version__, "dry": dry, "cpu": cpu_model(),
+           "cores": os.cpu_count()}
     if shutil.which("nvidia-smi"):
         smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
                              capture_output=True, text=True)
