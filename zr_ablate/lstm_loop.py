@@ -18,6 +18,8 @@ checks this Function against it, outputs and gradients, for every mask kind.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from .dropout import mask_at
@@ -29,6 +31,20 @@ def input_gates(x: torch.Tensor, layer) -> torch.Tensor:
     steps, batch, _ = x.shape
     return torch.addmm(layer.bias_ih_l0 + layer.bias_hh_l0, x.reshape(steps * batch, -1),
                        layer.weight_ih_l0.t()).view(steps, batch, -1)
+
+
+class Saved(NamedTuple):
+    """What the loop Functions (LoopLSTM, lstm_triton.TritonLoopLSTM) save for backward, in this order."""
+    gates: torch.Tensor    # [T, B, 4H] activated i, f, g, o
+    cells: torch.Tensor    # [T+1, B, H] cells[t] = c_{t-1} after zoneout, cells[0] = c0
+    tanh_c: torch.Tensor   # [T, B, H] tanh of the new cell, before zoneout
+    out: torch.Tensor      # [T, B, H] h_t
+    h0: torch.Tensor       # [B, H]
+    w_hh: torch.Tensor     # [4H, H]
+    recurrent: torch.Tensor | None
+    cell_update: torch.Tensor | None
+    zoneout_c: torch.Tensor | None
+    zoneout_h: torch.Tensor | None
 
 
 class LoopLSTM(torch.autograd.Function):
@@ -70,9 +86,8 @@ class LoopLSTM(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_h, grad_c):
-        gates, cells, tanh_c, out, h0, w_hh, recurrent, cell_update, zoneout_c, zoneout_h = ctx.saved_tensors
+        gates, cells, tanh_c, out, h0, w_hh, recurrent, cell_update, zoneout_c, zoneout_h = Saved(*ctx.saved_tensors)
         steps, batch, four_h = gates.shape
-        hid = four_h // 4
         i, f, g, o = gates.chunk(4, dim=2)  # each [T, B, H]
         g_in = g if cell_update is None else g * cell_update  # what entered the cell
         # Per-step factors that do not depend on the carried gradient, for the whole window at once:
@@ -87,10 +102,10 @@ class LoopLSTM(torch.autograd.Function):
             kg.mul_(cell_update)
         torch.mul(tanh_c, o * (1 - o), out=ko)
         through_h = o * (1 - tanh_c * tanh_c)
-        k3 = k.view(steps, batch, 4, hid)
+        k3 = k.view(steps, batch, 4, -1)
 
         grad_gates = torch.empty_like(gates)  # d pre-activation [T, B, 4H]
-        g3 = grad_gates.view(steps, batch, 4, hid)
+        g3 = grad_gates.view(steps, batch, 4, -1)
         dh, dc = grad_h, grad_c  # autograd passes zeros for outputs that got no gradient (materialize_grads)
         for t in reversed(range(steps)):
             zc, zh, r = mask_at(zoneout_c, t), mask_at(zoneout_h, t), mask_at(recurrent, t)
@@ -107,12 +122,17 @@ class LoopLSTM(torch.autograd.Function):
                 dh = dh * r
             if zh is not None:
                 dh = dh + dh_t * zh
-        # h_{t-1} as it entered the matmul, for every step: [T, B, H]
-        h_in = torch.cat([h0[None], out[:-1]])
-        if recurrent is not None:
-            h_in = h_in * recurrent
-        grad_w = grad_gates.view(-1, four_h).t() @ h_in.view(-1, hid)  # [4H, T*B] @ [T*B, H]
-        return grad_gates, dh, dc, grad_w, None, None, None, None
+        return grad_gates, dh, dc, weight_grad(grad_gates, h0, out, recurrent), None, None, None, None
+
+
+def weight_grad(grad_gates: torch.Tensor, h0: torch.Tensor, out: torch.Tensor,
+                recurrent: torch.Tensor | None) -> torch.Tensor:
+    """The W_hh gradient of a whole window in one matmul after the backward walk:
+    grad_gates [T, B, 4H], h0 [B, H], out [T, B, H] -> [4H, T*B] @ [T*B, H] = [4H, H]."""
+    h_in = torch.cat([h0[None], out[:-1]])  # h_{t-1} as it entered each step's matmul: [T, B, H]
+    if recurrent is not None:
+        h_in = h_in * recurrent
+    return grad_gates.flatten(0, 1).t() @ h_in.flatten(0, 1)
 
 
 def lstm_layer_fast(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, layer,

@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from .dropout import mask_at
+from .lstm_loop import Saved, input_gates, weight_grad
 
 BLOCK = 256
 
@@ -168,33 +169,29 @@ class TritonLoopLSTM(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_h, grad_c):
-        gates, cells, tanh_c, out, h0, w_hh, recurrent, cell_update, zoneout_c, zoneout_h = ctx.saved_tensors
-        steps, batch, four_h = gates.shape
-        hid = four_h // 4
-        n = batch * hid
+        s = Saved(*ctx.saved_tensors)
+        recurrent, cell_update, zoneout_c, zoneout_h = s.recurrent, s.cell_update, s.zoneout_c, s.zoneout_h
+        steps, batch, four_h = s.gates.shape
+        n = batch * four_h // 4
         flags = dict(HAS_M=cell_update is not None, HAS_ZC=zoneout_c is not None, HAS_ZH=zoneout_h is not None,
                      HAS_R=recurrent is not None, BLOCK=BLOCK)
         grid = (triton.cdiv(n, BLOCK),)
         grad_out = grad_out.contiguous()
-        grad_gates = torch.empty_like(gates)
+        grad_gates = torch.empty_like(s.gates)
         dc = grad_c.contiguous().clone()
         carry = torch.zeros_like(dc)  # zoneout's dh_{t+1} * zh_{t+1}; nothing comes after the last step
         ones = torch.ones_like(dc) if recurrent is not None else None  # no mask after the last step
         dh_mm = grad_h.contiguous().clone()  # the last step's h gets its gradient from the output h_T
         for t in reversed(range(steps)):
             r_next = (mask_at(recurrent, t + 1) if t + 1 < steps else ones) if recurrent is not None else None
-            _backward_step[grid](dh_mm, _arg(r_next, dc), carry, grad_out[t], dc, gates[t], cells[t], tanh_c[t],
+            _backward_step[grid](dh_mm, _arg(r_next, dc), carry, grad_out[t], dc, s.gates[t], s.cells[t], s.tanh_c[t],
                                  _arg(mask_at(cell_update, t), dc), _arg(mask_at(zoneout_c, t), dc),
-                                 _arg(mask_at(zoneout_h, t), dc), grad_gates[t], n, hid, **flags)
-            torch.mm(grad_gates[t], w_hh, out=dh_mm)  # [B, 4H] @ [4H, H]
+                                 _arg(mask_at(zoneout_h, t), dc), grad_gates[t], n, four_h // 4, **flags)
+            torch.mm(grad_gates[t], s.w_hh, out=dh_mm)  # [B, 4H] @ [4H, H]
         dh0 = dh_mm if recurrent is None else dh_mm * mask_at(recurrent, 0)
         if zoneout_h is not None:
             dh0 = dh0 + carry
-        h_in = torch.cat([h0[None], out[:-1]])  # h_{t-1} as it entered the matmul: [T, B, H]
-        if recurrent is not None:
-            h_in = h_in * recurrent
-        grad_w = grad_gates.view(-1, four_h).t() @ h_in.view(-1, hid)  # [4H, T*B] @ [T*B, H]
-        return grad_gates, dh0, dc, grad_w, None, None, None, None
+        return grad_gates, dh0, dc, weight_grad(grad_gates, s.h0, s.out, recurrent), None, None, None, None
 
 
 def _arg(t: torch.Tensor | None, dummy: torch.Tensor) -> torch.Tensor:
@@ -207,7 +204,6 @@ def lstm_layer_triton(x, h, c, layer, w_hh=None, recurrent=None, cell_update=Non
     TRITON_INTERPRET=1 (Triton's interpreter, for tests)."""
     if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError("model.loop_kernel=triton needs a CUDA GPU; use loop_kernel auto or torch on the CPU")
-    from .lstm_loop import input_gates
 
     w = layer.weight_hh_l0 if w_hh is None else w_hh
     return TritonLoopLSTM.apply(input_gates(x, layer), h.contiguous(), c.contiguous(), w, recurrent, cell_update,
