@@ -22,9 +22,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from zr_ablate.build import CONFIG_ERRORS, apply_precision, build, error_line
-from zr_ablate.sweep import FINAL_STATUSES
+from zr_ablate.records import FAILED, FINAL_STATUSES, RecordError, read_result
 from zr_ablate.tracking import end_run, finish_run, start_run
-from zr_ablate.train import read_result, run_job
+from zr_ablate.train import run_job
 
 log = logging.getLogger("run")
 # Job folders are named from the overrides (not timestamps) so a rerun finds them; no overrides -> "default".
@@ -50,7 +50,10 @@ def thread_budget(cfg: DictConfig, hydra_cfg) -> int | None:
 def main(cfg: DictConfig) -> str:
     hydra_cfg = HydraConfig.get()
     job_dir = hydra_cfg.runtime.output_dir
-    previous = read_result(job_dir) or {}
+    try:
+        previous = read_result(job_dir) or {}
+    except RecordError as e:
+        sys.exit(f"zr_ablate: error: {e}")
     if previous.get("status") in FINAL_STATUSES:
         log.info("skip: %s is already %s (delete its result.json to run it again)", job_dir, previous["status"])
         return previous["status"]
@@ -84,7 +87,7 @@ def main(cfg: DictConfig) -> str:
         # sweep's summary counts it and the sweep exits non-zero at the end.
         log.exception("job failed: %s", job_dir)
         finish_run(exit_code=1)
-        return "failed"
+        return FAILED
     end_run(result)
     print(f"{result['status']}: best val ppl {result['best_val_ppl']}, test ppl {result.get('test_ppl')} "
           f"({result['test_protocol']} protocol) -> {result['job_dir']}")

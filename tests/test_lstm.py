@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from zr_ablate.dropout import Connection, DropoutSpec, sample_mask
+from zr_ablate.dropout import Connection, DropoutSpec
+from zr_ablate.masks import sample_mask
 from zr_ablate.lstm import DroppedLSTM, lstm_layer_loop
 from zr_ablate.lstm_loop import lstm_layer_fast
 

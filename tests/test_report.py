@@ -15,7 +15,9 @@ from omegaconf import OmegaConf
 from tests.conftest import REPO
 from tests.test_tracking import read_run
 from zr_ablate.reference import beside, published
-from zr_ablate.results import CONNECTIONS, EPOCH_COLUMNS, RUN_COLUMNS, load_sweep, runs_from_wandb
+from zr_ablate.dropout import CONNECTIONS
+from zr_ablate.records import EPOCH_FIELDS
+from zr_ablate.results import RUN_COLUMNS, load_sweep, runs_from_wandb
 
 TABLES = ["perplexity", "gap", "status"]
 FIGURES = ["val_curves", "train_vs_val", "test_ppl"]
@@ -92,18 +94,13 @@ def test_load_sweep_keeps_unfinished_jobs_with_their_status(sweep):
     assert set(curves.loc[curves["job"] == RUNNING, "status"]) == {"running"}
 
 
-def test_epoch_columns_are_the_ones_train_writes():
-    from zr_ablate.train import EPOCH_FIELDS
-
-    assert EPOCH_COLUMNS == EPOCH_FIELDS
-
-
-def test_rate_columns_are_the_dropout_connections():
-    from dataclasses import fields
-
-    from zr_ablate.dropout import DropoutSpec
-
-    assert CONNECTIONS == [f.name for f in fields(DropoutSpec) if f.name != "name"]
+def test_frames_carry_every_epoch_column_and_every_connection_rate(sweep):
+    """The curves hold every column train writes to epochs.csv, the runs a rate per DropoutSpec connection."""
+    runs, curves = load_sweep(sweep)
+    header = next(sweep.glob("*/epochs.csv")).read_text().splitlines()[0].split(",")
+    assert header == EPOCH_FIELDS and set(EPOCH_FIELDS) <= set(curves.columns)
+    assert {f"{c}_p" for c in CONNECTIONS} <= set(runs.columns)
+    assert runs.loc[runs["status"] == "completed", "embedding_p"].notna().all()
 
 
 def test_report_writes_every_table_and_figure(out):
@@ -289,7 +286,7 @@ def variant_sweep(sweep, tmp_path_factory) -> Path:
 
 
 def in_process_report(sweep: Path, out: Path) -> Path:
-    from zr_ablate.report import main
+    from zr_ablate.report.cli import main
 
     main([str(sweep), "--out", str(out)])
     return out

@@ -44,7 +44,7 @@ from .clock import sync, timed
 from .lstm import loop_layer
 from .lstm_loop import lstm_layer_fast
 from .model import LSTMLanguageModel
-from .report import markdown_table
+from .report.tables import markdown_table
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 VOCAB = 10_000  # Mikolov's PTB

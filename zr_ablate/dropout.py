@@ -21,14 +21,13 @@ For `word`, step drops each occurrence on its own and sequence drops a word type
 an example's window (one mask [B, V]). `weight_hh` takes sequence only: the matrix is shared by the batch,
 so its one mask per window is shared by every example too, and the fused kernel keeps working.
 
-Dropout masks are inverted (0 or 1/(1-p)); zoneout's are not (1 where the unit keeps its previous value).
-The named placements are YAML presets in conf/dropout/; here only the vocabulary they use.
+Dropout masks are inverted (0 or 1/(1-p)); zoneout's are not (1 where the unit keeps its previous value);
+`masks.py` draws them. The named placements are YAML presets in conf/dropout/; here only the vocabulary
+they use. Torch-free, so that the results and report modules can name the connections.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-
-import torch
 
 MASK_KINDS = ("step", "sequence")
 # Masks applied inside the time loop: while any is on in training, the fused LSTM kernel cannot be used.
@@ -104,62 +103,4 @@ class DropoutSpec:
         return any(getattr(self, k).active for k in IN_LOOP)
 
 
-def _bernoulli(prob: float, shape: tuple, like: torch.Tensor) -> torch.Tensor:
-    return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(prob)
-
-
-def sample_mask(conn: Connection, steps: int, batch: int, features: int,
-                like: torch.Tensor) -> torch.Tensor | None:
-    """Inverted-dropout mask (0 or 1/(1-p)) for one window, or None when the connection is off.
-
-    step -> [steps, batch, features]; sequence -> [1, batch, features] (broadcasts over steps).
-    """
-    if not conn.active:
-        return None
-    rows = steps if conn.mask == "step" else 1
-    keep = 1.0 - conn.p
-    return _bernoulli(keep, (rows, batch, features), like) / keep
-
-
-def mask_at(mask: torch.Tensor | None, t: int) -> torch.Tensor | None:
-    """Step t of an in-loop mask: [T, B, H] fresh per step, or [1, ...] (per sequence, or zoneout's
-    expectation) the same at every step. None stays None."""
-    if mask is None:
-        return None
-    return mask[t if mask.size(0) > 1 else 0]
-
-
-def weight_mask(conn: Connection, weight: torch.Tensor) -> torch.Tensor | None:
-    """DropConnect: one inverted-dropout mask shaped like `weight` ([4H, H]) for the window, or None."""
-    mask = sample_mask(conn, 1, *weight.shape, weight)
-    return None if mask is None else mask[0]
-
-
-def zoneout_mask(conn: Connection, steps: int, batch: int, features: int, like: torch.Tensor,
-                 training: bool) -> torch.Tensor | None:
-    """d, the weight of the previous value in state_t = d*state_{t-1} + (1-d)*new_t, or None when off.
-
-    Training: Bernoulli(p), 1 where a unit keeps its previous value, [steps or 1, batch, features].
-    Evaluation: the expectation p itself, [1, 1, 1], so state_t = p*state_{t-1} + (1-p)*new_t. This is
-    Krueger et al.'s test-time rule (like dropout's weight scaling, the noise is replaced by its mean; their
-    Theano code feeds masks filled with the probability at test time), not a plain LSTM.
-    """
-    if not conn.active:
-        return None
-    if not training:
-        return like.new_full((1, 1, 1), conn.p)
-    return _bernoulli(conn.p, (steps if conn.mask == "step" else 1, batch, features), like)
-
-
-def word_mask(conn: Connection, tokens: torch.Tensor, vocab_size: int,
-              like: torch.Tensor) -> torch.Tensor | None:
-    """Inverted-dropout mask on the embedding rows of tokens [T, B] -> [T, B, 1], or None when off.
-
-    sequence (Gal's word dropout): one draw per example per word type, [B, V], read off at every token, so
-    all occurrences of a word in an example's window are dropped together. step: each occurrence alone.
-    """
-    steps, batch = tokens.shape
-    if conn.mask == "step":
-        return sample_mask(conn, steps, batch, 1, like)
-    types = sample_mask(conn, 1, batch, vocab_size, like)
-    return None if types is None else types[0].gather(1, tokens.t()).t().unsqueeze(-1)
+CONNECTIONS = [f.name for f in fields(DropoutSpec) if f.name != "name"]  # in the order of the table above

@@ -23,7 +23,8 @@ import functools
 import torch
 from torch import nn
 
-from .dropout import IN_LOOP, ZONEOUT, DropoutSpec, mask_at, sample_mask, weight_mask, zoneout_mask
+from .dropout import IN_LOOP, ZONEOUT, DropoutSpec
+from .masks import mask_at, sample_mask, weight_mask, zoneout_mask
 from .graphs import GraphedLayers
 from .lstm_loop import input_gates, lstm_layer_fast
 

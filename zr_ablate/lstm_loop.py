@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import torch
 
-from .dropout import mask_at
+from .masks import mask_at
 
 
 def input_gates(x: torch.Tensor, layer) -> torch.Tensor:

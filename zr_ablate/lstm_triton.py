@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .dropout import mask_at
+from .masks import mask_at
 from .lstm_loop import Saved, input_gates, weight_grad
 
 BLOCK = 256

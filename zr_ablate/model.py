@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .dropout import DropoutSpec, word_mask
+from .dropout import DropoutSpec
+from .masks import word_mask
 from .lstm import DroppedLSTM, State
 
 

@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 
 from . import build
 from .model import LSTMLanguageModel
-from .train import CHECKPOINTS, read_result
+from .records import COMPLETED, LAST_CHECKPOINT, is_job_folder, read_result
 
 KS = [1, 2, 5, 10, 20, 50, 100, 200]
 WHOLE = "whole"
@@ -112,9 +112,8 @@ def load_model(cfg, checkpoint: Path, vocab_size: int, device: torch.device) -> 
 
 def jobs_of(sweep: Path) -> list[Path]:
     """Completed jobs with a checkpoint, in name order."""
-    return [r.parent for r in sorted(sweep.glob("*/result.json"))
-            if (read_result(str(r.parent)) or {}).get("status") == "completed"
-            and (r.parent / CHECKPOINTS / "last.ckpt").is_file()]
+    return [job for job in sorted(sweep.iterdir()) if is_job_folder(job)
+            and (read_result(job) or {}).get("status") == COMPLETED and (job / LAST_CHECKPOINT).is_file()]
 
 
 def run(sweep: Path, out: Path, ks: list[int], splits: list[str], data_dir: str | None, device: torch.device,
@@ -127,7 +126,7 @@ def run(sweep: Path, out: Path, ks: list[int], splits: list[str], data_dir: str 
             data[key] = build.datamodule(cfg)
             data[key].setup()
         dm = data[key]
-        model = load_model(cfg, job / CHECKPOINTS / "last.ckpt", len(dm.vocab), device)
+        model = load_model(cfg, job / LAST_CHECKPOINT, len(dm.vocab), device)
         who = {"job": job.name, "placement": cfg.dropout.name, "size": cfg.model.name, "seed": cfg.seed}
         for split in splits:
             ppl, pos = probe_model(model, dm.tokens[split].to(device), ks, max_tokens)

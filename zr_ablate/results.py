@@ -6,33 +6,26 @@ whoever aggregates decides what to leave out.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-# The per-job numbers of result.json (and of the W&B run summary, which tracking.end_run copies from it).
-# mc_test_ppl and mc_samples only where MC-dropout evaluation ran (eval.mc_samples > 0).
-RECORD_FIELDS = ["best_val_ppl", "final_val_ppl", "test_ppl", "test_protocol", "mc_test_ppl", "mc_samples",
-                 "final_train_ppl", "epochs", "wall_time_s", "tokens_per_s", "n_params", "error"]
-# The connections of dropout.DropoutSpec (not imported from there, which would pull in torch); each gives a
-# column <connection>_p, its probability, so a sweep over one connection's rate can be told apart.
-CONNECTIONS = ["word", "embedding", "between", "recurrent", "cell_update", "weight_hh", "zoneout_c", "zoneout_h",
-               "output"]
+from .dropout import CONNECTIONS
+from .records import (COMPLETED, EPOCH_FIELDS, EPOCHS, FAILED, HYDRA_CONFIG, MISSING, RECORD_FIELDS, RESULT, RUNNING,
+                      RecordError, is_job_folder, read_result)
+
+# Each connection of the DropoutSpec gives a column <connection>_p, its probability, so a sweep over one
+# connection's rate can be told apart. (mc_test_ppl and mc_samples only where MC-dropout evaluation ran.)
 RATES = [f"{c}_p" for c in CONNECTIONS]
 # placement: the preset's name; variant: the same plus a marker for each setting that changes the method
 # beyond the preset (e.g. zaremba+tied+word0.1); p: the preset's shared probability, config dropout.p.
 IDENTITY = ["job", "placement", "size", "seed", "status", "variant", "p", *RATES]
 RUN_COLUMNS = IDENTITY + RECORD_FIELDS
-# train.EPOCH_FIELDS, the columns of epochs.csv; not imported from there, which would pull in torch.
-EPOCH_COLUMNS = ["epoch", "lr", "train_loss", "train_ppl", "val_loss", "val_ppl", "tokens_per_s", "train_s",
-                 "elapsed_s"]
-CURVE_COLUMNS = IDENTITY + EPOCH_COLUMNS
+CURVE_COLUMNS = IDENTITY + EPOCH_FIELDS
 # W&B run state -> our status, for runs whose summary does not say how the job ended.
-WANDB_STATES = {"finished": "completed", "crashed": "failed", "failed": "failed", "killed": "failed",
-                "running": "running"}
+WANDB_STATES = {"finished": COMPLETED, "crashed": FAILED, "failed": FAILED, "killed": FAILED, "running": RUNNING}
 
 
 class NoRunsError(FileNotFoundError):
@@ -93,10 +86,7 @@ def _hydra_config(path: Path) -> dict:
 
 
 def job_folders(sweep: Path) -> list[Path]:
-    """The Hydra job folders of a sweep folder: those with Hydra's .hydra/ or a result.json (not .submitit/,
-    nor what tools write beside the jobs, such as the probe's probe/)."""
-    return sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")
-                  and ((p / ".hydra").is_dir() or (p / "result.json").is_file()))
+    return sorted(p for p in sweep.iterdir() if is_job_folder(p))
 
 
 def load_sweep(path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -104,7 +94,7 @@ def load_sweep(path) -> tuple[pd.DataFrame, pd.DataFrame]:
     sweep = Path(path)
     if not sweep.is_dir():
         raise NoRunsError(f"{sweep} is not a folder; pass a sweep folder such as outputs/<sweep>")
-    if (sweep / "result.json").exists():
+    if (sweep / RESULT).exists():
         raise NoRunsError(f"{sweep} is one job's folder; pass the sweep folder above it, {sweep.parent}")
     jobs = job_folders(sweep)
     if not jobs:
@@ -112,18 +102,21 @@ def load_sweep(path) -> tuple[pd.DataFrame, pd.DataFrame]:
                           f"(run.py -m writes one sub-folder per job there)")
     rows, curves = [], []
     for job in jobs:
-        result_file, hydra_config = job / "result.json", job / ".hydra" / "config.yaml"
-        if result_file.exists():
-            result = json.loads(result_file.read_text())
+        try:
+            result = read_result(job)
+            why = "no result.json: the job never started or was killed before writing it"
+        except RecordError as e:  # one unreadable record must not take the whole report down
+            result, why = None, str(e)
+        if result is not None:
             row = _row(job.name, result.get("config") or {}, result, result.get("status"))
         else:
             # Hydra writes .hydra/config.yaml before the job starts; result.json comes a moment later.
+            hydra_config = job / HYDRA_CONFIG
             config = _hydra_config(hydra_config) if hydra_config.exists() else {}
-            row = _row(job.name, config, {"error": "no result.json: the job never started or was killed "
-                                                   "before writing it"}, "missing")
+            row = _row(job.name, config, {"error": why}, MISSING)
         rows.append(row)
-        if (job / "epochs.csv").exists():
-            curves.append(_with_identity(pd.read_csv(job / "epochs.csv"), row))
+        if (job / EPOCHS).exists():
+            curves.append(_with_identity(pd.read_csv(job / EPOCHS), row))
     return _frames(rows, curves)
 
 
@@ -139,7 +132,7 @@ def _wandb_curve(run) -> pd.DataFrame:
     history = history.assign(epoch=history["epoch"].bfill())
     # One epoch spans several logged rows (per-step, validation, epoch-end); take each metric's value.
     epochs = history.dropna(subset=["epoch"]).groupby("epoch", as_index=False).first()
-    epochs = epochs.reindex(columns=EPOCH_COLUMNS)
+    epochs = epochs.reindex(columns=EPOCH_FIELDS)
     epochs = epochs.dropna(subset=["train_ppl", "val_ppl"], how="all")  # e.g. the test row after training
     return epochs.assign(epoch=epochs["epoch"].astype(int) + 1)  # Lightning counts from 0, epochs.csv from 1
 
@@ -149,7 +142,7 @@ def runs_from_wandb(wandb_runs) -> tuple[pd.DataFrame, pd.DataFrame]:
     rows, curves = [], []
     for run in wandb_runs:
         status = run.summary.get("status")
-        if status in (None, "running"):  # a job that crashed never wrote its final status
+        if status in (None, RUNNING):  # a job that crashed never wrote its final status
             status = WANDB_STATES.get(run.state, run.state)
         row = _row(run.name, run.config, run.summary, status)
         rows.append(row)

@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -18,7 +17,8 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-FINAL_STATUSES = ("completed", "diverged")  # a rerun skips these; running/failed jobs are resumed
+from .records import COMPLETED, DIVERGED, FAILED, FINAL_STATUSES, RESULT, RUNNING, SKIPPED, RecordError, read_result
+
 log = logging.getLogger(__name__)
 
 
@@ -58,17 +58,19 @@ class SweepGuard(Callback):
         for hydra_dir in sorted(sweep.glob("*/.hydra")):
             if (hydra_dir / "overrides.yaml").stat().st_mtime < self.started:
                 continue  # a job of an earlier command in the same sweep folder
-            job, path = hydra_dir.parent, hydra_dir.parent / "result.json"
-            result = json.loads(path.read_text()) if path.exists() else {}
-            status = result.get("status", "failed")
-            if status == "running":
-                status = "failed"  # its process died without recording how
+            job, path = hydra_dir.parent, hydra_dir.parent / RESULT
+            try:
+                status = (read_result(job) or {}).get("status", FAILED)
+            except RecordError:
+                status = FAILED  # its record is unreadable: count it, name it, let the report say why
+            if status == RUNNING:
+                status = FAILED  # its process died without recording how
             elif status in FINAL_STATUSES and path.stat().st_mtime < self.started:
-                status = "skipped"  # finished by an earlier command; this one left it alone
+                status = SKIPPED  # finished by an earlier command; this one left it alone
             counts[status] += 1
-            if status == "failed":
+            if status == FAILED:
                 failed.append(job.name)
-        line = ", ".join(f"{counts[s]} {s}" for s in ("completed", "diverged", "failed", "skipped"))
+        line = ", ".join(f"{counts[s]} {s}" for s in (COMPLETED, DIVERGED, FAILED, SKIPPED))
         print(f"sweep {config.sweep} ({sweep}): {line}" + (f"; failed: {'; '.join(failed)}" if failed else ""))
         if failed:
             sys.exit(1)

@@ -17,6 +17,8 @@ from urllib.parse import urlparse
 from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 
+from .records import COMPLETED, SUMMARY_FIELDS
+
 MODES = ("auto", "online", "offline", "disabled")
 log = logging.getLogger(__name__)
 
@@ -79,10 +81,8 @@ def end_run(result: dict) -> None:
 
     if wandb.run is None:
         return
-    keys = ("status", "best_val_ppl", "final_val_ppl", "final_train_ppl", "test_ppl", "test_protocol",
-            "mc_test_ppl", "mc_samples", "n_params", "wall_time_s", "tokens_per_s", "epochs", "error")
-    wandb.run.summary.update({k: result[k] for k in keys if result.get(k) is not None})
-    finish_run(exit_code=0 if result["status"] == "completed" else 1)
+    wandb.run.summary.update({k: result[k] for k in SUMMARY_FIELDS if result.get(k) is not None})
+    finish_run(exit_code=0 if result["status"] == COMPLETED else 1)
 
 
 def finish_run(exit_code: int) -> None:

@@ -6,10 +6,8 @@ the Hydra config, so nothing here reads the global config.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
@@ -18,21 +16,12 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from .clock import sync
-from .module import Diverged
 from .model import count_parameters
+from .module import Diverged
+from .records import (CHECKPOINTS, COMPLETED, DIVERGED, EPOCH_FIELDS, EPOCHS, FAILED, LAST_CHECKPOINT, RESULT, RUNNING,
+                      write_json_atomic)
 
-RESULT = "result.json"
-CHECKPOINTS = "checkpoints"
-EPOCHS = "epochs.csv"
 log = logging.getLogger(__name__)
-EPOCH_FIELDS = ["epoch", "lr", "train_loss", "train_ppl", "val_loss", "val_ppl", "tokens_per_s", "train_s",
-                "elapsed_s"]
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 class EpochRecorder(pl.Callback):
@@ -103,7 +92,7 @@ class EpochRecorder(pl.Callback):
 
 
 def last_checkpoint(job_dir: str) -> Path | None:
-    path = Path(job_dir) / CHECKPOINTS / "last.ckpt"
+    path = Path(job_dir) / LAST_CHECKPOINT
     return path if path.is_file() else None
 
 
@@ -115,11 +104,6 @@ def checkpoint_epochs(path: Path) -> int:
     except Exception as e:
         raise RuntimeError(f"cannot read the checkpoint {path} ({e}); delete it to restart this job "
                            f"from scratch") from e
-
-
-def read_result(job_dir: str) -> dict | None:
-    path = Path(job_dir) / RESULT
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def run_job(module: pl.LightningModule, datamodule: pl.LightningDataModule, job_dir: str,
@@ -137,7 +121,7 @@ def run_job(module: pl.LightningModule, datamodule: pl.LightningDataModule, job_
     if resume is None:
         (job / EPOCHS).unlink(missing_ok=True)  # a fresh run rewrites its curve
     recorder = EpochRecorder(job / EPOCHS)
-    result = {"status": "running", "config": config, "n_params": count_parameters(module.model),
+    result = {"status": RUNNING, "config": config, "n_params": count_parameters(module.model),
               "test_protocol": test_protocol, "job_dir": str(job), **(extra or {}),
               "resumed_from_epoch": None}
     write_json_atomic(job / RESULT, result)
@@ -161,13 +145,13 @@ def run_job(module: pl.LightningModule, datamodule: pl.LightningDataModule, job_
         if trainer.interrupted:
             raise KeyboardInterrupt("training interrupted")
         tested = trainer.test(module, datamodule=datamodule, verbose=False)[0]
-        result.update(status="completed", test_ppl=tested["test_ppl"])
+        result.update(status=COMPLETED, test_ppl=tested["test_ppl"])
         if "mc_test_ppl" in tested:  # MC-dropout evaluation ran (eval.mc_samples > 0)
             result.update(mc_test_ppl=tested["mc_test_ppl"], mc_samples=module.mc.samples)
     except Diverged as e:
-        result.update(status="diverged", error=str(e))
+        result.update(status=DIVERGED, error=str(e))
     except BaseException as e:
-        result.update(status="failed", error=f"{type(e).__name__}: {e}")
+        result.update(status=FAILED, error=f"{type(e).__name__}: {e}")
         raise
     finally:
         vals = [r["val_ppl"] for r in recorder.rows if r["val_ppl"] is not None]
