@@ -10,7 +10,7 @@ DEMO_ARGS ?=
 
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test clean-venv device-wheels device-sprint
+.PHONY: setup demo test test-fast lint clean-venv device-wheels device-sprint
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,14 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The edit-test loop: everything but the tests that train jobs in subprocesses (~1 min on 2 cores).
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean-venv:
 	rm -rf $(VENV)

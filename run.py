@@ -8,6 +8,7 @@ It builds the data module, the model and the Lightning module through zr_ablate.
 that maps config to objects) and hands them to zr_ablate.train.run_job. A rerun of the same command skips completed
 jobs and resumes interrupted ones from their last checkpoint (same job folder, same W&B run).
 """
+
 from __future__ import annotations
 
 import logging
@@ -68,18 +69,35 @@ def main(cfg: DictConfig) -> str:
         sys.exit(f"zr_ablate: error: {error_line(e)}")
     config = OmegaConf.to_container(cfg, resolve=True)
     wandb_logger = start_run(
-        cfg.logger.mode, project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.sweep,
-        name=hydra_cfg.job.override_dirname or "default", tags=[cfg.dropout.name, cfg.model.name, "ptb"],
-        config=config, job_dir=job_dir, init_timeout=cfg.logger.init_timeout,
-        run_id=previous.get("wandb_run_id"))
+        cfg.logger.mode,
+        project=cfg.logger.project,
+        entity=cfg.logger.entity,
+        group=cfg.sweep,
+        name=hydra_cfg.job.override_dirname or "default",
+        tags=[cfg.dropout.name, cfg.model.name, "ptb"],
+        config=config,
+        job_dir=job_dir,
+        init_timeout=cfg.logger.init_timeout,
+        run_id=previous.get("wandb_run_id"),
+    )
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_kwargs["log_every_n_steps"] = cfg.logger.log_every_n_steps
-    extra = {"wandb_run_id": wandb_logger.experiment.id if wandb_logger else None, "threads": threads,
-             "precision": precision}
+    extra = {
+        "wandb_run_id": wandb_logger.experiment.id if wandb_logger else None,
+        "threads": threads,
+        "precision": precision,
+    }
     try:
-        result = run_job(module, datamodule, job_dir, trainer_kwargs, config=config,
-                         test_protocol=cfg.data.test_protocol, extra=extra,
-                         loggers=[wandb_logger] if wandb_logger else None)
+        result = run_job(
+            module,
+            datamodule,
+            job_dir,
+            trainer_kwargs,
+            config=config,
+            test_protocol=cfg.data.test_protocol,
+            extra=extra,
+            loggers=[wandb_logger] if wandb_logger else None,
+        )
     except Exception:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             raise  # FinishWandbRun ends the W&B run with exit code 1
@@ -89,8 +107,10 @@ def main(cfg: DictConfig) -> str:
         finish_run(exit_code=1)
         return FAILED
     end_run(result)
-    print(f"{result['status']}: best val ppl {result['best_val_ppl']}, test ppl {result.get('test_ppl')} "
-          f"({result['test_protocol']} protocol) -> {result['job_dir']}")
+    print(
+        f"{result['status']}: best val ppl {result['best_val_ppl']}, test ppl {result.get('test_ppl')} "
+        f"({result['test_protocol']} protocol) -> {result['job_dir']}"
+    )
     return result["status"]
 
 

@@ -1,4 +1,5 @@
 """Shared fixtures. Tests run on the real PTB files in ../shared/data/ptb (or $ZR_ABLATE_PTB_DIR)."""
+
 from __future__ import annotations
 
 import os

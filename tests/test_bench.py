@@ -1,4 +1,5 @@
 """The benchmark: its FLOP count, its memory probe, and one end-to-end run on a tiny model (no timings asserted)."""
+
 import json
 from statistics import median
 
@@ -6,16 +7,16 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from zr_ablate import bench
+from zr_ablate import bench, measure, workload
 
 SIZE = "tiny"
 
 
 def test_matmul_flops_per_token_matches_torch_flop_counter():
     """The analytic count against torch's own count of the reference loop (every matmul visible to it)."""
-    cfg = bench.settings(SIZE, "none", "reference")
-    model = bench.build_model(cfg, torch.device("cpu"))
-    x, _ = bench.windows(1, 3, 4, torch.device("cpu"))[0]
+    cfg = workload.settings(SIZE, "none", "reference")
+    model = workload.build_model(cfg, torch.device("cpu"))
+    x, _ = workload.windows(1, 3, 4, torch.device("cpu"))[0]
     # h0 and c0 that need gradients, so that step 0's input gradient is computed like every other step's.
     state = tuple(s.requires_grad_(True) for s in model.init_state(3))
     with FlopCounterMode(display=False) as forward:
@@ -23,26 +24,50 @@ def test_matmul_flops_per_token_matches_torch_flop_counter():
     with FlopCounterMode(display=False) as backward:
         logits.sum().backward()
     tokens = x.numel()
-    per_token = bench.matmul_flops_per_token(cfg.model.hidden, cfg.model.layers, training=False)
+    per_token = workload.matmul_flops_per_token(cfg.model.hidden, cfg.model.layers, training=False)
     assert forward.get_total_flops() == tokens * per_token
-    assert forward.get_total_flops() + backward.get_total_flops() == \
-        tokens * bench.matmul_flops_per_token(cfg.model.hidden, cfg.model.layers)
+    assert forward.get_total_flops() + backward.get_total_flops() == tokens * workload.matmul_flops_per_token(
+        cfg.model.hidden, cfg.model.layers
+    )
 
 
+@pytest.mark.slow  # two models
 def test_memory_probe_counts_the_per_step_masks_naive_keeps_for_backward():
     """naive keeps a [T, B, H] mask per connection for backward, variational one [1, B, H]: same model, same
     loop, so the probe must see naive save more."""
     cpu = torch.device("cpu")
-    naive = bench.probe_memory(SIZE, "naive", "auto", cpu)
-    variational = bench.probe_memory(SIZE, "variational", "auto", cpu)
+    naive = measure.probe_memory(SIZE, "naive", "auto", cpu)
+    variational = measure.probe_memory(SIZE, "variational", "auto", cpu)
     assert naive["saved_for_backward_mb"] > variational["saved_for_backward_mb"] > 0
 
 
+@pytest.mark.slow  # a fresh process per row
 def test_bench_end_to_end_writes_consistent_tables(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    bench.main(["--sizes", SIZE, "--placements", "naive", "zaremba", "--reference", "--repeats", "2", "--steps",
-                "1", "--warmup", "1", "--lightning", "zaremba", "--lightning-steps", "2", "--threads", "1",
-                "--out", str(out)])
+    bench.main(
+        [
+            "--sizes",
+            SIZE,
+            "--placements",
+            "naive",
+            "zaremba",
+            "--reference",
+            "--repeats",
+            "2",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--lightning",
+            "zaremba",
+            "--lightning-steps",
+            "2",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     report = json.loads(out.read_text())
     rows = {(r["placement"], r["impl"]): r for r in report["placements"]}
     assert list(rows) == [("zaremba", "auto"), ("naive", "auto"), ("naive", "reference")]
@@ -56,20 +81,24 @@ def test_bench_end_to_end_writes_consistent_tables(tmp_path, capsys):
         ratios = [a / b for a, b in zip(r["train_tokens_per_s_repeats"], base["train_tokens_per_s_repeats"])]
         assert r["train_ratio"] == pytest.approx(median(ratios))
         assert r["peak_mb"] > 0 and r["saved_for_backward_mb"] > 0  # from a fresh process per row
-        assert r["gflops"] == pytest.approx(r["train_tokens_per_s"] * bench.matmul_flops_per_token(16, 2) / 1e9)
+        assert r["gflops"] == pytest.approx(r["train_tokens_per_s"] * workload.matmul_flops_per_token(16, 2) / 1e9)
     (light,) = report["lightning"]
-    assert light["ratio"] == pytest.approx(median(a / b for a, b in zip(light["lightning_repeats"],
-                                                                        light["plain_repeats"])))
+    assert light["ratio"] == pytest.approx(
+        median(a / b for a, b in zip(light["lightning_repeats"], light["plain_repeats"]))
+    )
     assert report["gemm_peak_gflops"] > 0 and report["threads"] == 1
     printed = capsys.readouterr().out
     assert "| tiny | naive | reference loop |" in printed and "Lightning / plain" in printed
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--placements", "dropconnect"], "unknown dropout 'dropconnect'; choose from"),
-    (["--sizes", "huge"], "unknown model 'huge'; choose from"),
-    (["--out", "/proc/bench.json"], "cannot write /proc/bench.json"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--placements", "dropconnect"], "unknown dropout 'dropconnect'; choose from"),
+        (["--sizes", "huge"], "unknown model 'huge'; choose from"),
+        (["--out", "/proc/bench.json"], "cannot write /proc/bench.json"),
+    ],
+)
 def test_bad_options_are_one_line_errors(args, message):
     with pytest.raises(SystemExit) as e:
         bench.main(["--sizes", SIZE, *args])

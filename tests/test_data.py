@@ -6,8 +6,15 @@ import pytest
 import torch
 
 from tests.conftest import SHA256
-from zr_ablate.data import (DataError, PTBDataModule, Vocabulary, WindowDataset, batchify, ensure_ptb,
-                            sha256_of)
+from zr_ablate.data import (
+    DataError,
+    PTBDataModule,
+    Vocabulary,
+    WindowDataset,
+    batchify,
+    ensure_ptb,
+    sha256_of,
+)
 
 
 def test_real_ptb_token_counts_and_vocabulary(ptb_dir):
@@ -108,6 +115,7 @@ def _fetch(cache, urls, queue):
         queue.put(repr(e))
 
 
+@pytest.mark.slow  # several processes
 def test_concurrent_jobs_share_one_cache_safely(tmp_path, file_urls):
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
@@ -122,8 +130,18 @@ def test_concurrent_jobs_share_one_cache_safely(tmp_path, file_urls):
 
 
 def test_datamodule_slices_train_but_keeps_full_vocab(ptb_dir):
-    dm = PTBDataModule(str(ptb_dir), "unused", {}, SHA256, batch_size=4, bptt=7, eval_batch_size=3,
-                       test_protocol="paper", train_tokens=1000, eval_tokens=500)
+    dm = PTBDataModule(
+        str(ptb_dir),
+        "unused",
+        {},
+        SHA256,
+        batch_size=4,
+        bptt=7,
+        eval_batch_size=3,
+        test_protocol="paper",
+        train_tokens=1000,
+        eval_tokens=500,
+    )
     dm.setup()
     assert len(dm.vocab) == 10_000
     x, y = next(iter(dm.train_dataloader()))

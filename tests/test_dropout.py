@@ -22,6 +22,7 @@ def test_unknown_mask_kind_and_connection_are_rejected():
 
 def compose_spec(*overrides) -> DropoutSpec:
     from omegaconf import OmegaConf
+
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=list(overrides))
     return DropoutSpec.from_dict(OmegaConf.to_container(cfg.dropout, resolve=True))
@@ -34,8 +35,10 @@ def test_presets_take_probability_from_model_size_unless_overridden():
     assert (s.embedding.p, s.between.p, s.recurrent.p, s.output.p) == (0.3, 0.3, 0.2, 0.3)
 
 
-@pytest.mark.parametrize("name,recurrent,mask", [("none", 0.0, "step"), ("naive", 0.5, "step"),
-                                                 ("zaremba", 0.0, "step"), ("variational", 0.5, "sequence")])
+@pytest.mark.parametrize(
+    "name,recurrent,mask",
+    [("none", 0.0, "step"), ("naive", 0.5, "step"), ("zaremba", 0.0, "step"), ("variational", 0.5, "sequence")],
+)
 def test_preset_files_fill_the_spec(name, recurrent, mask):
     s = compose_spec(f"dropout={name}", "model=medium")
     assert s.name == name and s.recurrent.p == recurrent

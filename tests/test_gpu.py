@@ -2,12 +2,13 @@
 CUDA-graph modes train exactly as eager does, and cuDNN's fused LSTM runs in FP32 unless TF32 is asked for.
 Test names carry what they vouch for (test_step_graph_*, test_layers_graph_*, test_triton_*), which the
 sprint reads to decide what it may train with."""
+
 import pytest
 import pytorch_lightning as pl
 import torch
 
-from zr_ablate.bench import PlainLoop, settings
 from zr_ablate.build import apply_precision, model
+from zr_ablate.workload import PlainLoop, settings
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 CUDA = torch.device("cuda")
@@ -27,7 +28,7 @@ def windows(full: int, last: int):
     lengths = [T] * full + [last, T]
     stream = torch.randint(VOCAB, (B, sum(lengths) + 1), generator=g).to(CUDA)
     starts = [sum(lengths[:i]) for i in range(len(lengths))]
-    return [(stream[:, s:s + k], stream[:, s + 1:s + k + 1]) for s, k in zip(starts, lengths)]
+    return [(stream[:, s : s + k], stream[:, s + 1 : s + k + 1]) for s, k in zip(starts, lengths)]
 
 
 def train(loop: PlainLoop, wins) -> list[list[torch.Tensor]]:
@@ -52,9 +53,16 @@ def assert_same(a: list, b: list) -> None:
 
 # The sweep's placements on each path they may take (the CPU tests cover every mask kind of the layers):
 # the loop on Triton kernels (the default on CUDA) and on PyTorch ops, cuDNN, and cuDNN's placements on the loop.
-@pytest.mark.parametrize("placement,impl,kernel", [("naive", "auto", "auto"), ("variational", "auto", "auto"),
-                                                   ("variational", "auto", "torch"), ("zaremba", "auto", "auto"),
-                                                   ("zaremba", "loop", "auto")])
+@pytest.mark.parametrize(
+    "placement,impl,kernel",
+    [
+        ("naive", "auto", "auto"),
+        ("variational", "auto", "auto"),
+        ("variational", "auto", "torch"),
+        ("zaremba", "auto", "auto"),
+        ("zaremba", "loop", "auto"),
+    ],
+)
 def test_step_graph_training_equals_eager(placement, impl, kernel):
     apply_precision(False)
     wins = windows(3, last=4)
@@ -99,8 +107,16 @@ def fit(ptb_dir, *overrides: str):
     cfg = settings("tiny", "variational", "auto", (f"data.dir={ptb_dir}", "trainer.max_epochs=1", *overrides))
     torch.manual_seed(0)
     module, data = build(cfg)
-    trainer = pl.Trainer(accelerator="gpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = pl.Trainer(
+        accelerator="gpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     torch.manual_seed(1)
     trainer.fit(module, datamodule=data)
     return module, trainer.callback_metrics

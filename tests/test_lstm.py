@@ -1,14 +1,14 @@
 """The recurrent core, checked by observing the masks it applied and the outputs it produced."""
+
 import pytest
 import torch
 from torch import nn
 
+from tests.helpers import B, H, L, T, inputs, reference
 from zr_ablate.dropout import Connection, DropoutSpec
-from zr_ablate.masks import sample_mask
 from zr_ablate.lstm import DroppedLSTM, lstm_layer_loop
 from zr_ablate.lstm_loop import lstm_layer_fast
-
-T, B, H, L = 6, 5, 8, 2
+from zr_ablate.masks import sample_mask
 
 
 def spec(kind: str, p: float = 0.5) -> DropoutSpec:
@@ -29,37 +29,6 @@ def make(kind: str, impl: str = "auto", seed: int = 0) -> DroppedLSTM:
     return core
 
 
-def inputs(seed: int = 1):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(T, B, H, generator=g)
-    h0, c0 = torch.randn(L, B, H, generator=g), torch.randn(L, B, H, generator=g)
-    return x, (h0, c0)
-
-
-def reference(core: DroppedLSTM, x, state, masks):
-    """Plain step-by-step LSTM written from the equations, applying exactly the recorded masks."""
-    def apply(v, m):
-        return v if m is None else v * m
-    h0, c0 = state
-    x = apply(x, masks["embedding"])
-    hs, cs = [], []
-    for i, layer in enumerate(core.layers):
-        if i > 0:
-            x = apply(x, masks["between"][i - 1])
-        h, c, outs, m = h0[i], c0[i], [], masks["recurrent"][i]
-        for t in range(x.size(0)):
-            h_in = h if m is None else h * m[t if m.size(0) > 1 else 0]
-            gates = x[t] @ layer.weight_ih_l0.T + layer.bias_ih_l0 + h_in @ layer.weight_hh_l0.T + layer.bias_hh_l0
-            i_, f, g, o = gates.chunk(4, 1)
-            c = f.sigmoid() * c + i_.sigmoid() * g.tanh()
-            h = o.sigmoid() * c.tanh()
-            outs.append(h)
-        x = torch.stack(outs)
-        hs.append(h)
-        cs.append(c)
-    return apply(x, masks["output"]), torch.stack(hs), torch.stack(cs)
-
-
 def test_fused_and_loop_agree_in_outputs_and_gradients():
     x, state = inputs()
     results = []
@@ -70,7 +39,7 @@ def test_fused_and_loop_agree_in_outputs_and_gradients():
         (out.square().sum() + h.sum() + c.sum()).backward()
         results.append((out, h, c, xi.grad, [p.grad for p in core.parameters()]))
     (o1, h1, c1, gx1, gp1) = results[0]
-    for (o2, h2, c2, gx2, gp2) in results[1:]:
+    for o2, h2, c2, gx2, gp2 in results[1:]:
         for a, b in [(o1, o2), (h1, h2), (c1, c2), (gx1, gx2)] + list(zip(gp1, gp2)):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
@@ -87,12 +56,18 @@ FAST_CASES = {
     "recurrent per sequence": lambda g: dict(recurrent=_bits(0.5, 1, B, H, g=g) * 2),
     "cell update": lambda g: dict(cell_update=_bits(0.7, T, B, H, g=g) / 0.7),
     "zoneout training": lambda g: dict(zoneout_c=_bits(0.3, T, B, H, g=g), zoneout_h=_bits(0.1, T, B, H, g=g)),
-    "zoneout evaluation": lambda g: dict(zoneout_c=torch.full((1, 1, 1), 0.3, dtype=torch.float64),
-                                         zoneout_h=torch.full((1, 1, 1), 0.1, dtype=torch.float64)),
+    "zoneout evaluation": lambda g: dict(
+        zoneout_c=torch.full((1, 1, 1), 0.3, dtype=torch.float64),
+        zoneout_h=torch.full((1, 1, 1), 0.1, dtype=torch.float64),
+    ),
     "dropped W_hh": lambda g: dict(w_hh=_bits(0.5, 4 * H, H, g=g) * 2),
-    "all at once": lambda g: dict(recurrent=_bits(0.5, 1, B, H, g=g) * 2, cell_update=_bits(0.7, T, B, H, g=g) / 0.7,
-                                  zoneout_c=_bits(0.3, T, B, H, g=g), zoneout_h=_bits(0.1, 1, B, H, g=g),
-                                  w_hh=_bits(0.5, 4 * H, H, g=g) * 2),
+    "all at once": lambda g: dict(
+        recurrent=_bits(0.5, 1, B, H, g=g) * 2,
+        cell_update=_bits(0.7, T, B, H, g=g) / 0.7,
+        zoneout_c=_bits(0.3, T, B, H, g=g),
+        zoneout_h=_bits(0.1, 1, B, H, g=g),
+        w_hh=_bits(0.5, 4 * H, H, g=g) * 2,
+    ),
 }
 
 
@@ -118,8 +93,11 @@ def test_fast_loop_equals_the_reference_loop_in_outputs_and_every_gradient(case,
     masks = FAST_CASES[case](g)
     w_mask = masks.pop("w_hh", None)
     x0, h00, c00 = (torch.randn(*s, generator=g, dtype=torch.float64) for s in [(T, B, H), (B, H), (B, H)])
-    weights = [torch.randn(T, B, H, generator=g, dtype=torch.float64), torch.randn(B, H, generator=g,
-               dtype=torch.float64), torch.randn(B, H, generator=g, dtype=torch.float64)]
+    weights = [
+        torch.randn(T, B, H, generator=g, dtype=torch.float64),
+        torch.randn(B, H, generator=g, dtype=torch.float64),
+        torch.randn(B, H, generator=g, dtype=torch.float64),
+    ]
     results = []
     for fn in (lstm_layer_loop, fast):
         layer.zero_grad()

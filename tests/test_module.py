@@ -1,4 +1,5 @@
 """Training arithmetic: loss scaling, state carry, perplexity, LR schedule, clipping, test protocols."""
+
 import math
 
 import pytest
@@ -7,26 +8,31 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import SHA256
+from tests.helpers import trainer
 from zr_ablate.data import PTBDataModule
 from zr_ablate.dropout import DropoutSpec
 from zr_ablate.model import LSTMLanguageModel
-from zr_ablate.step import TrainStep
 from zr_ablate.module import LMModule
+from zr_ablate.step import TrainStep
 
 
 def tiny(ptb_dir, test_protocol="paper", bptt=5, train_tokens=3000):
-    dm = PTBDataModule(str(ptb_dir), "unused", {}, SHA256, batch_size=4, bptt=bptt, eval_batch_size=4,
-                       test_protocol=test_protocol, train_tokens=train_tokens, eval_tokens=600)
+    dm = PTBDataModule(
+        str(ptb_dir),
+        "unused",
+        {},
+        SHA256,
+        batch_size=4,
+        bptt=bptt,
+        eval_batch_size=4,
+        test_protocol=test_protocol,
+        train_tokens=train_tokens,
+        eval_tokens=600,
+    )
     dm.setup()
     torch.manual_seed(0)
     model = LSTMLanguageModel(len(dm.vocab), 16, 2, DropoutSpec(), init_scale=0.1)
     return dm, LMModule(model, lr=1.0, lr_decay=2.0, decay_after=1, clip=5.0)
-
-
-def trainer(**kw):
-    args = dict(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                enable_model_summary=False, num_sanity_val_steps=0)
-    return pl.Trainer(**(args | kw))
 
 
 def manual_ppl(model, stream: torch.Tensor, batch: int, bptt: int) -> float:
@@ -84,6 +90,7 @@ def _train_losses(ptb_dir, **trainer_kw):
     class Record(pl.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             losses.append(outputs["loss"].item())
+
     trainer(callbacks=[Record()], **trainer_kw).fit(module, datamodule=dm)
     return losses, module
 
@@ -114,10 +121,13 @@ def test_state_is_carried_across_windows_and_reset_each_epoch(ptb_dir):
 
 # Zaremba's main.lua divides the lr at the end of each epoch e > max_epoch (4 small, 6 medium), so the
 # first max_epoch + 1 epochs train at lr 1: decay_after 5 and 7 in conf/model/.
-@pytest.mark.parametrize("decay,after,epochs,expected_tail", [
-    (2.0, 5, 13, [1, 1, 1, 1, 1, 1 / 2, 1 / 4, 1 / 8]),         # small
-    (1.2, 7, 39, [1, 1, 1, 1, 1, 1, 1, 1 / 1.2, 1 / 1.44]),     # medium
-])
+@pytest.mark.parametrize(
+    "decay,after,epochs,expected_tail",
+    [
+        (2.0, 5, 13, [1, 1, 1, 1, 1, 1 / 2, 1 / 4, 1 / 8]),  # small
+        (1.2, 7, 39, [1, 1, 1, 1, 1, 1, 1, 1 / 1.2, 1 / 1.44]),  # medium
+    ],
+)
 def test_paper_learning_rate_schedule(decay, after, epochs, expected_tail):
     module = LMModule(torch.nn.Linear(2, 2), lr=1.0, lr_decay=decay, decay_after=after, clip=5.0)
     lrs = [module.lr_at(e) for e in range(epochs)]
@@ -127,7 +137,8 @@ def test_paper_learning_rate_schedule(decay, after, epochs, expected_tail):
 
 @pytest.mark.parametrize("size,after", [("small", 5), ("medium", 7), ("large", 15)])
 def test_paper_profiles_decay_on_zaremba_main_lua_timing(size, after):
-    from zr_ablate.bench import settings
+    from zr_ablate.workload import settings
+
     assert settings(size, "zaremba").optim.decay_after == after
 
 

@@ -1,4 +1,5 @@
 """The context-length probe: chunked evaluation against explicit token-by-token stepping, and end to end."""
+
 import json
 import math
 import subprocess
@@ -11,8 +12,8 @@ import torch.nn.functional as F
 
 from tests.conftest import REPO
 from zr_ablate import probe
-from zr_ablate.bench import settings
 from zr_ablate.build import model as build_model
+from zr_ablate.workload import settings
 
 V = 50
 
@@ -34,8 +35,8 @@ def stepped_ppl(m, s: torch.Tensor, k: int | None) -> float:
         for i in range(s.numel() - 1):
             if state is None or (k is not None and i % k == 0):
                 state = m.init_state(1)
-            logits, state = m(s[i:i + 1, None], state)
-            total += F.cross_entropy(logits[0], s[i + 1:i + 2]).item()
+            logits, state = m(s[i : i + 1, None], state)
+            total += F.cross_entropy(logits[0], s[i + 1 : i + 2]).item()
     return math.exp(total / (s.numel() - 1))
 
 
@@ -73,10 +74,25 @@ def test_k90_is_the_first_interval_with_most_of_the_gain():
     assert probe.k90({1: 300.0, 2: 299.0, "whole": 200.0}, 100.0) == "whole"
 
 
+@pytest.mark.slow  # trains a job in a subprocess
 def test_probe_of_a_trained_job_matches_its_test_perplexity(tmp_path, ptb_dir):
-    run = subprocess.run([sys.executable, "run.py", "model=tiny", "dropout=zoneout", "trainer.max_epochs=1",
-                          f"out_root={tmp_path}", "sweep=s", f"data.dir={ptb_dir}", "logger.mode=disabled",
-                          "trainer.enable_progress_bar=false"], cwd=REPO, capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "run.py",
+            "model=tiny",
+            "dropout=zoneout",
+            "trainer.max_epochs=1",
+            f"out_root={tmp_path}",
+            "sweep=s",
+            f"data.dir={ptb_dir}",
+            "logger.mode=disabled",
+            "trainer.enable_progress_bar=false",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     job = next((tmp_path / "s").iterdir())
     test_ppl = json.loads((job / "result.json").read_text())["test_ppl"]

@@ -1,5 +1,6 @@
 """The regularisers beyond the four placements, checked by the masks they applied and the outputs they
 produced: semeniuta (g_t), weight_drop (W_hh), zoneout (c, h), word dropout, weight tying, MC dropout."""
+
 import copy
 import json
 import subprocess
@@ -10,8 +11,7 @@ import torch
 from torch import nn
 
 from tests.conftest import REPO, SHA256
-from tests.test_lstm import B, H, L, T, inputs
-from tests.test_module import trainer
+from tests.helpers import B, H, L, T, inputs, reference, trainer
 from zr_ablate.data import PTBDataModule
 from zr_ablate.dropout import Connection, DropoutSpec
 from zr_ablate.lstm import DroppedLSTM
@@ -41,34 +41,6 @@ def make(layers: int = L, impl: str = "auto", **connections) -> DroppedLSTM:
     return core
 
 
-def _at(mask, t, off):
-    return off if mask is None else mask[t if mask.size(0) > 1 else 0]
-
-
-def reference(core: DroppedLSTM, x, state, masks: dict):
-    """A plain LSTM written from the equations, step by step, with the given per-layer masks: W_hh
-    multiplied by its mask at every step, g_t by its mask, and zoneout's d blending old and new state."""
-    h0, c0 = state
-    hs, cs = [], []
-    for l, layer in enumerate(core.layers):
-        w_mask = masks.get("weight_hh", [None] * L)[l]
-        w_hh = layer.weight_hh_l0 if w_mask is None else layer.weight_hh_l0 * w_mask
-        g_mask, d_c, d_h = (masks.get(k, [None] * L)[l] for k in ("cell_update", "zoneout_c", "zoneout_h"))
-        h, c, outs = h0[l], c0[l], []
-        for t in range(x.size(0)):
-            gates = x[t] @ layer.weight_ih_l0.T + layer.bias_ih_l0 + h @ w_hh.T + layer.bias_hh_l0
-            i, f, g, o = gates.chunk(4, 1)
-            c_new = f.sigmoid() * c + i.sigmoid() * g.tanh() * _at(g_mask, t, 1.0)
-            h_new = o.sigmoid() * c_new.tanh()
-            c = _at(d_c, t, 0.0) * c + (1 - _at(d_c, t, 0.0)) * c_new
-            h = _at(d_h, t, 0.0) * h + (1 - _at(d_h, t, 0.0)) * h_new
-            outs.append(h)
-        x = torch.stack(outs)
-        hs.append(h)
-        cs.append(c)
-    return x, torch.stack(hs), torch.stack(cs)
-
-
 def assert_matches(got, want):
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
@@ -84,6 +56,7 @@ def untouched(masks: dict, *keys) -> bool:
 
 
 # ---- semeniuta: a mask on g_t only ---------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind,rows", [("step", T), ("sequence", 1)])
 def test_semeniuta_masks_the_cell_update_and_nothing_else(kind, rows):
@@ -102,6 +75,7 @@ def test_semeniuta_masks_the_cell_update_and_nothing_else(kind, rows):
 
 # ---- weight_drop: DropConnect on W_hh, fused kernel -----------------------------------------------------
 
+
 def test_weight_drop_runs_the_fused_kernel_with_one_dropped_w_hh_per_window():
     core = make(impl="fused", weight_hh=Connection(0.5, "sequence"))  # fused accepts it
     core.train()
@@ -113,16 +87,16 @@ def test_weight_drop_runs_the_fused_kernel_with_one_dropped_w_hh_per_window():
         assert mask.shape == (4 * H, H) and set(mask.unique().tolist()) == {0.0, 2.0}
     # A plain nn.LSTM holding the dropped matrices gives the same numbers: one mask at every step.
     y = x
-    for l, layer in enumerate(core.layers):
+    for li, layer in enumerate(core.layers):
         plain = copy.deepcopy(layer)
         with torch.no_grad():
-            plain.weight_hh_l0.mul_(m["weight_hh"][l])
-        y, _ = plain(y, (state[0][l : l + 1], state[1][l : l + 1]))
+            plain.weight_hh_l0.mul_(m["weight_hh"][li])
+        y, _ = plain(y, (state[0][li : li + 1], state[1][li : li + 1]))
     torch.testing.assert_close(out, y)
     # Gradients reach the raw weight, and only where the mask kept it.
     out.square().sum().backward()
-    for l, layer in enumerate(core.layers):
-        grad, kept = layer.weight_hh_l0.grad, m["weight_hh"][l] != 0
+    for li, layer in enumerate(core.layers):
+        grad, kept = layer.weight_hh_l0.grad, m["weight_hh"][li] != 0
         assert grad[~kept].eq(0).all() and grad[kept].ne(0).all()
     core(x, state)
     assert not torch.equal(m["weight_hh"][0], core.last_masks["weight_hh"][0])  # a new window, a new mask
@@ -143,6 +117,7 @@ def test_weight_drop_gives_the_same_numbers_on_the_loop_path():
 
 
 # ---- zoneout: units keep their previous values in training, the expectation at evaluation -------------
+
 
 def test_zoneout_units_copy_their_previous_values_in_training():
     core = make(zoneout_c=Connection(0.3), zoneout_h=Connection(0.3))
@@ -185,6 +160,7 @@ def test_zoneout_evaluation_is_the_expectation_of_training():
 
 
 # ---- word dropout: embedding rows, by word type per example --------------------------------------------
+
 
 def word_model(kind: str) -> LSTMLanguageModel:
     torch.manual_seed(0)
@@ -230,6 +206,7 @@ def test_word_dropout_per_step_drops_occurrences_independently_and_feeds_the_lst
 
 # ---- weight tying ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("hidden,expected", [(200, 2_653_200), (650, 13_280_400), (1500, 51_034_000)])
 def test_tied_parameter_counts(hidden, expected):
     with torch.device("meta"):  # counts only: no memory, no time
@@ -251,9 +228,20 @@ def test_tied_embedding_and_decoder_are_one_tensor():
 
 # ---- MC-dropout evaluation ------------------------------------------------------------------------------
 
+
 def tiny_module(ptb_dir, spec: DropoutSpec, mc_samples: int):
-    dm = PTBDataModule(str(ptb_dir), "unused", {}, SHA256, batch_size=4, bptt=5, eval_batch_size=4,
-                       test_protocol="paper", train_tokens=3000, eval_tokens=300)
+    dm = PTBDataModule(
+        str(ptb_dir),
+        "unused",
+        {},
+        SHA256,
+        batch_size=4,
+        bptt=5,
+        eval_batch_size=4,
+        test_protocol="paper",
+        train_tokens=3000,
+        eval_tokens=300,
+    )
     dm.setup()
     torch.manual_seed(0)
     model = LSTMLanguageModel(len(dm.vocab), 16, 2, spec, init_scale=0.1)
@@ -292,10 +280,25 @@ def test_mc_averages_probabilities_over_passes_that_each_carry_their_own_state(p
 
 # ---- end to end -----------------------------------------------------------------------------------------
 
+
+@pytest.mark.slow  # a sweep in a subprocess
 def test_new_presets_train_and_report_mc_results_end_to_end(tmp_path, ptb_dir):
-    cmd = [sys.executable, "run.py", "-m", "model=tiny", f"dropout={','.join(NEW_PRESETS)}",
-           "dropout.word.p=0.1", "eval.mc_samples=2", f"data.dir={ptb_dir}", f"out_root={tmp_path}", "sweep=new",
-           "logger.mode=disabled", "trainer.enable_progress_bar=false", "data.eval_tokens=300", "threads=1"]
+    cmd = [
+        sys.executable,
+        "run.py",
+        "-m",
+        "model=tiny",
+        f"dropout={','.join(NEW_PRESETS)}",
+        "dropout.word.p=0.1",
+        "eval.mc_samples=2",
+        f"data.dir={ptb_dir}",
+        f"out_root={tmp_path}",
+        "sweep=new",
+        "logger.mode=disabled",
+        "trainer.enable_progress_bar=false",
+        "data.eval_tokens=300",
+        "threads=1",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for preset in NEW_PRESETS:

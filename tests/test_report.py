@@ -1,4 +1,5 @@
 """results + report on a real tiny sweep (2 placements x 2 seeds) plus a failed, a running and a missing job."""
+
 import json
 import os
 import shutil
@@ -13,21 +14,32 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.conftest import REPO
-from tests.test_tracking import read_run
-from zr_ablate.reference import beside, published
+from tests.helpers import read_run
 from zr_ablate.dropout import CONNECTIONS
 from zr_ablate.records import EPOCH_FIELDS
+from zr_ablate.reference import beside, published
 from zr_ablate.results import RUN_COLUMNS, load_sweep, runs_from_wandb
+
+pytestmark = pytest.mark.slow  # its fixtures train sweeps in subprocesses
 
 TABLES = ["perplexity", "gap", "status"]
 FIGURES = ["val_curves", "train_vs_val", "test_ppl"]
-FAILED, RUNNING, MISSING = ("dropout=none,model=tiny,seed=3", "dropout=zaremba,model=tiny,seed=3",
-                            "dropout=zaremba,model=tiny,seed=4")
+FAILED, RUNNING, MISSING = (
+    "dropout=none,model=tiny,seed=3",
+    "dropout=zaremba,model=tiny,seed=3",
+    "dropout=zaremba,model=tiny,seed=4",
+)
 
 
 def report(*args, **env):
-    return subprocess.run([sys.executable, "-m", "zr_ablate.report", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300, env=os.environ | env)
+    return subprocess.run(
+        [sys.executable, "-m", "zr_ablate.report", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ | env,
+    )
 
 
 def unfinished_copy(sweep: Path, source: str, name: str, status: str) -> None:
@@ -46,10 +58,22 @@ def unfinished_copy(sweep: Path, source: str, name: str, status: str) -> None:
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, ptb_dir):
     out = tmp_path_factory.mktemp("out")
-    cmd = [sys.executable, "run.py", "-m", "dropout=none,zaremba", "model=tiny", f"data.dir={ptb_dir}", "sweep=rep",
-           f"out_root={out}", "trainer.enable_progress_bar=false", "seed=1,2", "threads=1"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env=os.environ | {"WANDB_MODE": "disabled"})
+    cmd = [
+        sys.executable,
+        "run.py",
+        "-m",
+        "dropout=none,zaremba",
+        "model=tiny",
+        f"data.dir={ptb_dir}",
+        "sweep=rep",
+        f"out_root={out}",
+        "trainer.enable_progress_bar=false",
+        "seed=1,2",
+        "threads=1",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=os.environ | {"WANDB_MODE": "disabled"}
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep = out / "rep"
     unfinished_copy(sweep, "dropout=none,model=tiny,seed=1", FAILED, "failed")
@@ -67,8 +91,9 @@ def sweep(tmp_path_factory, ptb_dir):
 def completed(sweep) -> pd.DataFrame:
     """The completed jobs' result.json files, read directly."""
     results = [json.loads(f.read_text()) for f in sweep.glob("*/result.json")]
-    return pd.DataFrame([dict(r, placement=r["config"]["dropout"]["name"]) for r in results
-                         if r["status"] == "completed"])
+    return pd.DataFrame(
+        [dict(r, placement=r["config"]["dropout"]["name"]) for r in results if r["status"] == "completed"]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +143,12 @@ def test_report_writes_every_table_and_figure(out):
 def test_table_means_are_those_of_the_completed_runs(out, completed):
     table = pd.read_csv(out / "perplexity.csv").set_index("placement")
     expected = completed.groupby("placement").agg(
-        runs=("test_ppl", "size"), val_ppl_mean=("final_val_ppl", "mean"), val_ppl_sd=("final_val_ppl", "std"),
-        test_ppl_mean=("test_ppl", "mean"), test_ppl_sd=("test_ppl", "std"))
+        runs=("test_ppl", "size"),
+        val_ppl_mean=("final_val_ppl", "mean"),
+        val_ppl_sd=("final_val_ppl", "std"),
+        test_ppl_mean=("test_ppl", "mean"),
+        test_ppl_sd=("test_ppl", "std"),
+    )
     assert list(expected["runs"]) == [2, 2]
     pd.testing.assert_frame_equal(table[expected.columns].sort_index(), expected.sort_index(), check_dtype=False)
     assert (table["published_source"] == "no published value at this size").all()
@@ -156,15 +185,27 @@ def fake_wandb_run(job: Path, flat_config: bool) -> SimpleNamespace:
         del result["status"]  # tracking.end_run never ran: the summary does not say how the job ended
     rows, epochs = [], pd.read_csv(job / "epochs.csv")
     for e in epochs.itertuples():
-        rows += [{"lr": e.lr},  # LearningRateMonitor, at the epoch's start, without an epoch key
-                 {"epoch": e.epoch - 1, "grad_norm": 1.0, "train_ppl_running": 1.0},  # Lightning counts from 0
-                 {"epoch": e.epoch - 1, "val_loss": e.val_loss, "val_ppl": e.val_ppl},
-                 {"epoch": e.epoch - 1, "train_loss": e.train_loss, "train_ppl": e.train_ppl,
-                  "tokens_per_s": e.tokens_per_s}]
+        rows += [
+            {"lr": e.lr},  # LearningRateMonitor, at the epoch's start, without an epoch key
+            {"epoch": e.epoch - 1, "grad_norm": 1.0, "train_ppl_running": 1.0},  # Lightning counts from 0
+            {"epoch": e.epoch - 1, "val_loss": e.val_loss, "val_ppl": e.val_ppl},
+            {
+                "epoch": e.epoch - 1,
+                "train_loss": e.train_loss,
+                "train_ppl": e.train_ppl,
+                "tokens_per_s": e.tokens_per_s,
+            },
+        ]
     rows.append({"epoch": len(epochs), "test_ppl": result.get("test_ppl")})  # trainer.test, after the last epoch
     history = pd.DataFrame(rows).assign(_step=range(len(rows)))
-    return SimpleNamespace(name=job.name, id=job.name[-8:], state=state, config=config, summary=result,
-                           history=lambda samples=500, pandas=True: history)
+    return SimpleNamespace(
+        name=job.name,
+        id=job.name[-8:],
+        state=state,
+        config=config,
+        summary=result,
+        history=lambda samples=500, pandas=True: history,
+    )
 
 
 def test_wandb_runs_give_the_same_frames_as_the_sweep_folder(sweep):
@@ -176,22 +217,29 @@ def test_wandb_runs_give_the_same_frames_as_the_sweep_folder(sweep):
     pd.testing.assert_frame_equal(w_runs, logged, check_dtype=False)
     not_in_wandb = ["train_s", "elapsed_s"]  # epochs.csv timings that W&B history does not carry
     assert w_curves[not_in_wandb].isna().all().all()
-    pd.testing.assert_frame_equal(w_curves.drop(columns=not_in_wandb), curves.drop(columns=not_in_wandb),
-                                  check_dtype=False)
+    pd.testing.assert_frame_equal(
+        w_curves.drop(columns=not_in_wandb), curves.drop(columns=not_in_wandb), check_dtype=False
+    )
 
 
 def test_published_value_is_zaremba_first_then_gal():
-    cells = pd.DataFrame({"size": ["medium", "medium", "medium", "tiny"],
-                          "placement": ["zaremba", "variational", "naive", "zaremba"]})
+    cells = pd.DataFrame(
+        {"size": ["medium", "medium", "medium", "tiny"], "placement": ["zaremba", "variational", "naive", "zaremba"]}
+    )
     got = beside(cells)
     table = published()
     zaremba = table[table["source"].str.startswith("Zaremba 2014") & (table["row"] == "Medium regularized LSTM")]
-    gal = table[table["source"].str.startswith("Gal") & (table["row"] == "Variational (tied weights)")
-                & (table["size"] == "medium")]
+    gal = table[
+        table["source"].str.startswith("Gal")
+        & (table["row"] == "Variational (tied weights)")
+        & (table["size"] == "medium")
+    ]
     assert got["published_test_ppl"].iloc[0] == zaremba["test_ppl"].item()
     assert got["published_test_ppl"].iloc[1] == gal["test_ppl"].item()
-    assert got["published_source"].iloc[2:].tolist() == ["no published value for this placement",
-                                                         "no published value at this size"]
+    assert got["published_source"].iloc[2:].tolist() == [
+        "no published value for this placement",
+        "no published value at this size",
+    ]
 
 
 def test_wandb_flag_logs_an_aggregate_run_offline(sweep, tmp_path):
@@ -205,12 +253,15 @@ def test_wandb_flag_logs_an_aggregate_run_offline(sweep, tmp_path):
     assert all(logged[f"figure/{name}._type"] == "image-file" for name in FIGURES)
 
 
-@pytest.mark.parametrize("source,message", [
-    ("{tmp}/nowhere", "is not a folder"),
-    ("{tmp}", "holds no job folders"),
-    ("{sweep}/dropout=none,model=tiny,seed=1", "is one job's folder; pass the sweep folder above it"),
-    ("wandb:just-a-group", "expected ENTITY/PROJECT/GROUP"),
-])
+@pytest.mark.parametrize(
+    "source,message",
+    [
+        ("{tmp}/nowhere", "is not a folder"),
+        ("{tmp}", "holds no job folders"),
+        ("{sweep}/dropout=none,model=tiny,seed=1", "is one job's folder; pass the sweep folder above it"),
+        ("wandb:just-a-group", "expected ENTITY/PROJECT/GROUP"),
+    ],
+)
 def test_bad_source_fails_with_one_line(sweep, tmp_path, source, message):
     proc = report(source.format(tmp=tmp_path, sweep=sweep), "--out", tmp_path / "report")
     assert proc.returncode != 0
@@ -229,6 +280,7 @@ def test_unwritable_out_fails_with_one_line(sweep, tmp_path):
 
 # ---- variants, swept probabilities, MC: job folders fabricated from the tiny sweep's, not trained ----
 
+
 def fabricate(source: Path, job: Path, config: dict, **record) -> None:
     """A copy of a completed job with config entries ({"dropout.p": 0.2}) and result.json fields replaced; its
     epochs.csv's val_ppl scaled so that the last epoch's is the new final_val_ppl."""
@@ -246,8 +298,11 @@ def fabricate(source: Path, job: Path, config: dict, **record) -> None:
 
 def rate(value: float, **connections) -> dict:
     """dropout.p and the connections that follow it (${dropout.p}) in the zaremba preset."""
-    return {f"dropout.{c}.p": value for c in ("embedding", "between", "output")} | {"dropout.p": value} | {
-        f"dropout.{c}.p": v for c, v in connections.items()}
+    return (
+        {f"dropout.{c}.p": value for c in ("embedding", "between", "output")}
+        | {"dropout.p": value}
+        | {f"dropout.{c}.p": v for c, v in connections.items()}
+    )
 
 
 def sensitivity_ppl(p: float, seed: int) -> float:
@@ -261,11 +316,20 @@ def swept_sweep(sweep, tmp_path_factory) -> Path:
     for seed in (1, 2):
         source = sweep / f"dropout=zaremba,model=tiny,seed={seed}"
         for p in (0.2, 0.4, 0.6):
-            fabricate(source, out / f"dropout.p={p},dropout=zaremba,seed={seed}", rate(p),
-                      final_val_ppl=sensitivity_ppl(p, seed), test_ppl=sensitivity_ppl(p, seed) + 50)
+            fabricate(
+                source,
+                out / f"dropout.p={p},dropout=zaremba,seed={seed}",
+                rate(p),
+                final_val_ppl=sensitivity_ppl(p, seed),
+                test_ppl=sensitivity_ppl(p, seed) + 50,
+            )
         for p in (0.1, 0.3):
-            fabricate(source, out / f"dropout.cell_update.p={p},dropout=semeniuta,seed={seed}",
-                      {"dropout.name": "semeniuta", **rate(0.5, cell_update=p)}, final_val_ppl=900 + 100 * p + seed)
+            fabricate(
+                source,
+                out / f"dropout.cell_update.p={p},dropout=semeniuta,seed={seed}",
+                {"dropout.name": "semeniuta", **rate(0.5, cell_update=p)},
+                final_val_ppl=900 + 100 * p + seed,
+            )
     return out
 
 
@@ -276,12 +340,19 @@ def variant_sweep(sweep, tmp_path_factory) -> Path:
     source = sweep / "dropout=zaremba,model=tiny,seed=1"
     fabricate(source, out / "dropout=zaremba", {})
     fabricate(source, out / "dropout=zaremba,model.tie_weights=true", {"model.tie_weights": True})
-    fabricate(source, out / "dropout.word.p=0.1,dropout=zaremba,model.tie_weights=true",
-              {"model.tie_weights": True, "dropout.word.p": 0.1})
+    fabricate(
+        source,
+        out / "dropout.word.p=0.1,dropout=zaremba,model.tie_weights=true",
+        {"model.tie_weights": True, "dropout.word.p": 0.1},
+    )
     for seed, mc in ((1, 80.0), (2, 82.0)):
-        fabricate(source, out / f"dropout=variational,model=medium,seed={seed}",
-                  {"dropout.name": "variational", "model.name": "medium", "seed": seed, "eval.mc_samples": 10},
-                  mc_test_ppl=mc, mc_samples=10)
+        fabricate(
+            source,
+            out / f"dropout=variational,model=medium,seed={seed}",
+            {"dropout.name": "variational", "model.name": "medium", "seed": seed, "eval.mc_samples": 10},
+            mc_test_ppl=mc,
+            mc_samples=10,
+        )
     return out
 
 
@@ -332,13 +403,20 @@ def test_no_mc_column_without_mc_runs(out):
 
 
 def test_published_matches_tied_embeddings_and_leaves_other_recipes_out():
-    got = beside(pd.DataFrame({"size": ["large", "small", "medium", "medium", "medium"],
-                               "placement": ["zaremba+tied", "none+tied", "semeniuta", "zoneout", "weight_drop"]}))
+    got = beside(
+        pd.DataFrame(
+            {
+                "size": ["large", "small", "medium", "medium", "medium"],
+                "placement": ["zaremba+tied", "none+tied", "semeniuta", "zoneout", "weight_drop"],
+            }
+        )
+    )
     assert got["published_test_ppl"].iloc[:2].tolist() == [74.3, 112.4]
     assert got["published_source"].iloc[0].startswith("Press & Wolf 2016")
     assert got["published_test_ppl"].iloc[2:].isna().all()
     assert set(got["published_source"].iloc[2:]) == {
-        "published values use a different training recipe (Flipout Table 3)"}
+        "published values use a different training recipe (Flipout Table 3)"
+    }
 
 
 def test_swept_p_gets_one_row_per_value_and_a_sensitivity_figure(swept_sweep, tmp_path):
@@ -348,7 +426,8 @@ def test_swept_p_gets_one_row_per_value_and_a_sensitivity_figure(swept_sweep, tm
     zaremba = table[table["placement"] == "zaremba"].set_index("p")
     assert zaremba.index.tolist() == [0.2, 0.4, 0.6] and (zaremba["runs"] == 2).all()
     assert zaremba["val_ppl_mean"].to_dict() == pytest.approx(
-        {p: (sensitivity_ppl(p, 1) + sensitivity_ppl(p, 2)) / 2 for p in (0.2, 0.4, 0.6)})
+        {p: (sensitivity_ppl(p, 1) + sensitivity_ppl(p, 2)) / 2 for p in (0.2, 0.4, 0.6)}
+    )
     semeniuta = table[table["placement"] == "semeniuta"]
     assert semeniuta["cell_update_p"].tolist() == [0.1, 0.3] and (semeniuta["p"] == 0.5).all()
     assert len(pd.read_csv(out / "gap.csv")) == len(pd.read_csv(out / "status.csv")) == 5
@@ -373,8 +452,9 @@ def test_kept_runs_regenerate_the_same_report(sweep, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (first / "runs" / MISSING / ".hydra" / "config.yaml").is_file()
     assert not (first / "runs" / MISSING / "result.json").exists()
-    assert sorted(p.name for p in (first / "runs").iterdir()) == sorted(p.name for p in sweep.iterdir()
-                                                                        if p.is_dir() and p.name[0] != ".")
+    assert sorted(p.name for p in (first / "runs").iterdir()) == sorted(
+        p.name for p in sweep.iterdir() if p.is_dir() and p.name[0] != "."
+    )
     proc = report(first / "runs", "--out", again)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for table in TABLES:

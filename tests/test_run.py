@@ -1,4 +1,5 @@
 """run.py end to end, as a user runs it: real processes, real PTB, the tiny profile."""
+
 import json
 import subprocess
 import sys
@@ -8,12 +9,21 @@ import pytest
 
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.slow  # every test runs run.py in a subprocess
+
 PLACEMENTS = ["none", "naive", "zaremba", "variational"]
 
 
 def run(tmp_path, *args, check=True, multirun=False):
-    cmd = [sys.executable, "run.py", *(["-m"] if multirun else []), f"out_root={tmp_path}", "model=tiny",
-           "trainer.enable_progress_bar=false", *args]
+    cmd = [
+        sys.executable,
+        "run.py",
+        *(["-m"] if multirun else []),
+        f"out_root={tmp_path}",
+        "model=tiny",
+        "trainer.enable_progress_bar=false",
+        *args,
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} failed:\n{proc.stderr[-3000:]}")
@@ -48,8 +58,10 @@ def test_each_job_writes_its_result_and_epoch_curve(sweep, placement):
 
 
 def test_placements_really_differ(sweep):
-    vals = {p: json.loads((sweep / f"dropout={p},model=tiny" / "result.json").read_text())["best_val_ppl"]
-            for p in PLACEMENTS}
+    vals = {
+        p: json.loads((sweep / f"dropout={p},model=tiny" / "result.json").read_text())["best_val_ppl"]
+        for p in PLACEMENTS
+    }
     assert len(set(vals.values())) == 4
 
 
@@ -60,21 +72,25 @@ def test_same_seed_same_result_in_the_same_folder(tmp_path, ptb_dir, sweep):
     again = json.loads((job / "result.json").read_text())
     assert again["status"] == "completed"
     assert len(list(sweep.iterdir())) == len(PLACEMENTS) + 1  # + multirun.yaml, no new folder
-    assert again["best_val_ppl"] == pytest.approx(json.loads(
-        (sweep / "dropout=zaremba,model=tiny" / "result.json").read_text())["best_val_ppl"])
+    assert again["best_val_ppl"] == pytest.approx(
+        json.loads((sweep / "dropout=zaremba,model=tiny" / "result.json").read_text())["best_val_ppl"]
+    )
 
 
-@pytest.mark.parametrize("args,message", [
-    (["dropout.p=1.2"], "dropout probability must be in [0, 1)"),
-    (["dropout.recurrent.mask=sometimes"], "dropout mask must be one of"),
-    (["data.bptt=600", "data.train_tokens=2000"], "unroll 600 is longer"),
-    (["data.dir=/nonexistent/ptb"], "missing PTB split file /nonexistent/ptb/ptb.train.txt"),
-    (["data.test_protocol=quick"], "data.test_protocol must be 'paper' or 'fast'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["dropout.p=1.2"], "dropout probability must be in [0, 1)"),
+        (["dropout.recurrent.mask=sometimes"], "dropout mask must be one of"),
+        (["data.bptt=600", "data.train_tokens=2000"], "unroll 600 is longer"),
+        (["data.dir=/nonexistent/ptb"], "missing PTB split file /nonexistent/ptb/ptb.train.txt"),
+        (["data.test_protocol=quick"], "data.test_protocol must be 'paper' or 'fast'"),
+    ],
+)
 def test_bad_settings_fail_at_start_with_one_line(tmp_path, ptb_dir, args, message):
     proc = run(tmp_path, f"data.dir={ptb_dir}", *args, check=False)
     assert proc.returncode != 0
-    lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("zr_ablate: error:")]
+    lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("zr_ablate: error:")]
     assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
     assert not list(tmp_path.rglob("result.json"))  # nothing started
 

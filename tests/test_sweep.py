@@ -1,4 +1,5 @@
 """Sweeps that survive: resume after SIGKILL, skip finished jobs, isolate failures, named grids, launchers."""
+
 import json
 import os
 import signal
@@ -13,24 +14,40 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from tests.conftest import REPO
-from tests.test_tracking import WANDB_CLI
+from tests.helpers import WANDB_CLI
+
+pytestmark = pytest.mark.slow  # whole sweeps in subprocesses
 
 BASE = ["model=tiny", "trainer.enable_progress_bar=false", "threads=1"]
 
 
 def cmd(out: Path, ptb_dir, *args, multirun=False):
-    return [sys.executable, "run.py", *(["-m"] if multirun else []), f"out_root={out}", f"data.dir={ptb_dir}",
-            *BASE, *args]
+    return [
+        sys.executable,
+        "run.py",
+        *(["-m"] if multirun else []),
+        f"out_root={out}",
+        f"data.dir={ptb_dir}",
+        *BASE,
+        *args,
+    ]
 
 
 def run(out, ptb_dir, *args, multirun=False):
-    return subprocess.run(cmd(out, ptb_dir, *args, multirun=multirun), cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        cmd(out, ptb_dir, *args, multirun=multirun), cwd=REPO, capture_output=True, text=True, timeout=600
+    )
 
 
 # A tiny model on 20k training tokens: 1,000 windows an epoch, a few seconds, long enough to kill mid-epoch.
-RESUMABLE = ["data.train_tokens=20000", "trainer.max_epochs=3", "trainer.deterministic=true", "dropout=variational",
-             "logger.mode=offline", "sweep=resume"]
+RESUMABLE = [
+    "data.train_tokens=20000",
+    "trainer.max_epochs=3",
+    "trainer.deterministic=true",
+    "dropout=variational",
+    "logger.mode=offline",
+    "sweep=resume",
+]
 TIMING = ["tokens_per_s", "train_s", "elapsed_s"]
 
 
@@ -38,8 +55,13 @@ def test_sigkilled_job_resumes_to_the_same_result_as_an_uninterrupted_run(tmp_pa
     whole = run(tmp_path / "whole", ptb_dir, *RESUMABLE)
     assert whole.returncode == 0, whole.stderr[-3000:]
 
-    proc = subprocess.Popen(cmd(tmp_path / "cut", ptb_dir, *RESUMABLE), cwd=REPO, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd(tmp_path / "cut", ptb_dir, *RESUMABLE),
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     job = tmp_path / "cut" / "resume" / next(p.name for p in (tmp_path / "whole" / "resume").iterdir())
     deadline = time.time() + 300
     while not (job / "checkpoints" / "last.ckpt").exists():  # the end of epoch 1
@@ -69,8 +91,9 @@ def test_sigkilled_job_resumes_to_the_same_result_as_an_uninterrupted_run(tmp_pa
 
 
 def run_id(log: Path) -> str:
-    out = subprocess.run([WANDB_CLI, "leet", "inspect", "--summary", "--json", str(log)], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [WANDB_CLI, "leet", "inspect", "--summary", "--json", str(log)], capture_output=True, text=True, check=True
+    ).stdout
     return json.loads(out)["run_id"]
 
 
@@ -86,8 +109,15 @@ def test_rerun_skips_completed_jobs_and_says_so(tmp_path, ptb_dir):
 
 def test_failed_and_diverged_jobs_do_not_stop_the_sweep(tmp_path, ptb_dir):
     # Weights U(-1e38, 1e38) overflow the logits (NaN loss); max_epochs=-5 makes the Trainer raise.
-    proc = run(tmp_path, ptb_dir, "dropout=zaremba", "model.init_scale=0.1,1e38", "trainer.max_epochs=2,-5",
-               "logger.mode=disabled", multirun=True)
+    proc = run(
+        tmp_path,
+        ptb_dir,
+        "dropout=zaremba",
+        "model.init_scale=0.1,1e38",
+        "trainer.max_epochs=2,-5",
+        "logger.mode=disabled",
+        multirun=True,
+    )
     assert proc.returncode != 0
     assert "1 completed, 1 diverged, 2 failed, 0 skipped" in proc.stdout
     status = {p.parent.name: json.loads(p.read_text())["status"] for p in tmp_path.glob("adhoc/*/result.json")}
@@ -100,8 +130,14 @@ def test_failed_and_diverged_jobs_do_not_stop_the_sweep(tmp_path, ptb_dir):
 
 
 def test_submitit_local_launcher_runs_real_processes(tmp_path, ptb_dir):
-    proc = run(tmp_path, ptb_dir, "dropout=none,variational", "hydra/launcher=local_submitit",
-               "logger.mode=disabled", multirun=True)
+    proc = run(
+        tmp_path,
+        ptb_dir,
+        "dropout=none,variational",
+        "hydra/launcher=local_submitit",
+        "logger.mode=disabled",
+        multirun=True,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 completed" in proc.stdout
     results = [json.loads(p.read_text()) for p in tmp_path.glob("adhoc/*/result.json")]
@@ -109,13 +145,15 @@ def test_submitit_local_launcher_runs_real_processes(tmp_path, ptb_dir):
     assert list(tmp_path.glob("adhoc/.submitit/*"))  # really went through submitit
 
 
-@pytest.mark.parametrize("args,message", [
-    (["grid=nope"], "Could not find 'grid/nope'"),
-    (["dropout=zaremba", "dropout.pp=0.3"], "Could not override 'dropout.pp'"),
-    (["dropout=none,zaremba", "dropout.p=0.3,1.5"],
-     "zaremba,dropout.p=1.5"),
-    (["dropout=zaremba", "data.bptt=5,900", "data.train_tokens=2000"], "unroll 900 is longer"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["grid=nope"], "Could not find 'grid/nope'"),
+        (["dropout=zaremba", "dropout.pp=0.3"], "Could not override 'dropout.pp'"),
+        (["dropout=none,zaremba", "dropout.p=0.3,1.5"], "zaremba,dropout.p=1.5"),
+        (["dropout=zaremba", "data.bptt=5,900", "data.train_tokens=2000"], "unroll 900 is longer"),
+    ],
+)
 def test_bad_sweeps_stop_before_any_job_trains(tmp_path, ptb_dir, args, message):
     proc = run(tmp_path, ptb_dir, *args, multirun=True)
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
@@ -144,6 +182,8 @@ def test_named_grids_compose_and_match_their_wandb_sweeps(grid):
 
 def test_table1_pairs_each_size_with_the_papers_placement():
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        pairs = {(c.model.name, c.dropout.name, c.model.dropout_p) for c in
-                 (compose("config", overrides=[f"paper={s}"]) for s in ("small", "medium", "large"))}
+        pairs = {
+            (c.model.name, c.dropout.name, c.model.dropout_p)
+            for c in (compose("config", overrides=[f"paper={s}"]) for s in ("small", "medium", "large"))
+        }
     assert pairs == {("small", "none", 0.0), ("medium", "zaremba", 0.5), ("large", "zaremba", 0.65)}

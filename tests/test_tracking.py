@@ -1,4 +1,5 @@
 """W&B for real, offline: what each job's run recorded is read back from its .wandb file."""
+
 import json
 import subprocess
 import sys
@@ -7,28 +8,27 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.helpers import read_run
 from zr_ablate.tracking import resolve_mode
 
-WANDB_CLI = str(Path(sys.executable).parent / "wandb")
+pytestmark = pytest.mark.slow  # whole sweeps in subprocesses, read back from W&B
 
 
 def sweep(out: Path, ptb_dir, *args):
-    cmd = [sys.executable, "run.py", "-m", f"out_root={out}", "sweep=track", "model=tiny", "logger.mode=offline",
-           f"data.dir={ptb_dir}", "trainer.enable_progress_bar=false", "threads=1", *args]
+    cmd = [
+        sys.executable,
+        "run.py",
+        "-m",
+        f"out_root={out}",
+        "sweep=track",
+        "model=tiny",
+        "logger.mode=offline",
+        f"data.dir={ptb_dir}",
+        "trainer.enable_progress_bar=false",
+        "threads=1",
+        *args,
+    ]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-
-
-def read_run(job: Path) -> dict:
-    """The run's name, group, job type, tags, config, exit code, history and summary from its .wandb log."""
-    [log] = job.glob("wandb/offline-run-*/run-*.wandb")
-    summary = json.loads(subprocess.run([WANDB_CLI, "leet", "inspect", "--summary", "--json", str(log)],
-                                        capture_output=True, text=True, check=True).stdout)
-    records = [json.loads(line) for line in subprocess.run(
-        [WANDB_CLI, "leet", "inspect", "--json", str(log)], capture_output=True, text=True, check=True
-    ).stdout.splitlines()]
-    [run] = [r["run"] for r in records if r["type"] == "run"]
-    history = [r["history"]["item"] for r in records if r["type"] == "history"]
-    return dict(summary, group=run["run_group"], job_type=run["job_type"], history=history)
 
 
 def check_runs(out: Path, placements):
@@ -58,8 +58,9 @@ def test_basic_launcher_gives_one_run_per_job(tmp_path, ptb_dir):
 
 def test_joblib_launcher_with_reused_workers_gives_one_run_per_job(tmp_path, ptb_dir):
     # 3 jobs on 2 workers: one worker process runs two jobs in a row.
-    proc = sweep(tmp_path, ptb_dir, "dropout=none,zaremba,variational", "hydra/launcher=joblib",
-                 "hydra.launcher.n_jobs=2")
+    proc = sweep(
+        tmp_path, ptb_dir, "dropout=none,zaremba,variational", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     check_runs(tmp_path, ["none", "zaremba", "variational"])
 

@@ -10,6 +10,7 @@ tests build through these functions, so a setting is wired to its constructor in
     cfg.tf32              -> torch's float32 precision flags  apply_precision
     cfg.cuda_graph        -> graphed layers (model) or graphed steps (TrainStep in LMModule and the bench)
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,9 +40,17 @@ def dropout_spec(cfg: DictConfig) -> DropoutSpec:
 
 def model(cfg: DictConfig, vocab_size: int) -> LSTMLanguageModel:
     m = cfg.model
-    return LSTMLanguageModel(vocab_size=vocab_size, hidden=m.hidden, layers=m.layers, dropout=dropout_spec(cfg),
-                             init_scale=m.init_scale, tie_weights=m.tie_weights, lstm_impl=m.lstm_impl,
-                             cuda_graph=cuda_graph(cfg) == "layers", loop_kernel=m.loop_kernel)
+    return LSTMLanguageModel(
+        vocab_size=vocab_size,
+        hidden=m.hidden,
+        layers=m.layers,
+        dropout=dropout_spec(cfg),
+        init_scale=m.init_scale,
+        tie_weights=m.tie_weights,
+        lstm_impl=m.lstm_impl,
+        cuda_graph=cuda_graph(cfg) == "layers",
+        loop_kernel=m.loop_kernel,
+    )
 
 
 def cuda_graph(cfg: DictConfig) -> str:
@@ -51,8 +60,13 @@ def cuda_graph(cfg: DictConfig) -> str:
 
 
 def lm_module(cfg: DictConfig, lm: LSTMLanguageModel) -> LMModule:
-    return LMModule(lm, **cfg.optim, mc_samples=cfg.eval.mc_samples, check_every=cfg.check_every_n_steps,
-                    cuda_graph=cuda_graph(cfg) == "step")
+    return LMModule(
+        lm,
+        **cfg.optim,
+        mc_samples=cfg.eval.mc_samples,
+        check_every=cfg.check_every_n_steps,
+        cuda_graph=cuda_graph(cfg) == "step",
+    )
 
 
 def train_step(cfg: DictConfig, lm: LSTMLanguageModel) -> TrainStep:
@@ -87,6 +101,9 @@ def apply_precision(tf32: bool) -> dict:
     Returns the settings in force, for result.json."""
     torch.backends.cudnn.allow_tf32 = tf32  # the legacy flags: mixing them with fp32_precision raises
     torch.set_float32_matmul_precision("high" if tf32 else "highest")  # sets cuda.matmul.allow_tf32
-    return {"tf32": tf32, "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-            "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-            "float32_matmul_precision": torch.get_float32_matmul_precision()}
+    return {
+        "tf32": tf32,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+    }

@@ -13,6 +13,7 @@ backward, clip, SGD) and sleeps in the others. Per phase it reports tokens/s ove
 waiting for the device before reading the clock at both ends. The result: per level, the aggregate
 tokens/s and each worker's speed as a fraction of its solo speed (`slowdown`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,8 @@ def schedule(workers: int, levels: list[int]) -> list[list[int]]:
 
 # --- the worker -----------------------------------------------------------------------------------------
 def worker(size: str, placement: str, device: torch.device, overrides: tuple[str, ...]) -> None:
-    from .bench import PlainLoop, build_model, settings, windows
     from .clock import sync
+    from .workload import PlainLoop, build_model, settings, windows
 
     cfg = settings(size, placement, "auto", overrides)
     loop = PlainLoop(build_model(cfg, device), cfg)
@@ -64,15 +65,42 @@ def worker(size: str, placement: str, device: torch.device, overrides: tuple[str
 
 
 # --- the parent -----------------------------------------------------------------------------------------
-def measure(size: str, placements: list[str], levels: list[int], seconds: float, device: str,
-            overrides: tuple[str, ...] = (), timeout: float = 300.0) -> dict:
+def measure(
+    size: str,
+    placements: list[str],
+    levels: list[int],
+    seconds: float,
+    device: str,
+    overrides: tuple[str, ...] = (),
+    timeout: float = 300.0,
+) -> dict:
     """Start one worker per placement, run the schedule, return per-phase and per-level results."""
     phases = schedule(len(placements), levels)
     threads = max(1, (os.cpu_count() or 1) // len(placements))  # as run.py's joblib thread budget
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    procs = [subprocess.Popen([sys.executable, "-m", "zr_ablate.concurrency", "--worker", size, p, "--device", device,
-                               "--threads", str(threads), "--overrides", *overrides],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env) for p in placements]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "zr_ablate.concurrency",
+                "--worker",
+                size,
+                p,
+                "--device",
+                device,
+                "--threads",
+                str(threads),
+                "--overrides",
+                *overrides,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for p in placements
+    ]
     try:
         deadline = time.time() + timeout
         for p, proc in zip(placements, procs):
@@ -99,22 +127,37 @@ def measure(size: str, placements: list[str], levels: list[int], seconds: float,
     levels = [{"jobs": 1, "placements": placements[:1], "aggregate_tokens_per_s": solo[0], "slowdown": [1.0]}]
     for j in range(n, len(phases)):
         speeds = [rates[i][j] for i in phases[j]]
-        levels.append({"jobs": len(phases[j]), "placements": [placements[i] for i in phases[j]],
-                       "aggregate_tokens_per_s": sum(speeds),
-                       "slowdown": [s / solo[i] for s, i in zip(speeds, phases[j])]})
-    return {"size": size, "placements": placements, "seconds": seconds, "threads_per_job": threads,
-            "solo_tokens_per_s": dict(zip(placements, solo)), "levels": levels}
+        levels.append(
+            {
+                "jobs": len(phases[j]),
+                "placements": [placements[i] for i in phases[j]],
+                "aggregate_tokens_per_s": sum(speeds),
+                "slowdown": [s / solo[i] for s, i in zip(speeds, phases[j])],
+            }
+        )
+    return {
+        "size": size,
+        "placements": placements,
+        "seconds": seconds,
+        "threads_per_job": threads,
+        "solo_tokens_per_s": dict(zip(placements, solo)),
+        "levels": levels,
+    }
 
 
 def table(result: dict) -> str:
     """Markdown: per level, the jobs, aggregate tokens/s, its ratio to one job, and each job's slowdown."""
     one = result["levels"][0]["aggregate_tokens_per_s"]
-    rows = ["| jobs at once | placements | aggregate tok/s | x one job | each job x its solo speed |",
-            "|---|---|---|---|---|"]
+    rows = [
+        "| jobs at once | placements | aggregate tok/s | x one job | each job x its solo speed |",
+        "|---|---|---|---|---|",
+    ]
     for level in result["levels"]:
-        rows.append(f"| {level['jobs']} | {', '.join(level['placements'])} | {level['aggregate_tokens_per_s']:,.0f} "
-                    f"| {level['aggregate_tokens_per_s'] / one:.2f} | "
-                    f"{', '.join(f'{s:.2f}' for s in level['slowdown'])} |")
+        rows.append(
+            f"| {level['jobs']} | {', '.join(level['placements'])} | {level['aggregate_tokens_per_s']:,.0f} "
+            f"| {level['aggregate_tokens_per_s'] / one:.2f} | "
+            f"{', '.join(f'{s:.2f}' for s in level['slowdown'])} |"
+        )
     solo = ", ".join(f"{p} {v:,.0f}" for p, v in result["solo_tokens_per_s"].items())
     return "\n".join(rows) + f"\n\nsolo tok/s: {solo} ({result['threads_per_job']} threads per job)"
 

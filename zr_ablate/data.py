@@ -3,6 +3,7 @@
 The corpus is Mikolov's 10k-vocabulary PTB as shipped in `simple-examples` (929,589 / 73,760 / 82,430
 tokens with one `<eos>` per line). Nothing here reads the global config: everything arrives as arguments.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -71,7 +72,7 @@ def ensure_ptb(
     names = {split: f"ptb.{split}.txt" for split in SPLITS}
     if local_dir:
         folder = Path(local_dir).expanduser()
-        for split, name in names.items():
+        for name in names.values():
             path = folder / name
             if not path.is_file():
                 raise DataError(f"missing PTB split file {path}; data.dir must hold {', '.join(names.values())}")
@@ -83,8 +84,10 @@ def ensure_ptb(
         folder.mkdir(parents=True, exist_ok=True)
         lock = open(folder / ".lock", "w")
     except OSError as e:
-        raise DataError(f"cannot write the PTB cache {folder} ({e.strerror}); set data.cache_dir or "
-                        f"ZR_ABLATE_CACHE to a writable folder, or data.dir to a local copy") from e
+        raise DataError(
+            f"cannot write the PTB cache {folder} ({e.strerror}); set data.cache_dir or "
+            f"ZR_ABLATE_CACHE to a writable folder, or data.dir to a local copy"
+        ) from e
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         for split, name in names.items():
@@ -99,7 +102,8 @@ def ensure_ptb(
                 reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
                 raise DataError(
                     f"cannot download {urls[split]} ({reason}); with no network, point data.dir at a folder "
-                    f"holding {', '.join(names.values())} (e.g. data.dir=../shared/data/ptb)") from e
+                    f"holding {', '.join(names.values())} (e.g. data.dir=../shared/data/ptb)"
+                ) from e
     return folder
 
 
@@ -111,7 +115,7 @@ class Vocabulary:
         self.stoi = {w: i for i, w in enumerate(words)}
 
     @classmethod
-    def from_file(cls, path: Path) -> "Vocabulary":
+    def from_file(cls, path: Path) -> Vocabulary:
         seen: dict[str, None] = {}
         for line in _read_lines(path):
             for word in line.split() + [EOS]:
@@ -127,8 +131,10 @@ class Vocabulary:
         for line in _read_lines(path):
             for word in line.split() + [EOS]:
                 if word not in self.stoi:
-                    raise DataError(f"{path} has the word {word!r}, absent from the training vocabulary; "
-                                    f"the file is not Mikolov's PTB")
+                    raise DataError(
+                        f"{path} has the word {word!r}, absent from the training vocabulary; "
+                        f"the file is not Mikolov's PTB"
+                    )
                 ids.append(self.stoi[word])
         return torch.tensor(ids, dtype=torch.long)
 
@@ -215,8 +221,10 @@ class PTBDataModule(pl.LightningDataModule):
         """The unroll must fit in each training stream; checkable before any data is read."""
         n = train_tokens or min(self.limits["train"] or TRAIN_TOKENS, TRAIN_TOKENS)
         if n // self.batch_size <= self.bptt:
-            raise ValueError(f"unroll {self.bptt} is longer than each of the {self.batch_size} training "
-                             f"streams ({n} tokens); lower data.bptt or raise data.train_tokens")
+            raise ValueError(
+                f"unroll {self.bptt} is longer than each of the {self.batch_size} training "
+                f"streams ({n} tokens); lower data.bptt or raise data.train_tokens"
+            )
 
     @property
     def test_batch_size(self) -> int:

@@ -25,6 +25,7 @@ Dropout masks are inverted (0 or 1/(1-p)); zoneout's are not (1 where the unit k
 `masks.py` draws them. The named placements are YAML presets in conf/dropout/; here only the vocabulary
 they use. Torch-free, so that the results and report modules can name the connections.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
@@ -71,11 +72,12 @@ class DropoutSpec:
 
     def __post_init__(self):
         if self.weight_hh.mask != "sequence":
-            raise ValueError("dropout.weight_hh: DropConnect draws one W_hh mask per window, so its mask "
-                             "must be sequence")
+            raise ValueError(
+                "dropout.weight_hh: DropConnect draws one W_hh mask per window, so its mask must be sequence"
+            )
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DropoutSpec":
+    def from_dict(cls, d: dict) -> DropoutSpec:
         """Build from the `dropout` config node; unknown keys are errors, not silently ignored."""
         d = dict(d)
         name = d.pop("name", "custom")

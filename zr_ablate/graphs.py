@@ -16,6 +16,7 @@ eager PyTorch under Lightning. What makes it exact and safe:
 - The graph reads its inputs from static buffers (make_graphed_callables copies x, h0, c0 and the masks
   in) and the parameters in place, so SGD's in-place updates and checkpoint loading are seen by it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -73,8 +74,12 @@ class GraphedLayers:
         self.key = (self.layout, _shapes(x, h0, c0, *tensors))
         # Sample arguments: fresh tensors with the real ones' shapes and requires_grad (x needs a gradient,
         # the carried state and the masks do not). Warm-up and capture run on them, not on the batch.
-        sample = (x.detach().clone().requires_grad_(x.requires_grad), h0.detach().clone(), c0.detach().clone(),
-                  *(m.detach().clone() for m in tensors))
+        sample = (
+            x.detach().clone().requires_grad_(x.requires_grad),
+            h0.detach().clone(),
+            c0.detach().clone(),
+            *(m.detach().clone() for m in tensors),
+        )
         self.graphed = torch.cuda.make_graphed_callables(_Layers(core, self.layout), sample)
         self.replays = 0
 

@@ -16,6 +16,7 @@ PyTorch's and the paper's):
          kept as the definition the fast loops are tested against (tests/test_lstm.py).
 With dropout off all give the same numbers (tests/test_lstm.py).
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,9 +25,9 @@ import torch
 from torch import nn
 
 from .dropout import IN_LOOP, ZONEOUT, DropoutSpec
-from .masks import mask_at, sample_mask, weight_mask, zoneout_mask
 from .graphs import GraphedLayers
 from .lstm_loop import input_gates, lstm_layer_fast
+from .masks import mask_at, sample_mask, weight_mask, zoneout_mask
 
 IMPLS = ("auto", "fused", "loop", "reference")
 LOOP_KERNELS = ("auto", "torch", "triton")
@@ -37,10 +38,17 @@ def _masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return x if mask is None else x * mask
 
 
-def lstm_layer_loop(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, layer: nn.LSTM,
-                    w_hh: torch.Tensor | None = None, recurrent: torch.Tensor | None = None,
-                    cell_update: torch.Tensor | None = None, zoneout_c: torch.Tensor | None = None,
-                    zoneout_h: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def lstm_layer_loop(
+    x: torch.Tensor,
+    h: torch.Tensor,
+    c: torch.Tensor,
+    layer: nn.LSTM,
+    w_hh: torch.Tensor | None = None,
+    recurrent: torch.Tensor | None = None,
+    cell_update: torch.Tensor | None = None,
+    zoneout_c: torch.Tensor | None = None,
+    zoneout_h: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The reference LSTM layer, step by step under autograd, with the in-loop masks of dropout.py (each
     None, [T, B, H] fresh per step or [1, B, H] the same every step; zoneout's may be [1, 1, 1], its
     expectation at evaluation).
@@ -68,8 +76,9 @@ def lstm_layer_loop(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, layer: nn
     return torch.stack(outputs), h, c
 
 
-def lstm_layer_fused(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, layer: nn.LSTM,
-                     w_hh: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def lstm_layer_fused(
+    x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, layer: nn.LSTM, w_hh: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One LSTM layer on the fused kernel, same arguments and returns as `lstm_layer_loop`.
 
     The kernel nn.LSTM.forward calls, given the weights explicitly so that a dropped W_hh [4H, H] can stand
@@ -77,8 +86,7 @@ def lstm_layer_fused(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, layer: n
     would re-flatten cuDNN's weight buffer around a non-leaf tensor). Gradients reach the raw weight
     through the mask multiply. On GPU, cuDNN copies weights that are not in its flat buffer once per call.
     """
-    weights = [layer.weight_ih_l0, layer.weight_hh_l0 if w_hh is None else w_hh, layer.bias_ih_l0,
-               layer.bias_hh_l0]
+    weights = [layer.weight_ih_l0, layer.weight_hh_l0 if w_hh is None else w_hh, layer.bias_ih_l0, layer.bias_hh_l0]
     out, h, c = torch._VF.lstm(x, (h[None], c[None]), weights, True, 1, 0.0, layer.training, False, False)
     return out, h[0], c[0]
 
@@ -118,8 +126,16 @@ class DroppedLSTM(nn.Module):
     applied. At evaluation only zoneout's expectation [1, 1, 1] is recorded.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int, dropout: DropoutSpec,
-                 impl: str = "auto", cuda_graph: bool = True, loop_kernel: str = "auto"):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int,
+        dropout: DropoutSpec,
+        impl: str = "auto",
+        cuda_graph: bool = True,
+        loop_kernel: str = "auto",
+    ):
         super().__init__()
         if impl not in IMPLS:
             raise ValueError(f"lstm impl must be one of {IMPLS}, got {impl!r}")
@@ -128,9 +144,11 @@ class DroppedLSTM(nn.Module):
         self.loop_kernel = loop_kernel
         if impl == "fused" and dropout.needs_step_loop:
             active = [k for k in IN_LOOP if getattr(dropout, k).active]
-            raise ValueError(f"placement {dropout.name!r} masks h_(t-1), g_t or zones out the state inside the "
-                             f"time loop ({', '.join(active)}), which the fused LSTM cannot do; use impl auto, "
-                             f"loop or reference")
+            raise ValueError(
+                f"placement {dropout.name!r} masks h_(t-1), g_t or zones out the state inside the "
+                f"time loop ({', '.join(active)}), which the fused LSTM cannot do; use impl auto, "
+                f"loop or reference"
+            )
         self.spec, self.impl, self.hidden_size = dropout, impl, hidden_size
         sizes = [input_size] + [hidden_size] * num_layers
         self.layers = nn.ModuleList(nn.LSTM(sizes[i], hidden_size) for i in range(num_layers))

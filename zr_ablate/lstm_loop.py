@@ -16,6 +16,7 @@ The input projection (x @ W_ih + biases for the whole window) stays outside, und
 `lstm.lstm_layer_loop` is the plain reference (autograd over a readable step loop); tests/test_lstm.py
 checks this Function against it, outputs and gradients, for every mask kind.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -29,18 +30,20 @@ def input_gates(x: torch.Tensor, layer) -> torch.Tensor:
     """x [T, B, I] -> x @ W_ih^T + b_ih + b_hh [T, B, 4H]: one [T*B, I] @ [I, 4H] matmul for the window,
     under autograd, since the input side does not depend on the recurrence."""
     steps, batch, _ = x.shape
-    return torch.addmm(layer.bias_ih_l0 + layer.bias_hh_l0, x.reshape(steps * batch, -1),
-                       layer.weight_ih_l0.t()).view(steps, batch, -1)
+    return torch.addmm(layer.bias_ih_l0 + layer.bias_hh_l0, x.reshape(steps * batch, -1), layer.weight_ih_l0.t()).view(
+        steps, batch, -1
+    )
 
 
 class Saved(NamedTuple):
     """What the loop Functions (LoopLSTM, lstm_triton.TritonLoopLSTM) save for backward, in this order."""
-    gates: torch.Tensor    # [T, B, 4H] activated i, f, g, o
-    cells: torch.Tensor    # [T+1, B, H] cells[t] = c_{t-1} after zoneout, cells[0] = c0
-    tanh_c: torch.Tensor   # [T, B, H] tanh of the new cell, before zoneout
-    out: torch.Tensor      # [T, B, H] h_t
-    h0: torch.Tensor       # [B, H]
-    w_hh: torch.Tensor     # [4H, H]
+
+    gates: torch.Tensor  # [T, B, 4H] activated i, f, g, o
+    cells: torch.Tensor  # [T+1, B, H] cells[t] = c_{t-1} after zoneout, cells[0] = c0
+    tanh_c: torch.Tensor  # [T, B, H] tanh of the new cell, before zoneout
+    out: torch.Tensor  # [T, B, H] h_t
+    h0: torch.Tensor  # [B, H]
+    w_hh: torch.Tensor  # [4H, H]
     recurrent: torch.Tensor | None
     cell_update: torch.Tensor | None
     zoneout_c: torch.Tensor | None
@@ -57,19 +60,19 @@ class LoopLSTM(torch.autograd.Function):
         steps, batch, four_h = gates_x.shape
         hid = four_h // 4
         w_t = w_hh.t()  # [H, 4H] view; BLAS reads the transpose in place
-        gates = torch.empty_like(gates_x)                    # activated i, f, g, o per step
-        cells = gates_x.new_empty(steps + 1, batch, hid)     # cells[t] = c_{t-1} (after zoneout), cells[0] = c0
-        tanh_c = gates_x.new_empty(steps, batch, hid)        # tanh of the new cell, before zoneout
-        out = gates_x.new_empty(steps, batch, hid)           # h_t, the layer's output and carried state
+        gates = torch.empty_like(gates_x)  # activated i, f, g, o per step
+        cells = gates_x.new_empty(steps + 1, batch, hid)  # cells[t] = c_{t-1} (after zoneout), cells[0] = c0
+        tanh_c = gates_x.new_empty(steps, batch, hid)  # tanh of the new cell, before zoneout
+        out = gates_x.new_empty(steps, batch, hid)  # h_t, the layer's output and carried state
         cells[0] = c0
         h = h0
         for t in range(steps):
             r, m = mask_at(recurrent, t), mask_at(cell_update, t)
             g = gates[t]
             torch.addmm(gates_x[t], h if r is None else h * r, w_t, out=g)
-            g[:, :2 * hid].sigmoid_()
-            g[:, 2 * hid:3 * hid].tanh_()
-            g[:, 3 * hid:].sigmoid_()
+            g[:, : 2 * hid].sigmoid_()
+            g[:, 2 * hid : 3 * hid].tanh_()
+            g[:, 3 * hid :].sigmoid_()
             i, f, gg, o = g.chunk(4, dim=1)
             c = cells[t + 1]
             torch.mul(f, cells[t], out=c)
@@ -125,8 +128,9 @@ class LoopLSTM(torch.autograd.Function):
         return grad_gates, dh, dc, weight_grad(grad_gates, h0, out, recurrent), None, None, None, None
 
 
-def weight_grad(grad_gates: torch.Tensor, h0: torch.Tensor, out: torch.Tensor,
-                recurrent: torch.Tensor | None) -> torch.Tensor:
+def weight_grad(
+    grad_gates: torch.Tensor, h0: torch.Tensor, out: torch.Tensor, recurrent: torch.Tensor | None
+) -> torch.Tensor:
     """The W_hh gradient of a whole window in one matmul after the backward walk:
     grad_gates [T, B, 4H], h0 [B, H], out [T, B, H] -> [4H, T*B] @ [T*B, H] = [4H, H]."""
     h_in = torch.cat([h0[None], out[:-1]])  # h_{t-1} as it entered each step's matmul: [T, B, H]
@@ -135,10 +139,17 @@ def weight_grad(grad_gates: torch.Tensor, h0: torch.Tensor, out: torch.Tensor,
     return grad_gates.flatten(0, 1).t() @ h_in.flatten(0, 1)
 
 
-def lstm_layer_fast(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, layer,
-                    w_hh: torch.Tensor | None = None, recurrent: torch.Tensor | None = None,
-                    cell_update: torch.Tensor | None = None, zoneout_c: torch.Tensor | None = None,
-                    zoneout_h: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def lstm_layer_fast(
+    x: torch.Tensor,
+    h: torch.Tensor,
+    c: torch.Tensor,
+    layer,
+    w_hh: torch.Tensor | None = None,
+    recurrent: torch.Tensor | None = None,
+    cell_update: torch.Tensor | None = None,
+    zoneout_c: torch.Tensor | None = None,
+    zoneout_h: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Drop-in for lstm.lstm_layer_loop (same arguments and returns) on the LoopLSTM Function."""
     w = layer.weight_hh_l0 if w_hh is None else w_hh
     return LoopLSTM.apply(input_gates(x, layer), h, c, w, recurrent, cell_update, zoneout_c, zoneout_h)

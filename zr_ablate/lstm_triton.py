@@ -12,6 +12,7 @@ The weight gradient is one matmul after the walk, as in LoopLSTM. Same equations
 same argument conventions as LoopLSTM; tests/test_triton.py checks the two against each other (outputs
 and all gradients, every mask kind) with Triton's CPU interpreter, and tests/test_gpu.py on a GPU.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .masks import mask_at
 from .lstm_loop import Saved, input_gates, weight_grad
+from .masks import mask_at
 
 BLOCK = 256
 
@@ -44,9 +45,27 @@ def _lerp(start, end, w):
 
 
 @triton.jit
-def _forward_step(pre, c_prev, h_prev, m, zc, zh, r_next, gates, c_out, tanh_out, h_out, h_in_next, n, H,
-                  HAS_M: tl.constexpr, HAS_ZC: tl.constexpr, HAS_ZH: tl.constexpr, HAS_R: tl.constexpr,
-                  BLOCK: tl.constexpr):
+def _forward_step(
+    pre,
+    c_prev,
+    h_prev,
+    m,
+    zc,
+    zh,
+    r_next,
+    gates,
+    c_out,
+    tanh_out,
+    h_out,
+    h_in_next,
+    n,
+    H,
+    HAS_M: tl.constexpr,
+    HAS_ZC: tl.constexpr,
+    HAS_ZH: tl.constexpr,
+    HAS_R: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """One step for B*H units: pre [B, 4H] (i, f, g, o pre-activations) -> gates [B, 4H] activated, c_out,
     tanh_out (tanh of the new cell, before zoneout), h_out [B, H], and h_in_next = h_out * r_next."""
     e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -77,9 +96,27 @@ def _forward_step(pre, c_prev, h_prev, m, zc, zh, r_next, gates, c_out, tanh_out
 
 
 @triton.jit
-def _backward_step(dh_mm, r_next, carry, grad_out, dc, gates, c_prev, tanh_c, m, zc, zh, grad_gates, n, H,
-                   HAS_M: tl.constexpr, HAS_ZC: tl.constexpr, HAS_ZH: tl.constexpr, HAS_R: tl.constexpr,
-                   BLOCK: tl.constexpr):
+def _backward_step(
+    dh_mm,
+    r_next,
+    carry,
+    grad_out,
+    dc,
+    gates,
+    c_prev,
+    tanh_c,
+    m,
+    zc,
+    zh,
+    grad_gates,
+    n,
+    H,
+    HAS_M: tl.constexpr,
+    HAS_ZC: tl.constexpr,
+    HAS_ZH: tl.constexpr,
+    HAS_R: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """Step t of the reverse walk. dh_mm: the gradient reaching h_t through step t+1's matmul (before its
     recurrent mask r_next); carry: zoneout's dh_{t+1} * zh_{t+1}. Writes grad_gates [B, 4H] and, in place,
     dc (for c_{t-1}) and carry (dh_t * zh_t)."""
@@ -143,8 +180,13 @@ class TritonLoopLSTM(torch.autograd.Function):
         n = batch * hid
         masks = [_full(mk, batch, hid) for mk in (recurrent, cell_update, zoneout_c, zoneout_h)]
         recurrent, cell_update, zoneout_c, zoneout_h = masks
-        flags = dict(HAS_M=cell_update is not None, HAS_ZC=zoneout_c is not None, HAS_ZH=zoneout_h is not None,
-                     HAS_R=recurrent is not None, BLOCK=BLOCK)
+        flags = dict(
+            HAS_M=cell_update is not None,
+            HAS_ZC=zoneout_c is not None,
+            HAS_ZH=zoneout_h is not None,
+            HAS_R=recurrent is not None,
+            BLOCK=BLOCK,
+        )
         w_t = w_hh.t()
         pre = gates_x.new_empty(batch, four_h)
         gates = torch.empty_like(gates_x)
@@ -160,10 +202,23 @@ class TritonLoopLSTM(torch.autograd.Function):
             h_prev = h0 if t == 0 else out[t - 1]
             torch.addmm(gates_x[t], h_prev if masked is None else masked[t % 2], w_t, out=pre)
             r_next = mask_at(recurrent, t + 1) if recurrent is not None and t + 1 < steps else None
-            _forward_step[grid](pre, cells[t], h_prev, _arg(mask_at(cell_update, t), pre), _arg(mask_at(zoneout_c, t), pre),
-                                _arg(mask_at(zoneout_h, t), pre), _arg(r_next, pre), gates[t], cells[t + 1], tanh_c[t],
-                                out[t], pre if masked is None else masked[(t + 1) % 2], n, hid,
-                                **{**flags, "HAS_R": r_next is not None})
+            _forward_step[grid](
+                pre,
+                cells[t],
+                h_prev,
+                _arg(mask_at(cell_update, t), pre),
+                _arg(mask_at(zoneout_c, t), pre),
+                _arg(mask_at(zoneout_h, t), pre),
+                _arg(r_next, pre),
+                gates[t],
+                cells[t + 1],
+                tanh_c[t],
+                out[t],
+                pre if masked is None else masked[(t + 1) % 2],
+                n,
+                hid,
+                **{**flags, "HAS_R": r_next is not None},
+            )
         ctx.save_for_backward(gates, cells, tanh_c, out, h0, w_hh, *masks)
         return out, out[-1].clone(), cells[-1].clone()
 
@@ -173,8 +228,13 @@ class TritonLoopLSTM(torch.autograd.Function):
         recurrent, cell_update, zoneout_c, zoneout_h = s.recurrent, s.cell_update, s.zoneout_c, s.zoneout_h
         steps, batch, four_h = s.gates.shape
         n = batch * four_h // 4
-        flags = dict(HAS_M=cell_update is not None, HAS_ZC=zoneout_c is not None, HAS_ZH=zoneout_h is not None,
-                     HAS_R=recurrent is not None, BLOCK=BLOCK)
+        flags = dict(
+            HAS_M=cell_update is not None,
+            HAS_ZC=zoneout_c is not None,
+            HAS_ZH=zoneout_h is not None,
+            HAS_R=recurrent is not None,
+            BLOCK=BLOCK,
+        )
         grid = (triton.cdiv(n, BLOCK),)
         grad_out = grad_out.contiguous()
         grad_gates = torch.empty_like(s.gates)
@@ -184,9 +244,23 @@ class TritonLoopLSTM(torch.autograd.Function):
         dh_mm = grad_h.contiguous().clone()  # the last step's h gets its gradient from the output h_T
         for t in reversed(range(steps)):
             r_next = (mask_at(recurrent, t + 1) if t + 1 < steps else ones) if recurrent is not None else None
-            _backward_step[grid](dh_mm, _arg(r_next, dc), carry, grad_out[t], dc, s.gates[t], s.cells[t], s.tanh_c[t],
-                                 _arg(mask_at(cell_update, t), dc), _arg(mask_at(zoneout_c, t), dc),
-                                 _arg(mask_at(zoneout_h, t), dc), grad_gates[t], n, four_h // 4, **flags)
+            _backward_step[grid](
+                dh_mm,
+                _arg(r_next, dc),
+                carry,
+                grad_out[t],
+                dc,
+                s.gates[t],
+                s.cells[t],
+                s.tanh_c[t],
+                _arg(mask_at(cell_update, t), dc),
+                _arg(mask_at(zoneout_c, t), dc),
+                _arg(mask_at(zoneout_h, t), dc),
+                grad_gates[t],
+                n,
+                four_h // 4,
+                **flags,
+            )
             torch.mm(grad_gates[t], s.w_hh, out=dh_mm)  # [B, 4H] @ [4H, H]
         dh0 = dh_mm if recurrent is None else dh_mm * mask_at(recurrent, 0)
         if zoneout_h is not None:
@@ -206,5 +280,6 @@ def lstm_layer_triton(x, h, c, layer, w_hh=None, recurrent=None, cell_update=Non
         raise ValueError("model.loop_kernel=triton needs a CUDA GPU; use loop_kernel auto or torch on the CPU")
 
     w = layer.weight_hh_l0 if w_hh is None else w_hh
-    return TritonLoopLSTM.apply(input_gates(x, layer), h.contiguous(), c.contiguous(), w, recurrent, cell_update,
-                                zoneout_c, zoneout_h)
+    return TritonLoopLSTM.apply(
+        input_gates(x, layer), h.contiguous(), c.contiguous(), w, recurrent, cell_update, zoneout_c, zoneout_h
+    )

@@ -4,6 +4,7 @@ Inverted-dropout masks are 0 or 1/(1-p); zoneout's are 1 where a unit keeps its 
 dropout's are per embedding row. Each function returns None where its connection is off, so callers skip
 the multiply.
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,7 @@ def _bernoulli(prob: float, shape: tuple, like: torch.Tensor) -> torch.Tensor:
     return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(prob)
 
 
-def sample_mask(conn: Connection, steps: int, batch: int, features: int,
-                like: torch.Tensor) -> torch.Tensor | None:
+def sample_mask(conn: Connection, steps: int, batch: int, features: int, like: torch.Tensor) -> torch.Tensor | None:
     """Inverted-dropout mask (0 or 1/(1-p)) for one window, or None when the connection is off.
 
     step -> [steps, batch, features]; sequence -> [1, batch, features] (broadcasts over steps).
@@ -42,8 +42,9 @@ def weight_mask(conn: Connection, weight: torch.Tensor) -> torch.Tensor | None:
     return None if mask is None else mask[0]
 
 
-def zoneout_mask(conn: Connection, steps: int, batch: int, features: int, like: torch.Tensor,
-                 training: bool) -> torch.Tensor | None:
+def zoneout_mask(
+    conn: Connection, steps: int, batch: int, features: int, like: torch.Tensor, training: bool
+) -> torch.Tensor | None:
     """d, the weight of the previous value in state_t = d*state_{t-1} + (1-d)*new_t, or None when off.
 
     Training: Bernoulli(p), 1 where a unit keeps its previous value, [steps or 1, batch, features].
@@ -58,8 +59,7 @@ def zoneout_mask(conn: Connection, steps: int, batch: int, features: int, like: 
     return _bernoulli(conn.p, (steps if conn.mask == "step" else 1, batch, features), like)
 
 
-def word_mask(conn: Connection, tokens: torch.Tensor, vocab_size: int,
-              like: torch.Tensor) -> torch.Tensor | None:
+def word_mask(conn: Connection, tokens: torch.Tensor, vocab_size: int, like: torch.Tensor) -> torch.Tensor | None:
     """Inverted-dropout mask on the embedding rows of tokens [T, B] -> [T, B, 1], or None when off.
 
     sequence (Gal's word dropout): one draw per example per word type, [B, V], read off at every token, so

@@ -8,6 +8,7 @@ running the split K times with every stochastic mask on (as in training, fresh m
 averaging the K probabilities of each token. A pass's state is made by its own masks; carrying one pass's
 state (or the mean state) into all K would give the others a context none of them produced.
 """
+
 from __future__ import annotations
 
 import math

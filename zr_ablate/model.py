@@ -1,22 +1,33 @@
 """Word-level LSTM language model: embedding -> DroppedLSTM -> linear softmax, paper initialisation."""
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 
 from .dropout import DropoutSpec
-from .masks import word_mask
 from .lstm import DroppedLSTM, State
+from .masks import word_mask
 
 
 class LSTMLanguageModel(nn.Module):
-    def __init__(self, vocab_size: int, hidden: int, layers: int, dropout: DropoutSpec,
-                 init_scale: float, tie_weights: bool = False, lstm_impl: str = "auto", cuda_graph: bool = True,
-                 loop_kernel: str = "auto"):
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden: int,
+        layers: int,
+        dropout: DropoutSpec,
+        init_scale: float,
+        tie_weights: bool = False,
+        lstm_impl: str = "auto",
+        cuda_graph: bool = True,
+        loop_kernel: str = "auto",
+    ):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, hidden)
-        self.lstm = DroppedLSTM(hidden, hidden, layers, dropout, impl=lstm_impl, cuda_graph=cuda_graph,
-                                loop_kernel=loop_kernel)
+        self.lstm = DroppedLSTM(
+            hidden, hidden, layers, dropout, impl=lstm_impl, cuda_graph=cuda_graph, loop_kernel=loop_kernel
+        )
         self.decoder = nn.Linear(hidden, vocab_size)
         if tie_weights:
             self.decoder.weight = self.embedding.weight
@@ -31,8 +42,11 @@ class LSTMLanguageModel(nn.Module):
         """Every dropout mask of one window tokens [T, B]: word dropout's row mask [T, B, 1] under "word", then
         DroppedLSTM.sample_masks (a fixed order, so a seed gives the same masks whatever runs them). At
         evaluation only zoneout's expectation is there."""
-        word = (word_mask(self.lstm.spec.word, tokens, self.embedding.num_embeddings, self.decoder.weight)
-                if self.training else None)
+        word = (
+            word_mask(self.lstm.spec.word, tokens, self.embedding.num_embeddings, self.decoder.weight)
+            if self.training
+            else None
+        )
         steps, batch = tokens.shape
         like = self.decoder.weight.new_empty(steps, batch, self.embedding.embedding_dim)  # shape, dtype, device
         return {"word": word, **self.lstm.sample_masks(like)}

@@ -13,6 +13,7 @@
   it every `check_every` steps and at every epoch end, and the running perplexity and gradient norm are
   logged only on the steps the logger writes (`Trainer(log_every_n_steps)`).
 """
+
 from __future__ import annotations
 
 import math
@@ -25,7 +26,6 @@ from torch import nn
 
 from .mc import MCDropoutEval
 from .step import TrainStep
-
 
 # ModuleDict keys cannot be "train" (nn.Module.train exists), so stages are named by their split.
 STAGES = ("fit", "val", "test", "mc_test")  # mc_test: MC-dropout evaluation of the test split
@@ -57,11 +57,21 @@ class TokenPerplexity(torchmetrics.Metric):
 
 
 class LMModule(pl.LightningModule):
-    def __init__(self, model: nn.Module, lr: float, lr_decay: float, decay_after: int, clip: float,
-                 mc_samples: int = 0, check_every: int = 50, cuda_graph: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float,
+        lr_decay: float,
+        decay_after: int,
+        clip: float,
+        mc_samples: int = 0,
+        check_every: int = 50,
+        cuda_graph: bool = False,
+    ):
         """lr_decay: divide the lr by this at the end of every epoch after the first `decay_after` (paper:
-        2 / 1.2 / 1.15 after 5 / 7 / 15, the timing of Zaremba's main.lua; the TF tutorial's is one earlier). clip: max global gradient norm (5 / 5 / 10). mc_samples: K stochastic passes
-        of MC-dropout evaluation on the test split, logged as mc_test_ppl beside test_ppl (0 = off).
+        2 / 1.2 / 1.15 after 5 / 7 / 15, the timing of Zaremba's main.lua; the TF tutorial's is one
+        earlier). clip: max global gradient norm (5 / 5 / 10). mc_samples: K stochastic passes of
+        MC-dropout evaluation on the test split, logged as mc_test_ppl beside test_ppl (0 = off).
         check_every: training steps between divergence checks (each one host-GPU sync). cuda_graph: on
         CUDA, replay each full training window as one CUDA graph (`step.TrainStep`)."""
         super().__init__()
@@ -80,8 +90,10 @@ class LMModule(pl.LightningModule):
     @staticmethod
     def check_settings(lr: float, lr_decay: float, decay_after: int, clip: float) -> None:
         if lr <= 0 or lr_decay < 1 or decay_after < 0 or clip <= 0:
-            raise ValueError(f"bad optimisation settings: lr={lr} lr_decay={lr_decay} "
-                             f"decay_after={decay_after} clip={clip}; need lr>0, lr_decay>=1, clip>0")
+            raise ValueError(
+                f"bad optimisation settings: lr={lr} lr_decay={lr_decay} "
+                f"decay_after={decay_after} clip={clip}; need lr>0, lr_decay>=1, clip>0"
+            )
 
     # --- one window --------------------------------------------------------------------------------
     def _window(self, batch, stage: str) -> tuple[torch.Tensor, int, int]:
@@ -126,8 +138,10 @@ class LMModule(pl.LightningModule):
             return
         mean = float(metric.nll / metric.tokens)  # the one host-GPU sync
         if not mean <= MAX_NLL:  # also NaN
-            raise Diverged(f"{'training' if stage == 'fit' else stage} loss is {mean:.4g} nats/token at epoch "
-                           f"{self.current_epoch + 1} {where}")
+            raise Diverged(
+                f"{'training' if stage == 'fit' else stage} loss is {mean:.4g} nats/token at epoch "
+                f"{self.current_epoch + 1} {where}"
+            )
 
     def validation_step(self, batch, batch_idx):
         nll, tokens, _ = self._window(batch, "val")
@@ -173,8 +187,10 @@ class LMModule(pl.LightningModule):
 
     # --- checkpoints: the RNG too, so a resumed run draws the same dropout masks ---------------------
     def on_save_checkpoint(self, checkpoint):
-        checkpoint["rng"] = {"torch": torch.get_rng_state(),
-                             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        checkpoint["rng"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
 
     def on_load_checkpoint(self, checkpoint):
         rng = checkpoint.get("rng")
@@ -197,4 +213,3 @@ class LMModule(pl.LightningModule):
 
     def on_train_start(self):
         self._set_lr(self.current_epoch)  # also after a resume: the epoch number is all it needs
-

@@ -15,6 +15,7 @@ Dropout is off (model.eval()), as in standard evaluation; zoneout uses its evalu
 Writes OUT (default SWEEP_DIR/probe): probe.csv (ppl per job, split, k), memory.csv (gain and k90 per job
 and split), positions.csv (mean NLL per position per job and split).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,7 +51,7 @@ def chunked_nll(model: LSTMLanguageModel, stream: torch.Tensor, k: int, max_toke
     count = torch.zeros(k, dtype=torch.long, device=stream.device)
     group = max(1, max_tokens // k)
     for s in range(0, chunks, group):
-        xs, ys, vs = x[s:s + group].t(), y[s:s + group].t(), valid[s:s + group].t()  # [k, G]
+        xs, ys, vs = x[s : s + group].t(), y[s : s + group].t(), valid[s : s + group].t()  # [k, G]
         logits, _ = model(xs, model.init_state(xs.size(1)))  # zero state for every chunk
         nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), ys.reshape(-1), reduction="none").view_as(ys)
         nll_sum += (nll * vs).sum(1).double()
@@ -64,8 +65,8 @@ def whole_nll(model: LSTMLanguageModel, stream: torch.Tensor, window: int = 500)
     protocol). With dropout off the LSTM is causal, so any window length gives the same numbers."""
     state, total = model.init_state(1), 0.0
     for s in range(0, stream.numel() - 1, window):
-        x, y = stream[s:s + window], stream[s + 1:s + window + 1]
-        x = x[:y.numel()]
+        x, y = stream[s : s + window], stream[s + 1 : s + window + 1]
+        x = x[: y.numel()]
         logits, state = model(x[:, None], state)  # [T, 1, V]
         total += F.cross_entropy(logits[:, 0], y, reduction="sum").item()
     return total, stream.numel() - 1
@@ -112,12 +113,24 @@ def load_model(cfg, checkpoint: Path, vocab_size: int, device: torch.device) -> 
 
 def jobs_of(sweep: Path) -> list[Path]:
     """Completed jobs with a checkpoint, in name order."""
-    return [job for job in sorted(sweep.iterdir()) if is_job_folder(job)
-            and (read_result(job) or {}).get("status") == COMPLETED and (job / LAST_CHECKPOINT).is_file()]
+    return [
+        job
+        for job in sorted(sweep.iterdir())
+        if is_job_folder(job)
+        and (read_result(job) or {}).get("status") == COMPLETED
+        and (job / LAST_CHECKPOINT).is_file()
+    ]
 
 
-def run(sweep: Path, out: Path, ks: list[int], splits: list[str], data_dir: str | None, device: torch.device,
-        max_tokens: int) -> dict[str, pd.DataFrame]:
+def run(
+    sweep: Path,
+    out: Path,
+    ks: list[int],
+    splits: list[str],
+    data_dir: str | None,
+    device: torch.device,
+    max_tokens: int,
+) -> dict[str, pd.DataFrame]:
     rows, memory, positions, data = [], [], [], {}
     for job in jobs_of(sweep):
         cfg = job_config(job, data_dir)
@@ -132,11 +145,22 @@ def run(sweep: Path, out: Path, ks: list[int], splits: list[str], data_dir: str 
             ppl, pos = probe_model(model, dm.tokens[split].to(device), ks, max_tokens)
             rows += [{**who, "split": split, "k": str(k), "ppl": v} for k, v in ppl.items()]
             gain = ppl[1] - ppl[WHOLE]
-            memory.append({**who, "split": split, "ppl_k1": ppl[1], "ppl_whole": ppl[WHOLE], "memory_gain": gain,
-                           "k90": str(k90(ppl, gain))})
+            memory.append(
+                {
+                    **who,
+                    "split": split,
+                    "ppl_k1": ppl[1],
+                    "ppl_whole": ppl[WHOLE],
+                    "memory_gain": gain,
+                    "k90": str(k90(ppl, gain)),
+                }
+            )
             positions += [{**who, "split": split, "position": i + 1, "nll": v} for i, v in enumerate(pos)]
-        print(f"probe {job.name}: " + ", ".join(f"{m['split']} gain {m['memory_gain']:.1f} (k90 {m['k90']})"
-                                                for m in memory[-len(splits):]), flush=True)
+        print(
+            f"probe {job.name}: "
+            + ", ".join(f"{m['split']} gain {m['memory_gain']:.1f} (k90 {m['k90']})" for m in memory[-len(splits) :]),
+            flush=True,
+        )
     frames = {"probe": pd.DataFrame(rows), "memory": pd.DataFrame(memory), "positions": pd.DataFrame(positions)}
     out.mkdir(parents=True, exist_ok=True)
     for name, df in frames.items():
@@ -159,10 +183,13 @@ def main(argv: list[str] | None = None) -> None:
     if not args.sweep.is_dir():
         sys.exit(f"zr_ablate.probe: error: {args.sweep} is not a folder; pass a sweep folder such as outputs/demo")
     if not jobs_of(args.sweep):
-        sys.exit(f"zr_ablate.probe: error: no completed job with a checkpoint under {args.sweep}; rerun the "
-                 f"sweep (checkpoints are not kept in reports/)")
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
+        sys.exit(
+            f"zr_ablate.probe: error: no completed job with a checkpoint under {args.sweep}; rerun the "
+            f"sweep (checkpoints are not kept in reports/)"
+        )
+    device = torch.device(
+        "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
     out = args.out or args.sweep / "probe"
     try:
         run(args.sweep, out, sorted(set(args.k)), args.splits, args.data_dir, device, args.max_tokens)

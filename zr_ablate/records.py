@@ -8,6 +8,7 @@ torch. One job folder (a Hydra job; see conf/config.yaml for its name):
     checkpoints/last.ckpt   the weights, optimiser and RNG after the last finished epoch (resume)
     .hydra/config.yaml      the job's composed config, written by Hydra before the job starts
 """
+
 from __future__ import annotations
 
 import json
@@ -18,15 +19,27 @@ RESULT, EPOCHS, CHECKPOINTS, HYDRA_CONFIG = "result.json", "epochs.csv", "checkp
 LAST_CHECKPOINT = f"{CHECKPOINTS}/last.ckpt"
 # Statuses a job records in result.json, and the two the readers add: "missing" (Hydra made the folder but
 # the job never wrote result.json) and, in a sweep's summary, "skipped" (final before this command started).
-COMPLETED, DIVERGED, FAILED, RUNNING, MISSING, SKIPPED = "completed", "diverged", "failed", "running", "missing", "skipped"
+COMPLETED, DIVERGED, FAILED, RUNNING = "completed", "diverged", "failed", "running"
+MISSING, SKIPPED = "missing", "skipped"
 STATUSES = (COMPLETED, DIVERGED, FAILED, RUNNING, MISSING)
 FINAL_STATUSES = (COMPLETED, DIVERGED)  # a rerun skips these; running and failed jobs are resumed
 # The per-job numbers of result.json; tracking.end_run copies them into the W&B run summary.
-RECORD_FIELDS = ["best_val_ppl", "final_val_ppl", "test_ppl", "test_protocol", "mc_test_ppl", "mc_samples",
-                 "final_train_ppl", "epochs", "wall_time_s", "tokens_per_s", "n_params", "error"]
+RECORD_FIELDS = [
+    "best_val_ppl",
+    "final_val_ppl",
+    "test_ppl",
+    "test_protocol",
+    "mc_test_ppl",
+    "mc_samples",
+    "final_train_ppl",
+    "epochs",
+    "wall_time_s",
+    "tokens_per_s",
+    "n_params",
+    "error",
+]
 SUMMARY_FIELDS = ["status", *RECORD_FIELDS]
-EPOCH_FIELDS = ["epoch", "lr", "train_loss", "train_ppl", "val_loss", "val_ppl", "tokens_per_s", "train_s",
-                "elapsed_s"]
+EPOCH_FIELDS = ["epoch", "lr", "train_loss", "train_ppl", "val_loss", "val_ppl", "tokens_per_s", "train_s", "elapsed_s"]
 
 
 class RecordError(ValueError):

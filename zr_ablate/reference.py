@@ -4,6 +4,7 @@ published_ptb.csv is a copy of the project's shared/reference/published_ptb.csv 
 the papers named in its `source`, `table` and `row` columns; see shared/reference/README.md). Its
 `placement` column uses this project's names (none, naive, zaremba, variational, ...).
 """
+
 from __future__ import annotations
 
 import re
@@ -39,11 +40,13 @@ def comparable() -> pd.DataFrame:
     zaremba = _from(table, "Zaremba 2014")
     gal = _from(table, "Gal & Ghahramani 2016")
     press = _from(table, "Press & Wolf 2016")
-    return pd.concat([
-        zaremba[zaremba["table"] == "Table 1"],
-        gal[(gal["eval"] == "standard") & (gal["row"] == "Variational (tied weights)")],
-        press.assign(placement=press["placement"].str.replace("+tied_embeddings", "+tied", regex=False)),
-    ]).drop_duplicates(["size", "placement"])
+    return pd.concat(
+        [
+            zaremba[zaremba["table"] == "Table 1"],
+            gal[(gal["eval"] == "standard") & (gal["row"] == "Variational (tied weights)")],
+            press.assign(placement=press["placement"].str.replace("+tied_embeddings", "+tied", regex=False)),
+        ]
+    ).drop_duplicates(["size", "placement"])
 
 
 def _source(ref: pd.DataFrame) -> pd.Series:
@@ -54,18 +57,25 @@ def beside(cells: pd.DataFrame) -> pd.DataFrame:
     """Add published_val_ppl, published_test_ppl and published_source to a frame keyed by size, placement."""
     ref = comparable().rename(columns={"val_ppl": "published_val_ppl", "test_ppl": "published_test_ppl"})
     ref["published_source"] = _source(ref)
-    out = cells.merge(ref[["size", "placement", "published_val_ppl", "published_test_ppl", "published_source"]],
-                      on=["size", "placement"], how="left")
+    out = cells.merge(
+        ref[["size", "placement", "published_val_ppl", "published_test_ppl", "published_source"]],
+        on=["size", "placement"],
+        how="left",
+    )
     # Say why a cell is empty: a row from another recipe, no row for this placement, or (our demo/tiny
     # profiles: smaller models, less data) none at this size.
     table = published()
     recipe = table["source"].map(lambda s: next((n for k, n in OTHER_RECIPES.items() if s.startswith(k)), None))
     other = table[recipe.notna()].assign(
-        note="published values use a different training recipe (" + recipe + " " + table["table"] + ")")
+        note="published values use a different training recipe (" + recipe + " " + table["table"] + ")"
+    )
     other = other[["size", "placement", "note"]].drop_duplicates(["size", "placement"])
     why = out[["size", "placement"]].merge(other, how="left")["note"]
-    why = why.fillna(out["size"].isin(PAPER_SIZES).map(
-        {True: "no published value for this placement", False: "no published value at this size"}))
+    why = why.fillna(
+        out["size"]
+        .isin(PAPER_SIZES)
+        .map({True: "no published value for this placement", False: "no published value at this size"})
+    )
     out["published_source"] = out["published_source"].fillna(why)
     return out
 
@@ -75,8 +85,13 @@ def mc_beside(cells: pd.DataFrame) -> pd.DataFrame:
     MC-dropout rows, the only published MC numbers; for `variational`) to a frame keyed by size, placement."""
     gal = _from(published(), "Gal & Ghahramani 2016")
     ref = gal[gal["eval"] == "mc_dropout"].drop_duplicates(["size", "placement"])
-    ref = ref.assign(published_mc_test_ppl=ref["test_ppl"], published_mc_source=_source(ref),
-                     published_mc_samples=[int(re.search(r"(\d+) stochastic passes", n).group(1))
-                                           for n in ref["notes"]])
-    return cells.merge(ref[["size", "placement", "published_mc_test_ppl", "published_mc_samples",
-                            "published_mc_source"]], on=["size", "placement"], how="left")
+    ref = ref.assign(
+        published_mc_test_ppl=ref["test_ppl"],
+        published_mc_source=_source(ref),
+        published_mc_samples=[int(re.search(r"(\d+) stochastic passes", n).group(1)) for n in ref["notes"]],
+    )
+    return cells.merge(
+        ref[["size", "placement", "published_mc_test_ppl", "published_mc_samples", "published_mc_source"]],
+        on=["size", "placement"],
+        how="left",
+    )

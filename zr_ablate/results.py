@@ -4,6 +4,7 @@ Two sources give the same frames: a sweep folder written by run.py (`load_sweep`
 (`load_wandb`). Failed, diverged, still-running and missing jobs stay in the frames with their status;
 whoever aggregates decides what to leave out.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,8 +14,20 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .dropout import CONNECTIONS
-from .records import (COMPLETED, EPOCH_FIELDS, EPOCHS, FAILED, HYDRA_CONFIG, MISSING, RECORD_FIELDS, RESULT, RUNNING,
-                      RecordError, is_job_folder, read_result)
+from .records import (
+    COMPLETED,
+    EPOCH_FIELDS,
+    EPOCHS,
+    FAILED,
+    HYDRA_CONFIG,
+    MISSING,
+    RECORD_FIELDS,
+    RESULT,
+    RUNNING,
+    RecordError,
+    is_job_folder,
+    read_result,
+)
 
 # Each connection of the DropoutSpec gives a column <connection>_p, its probability, so a sweep over one
 # connection's rate can be told apart. (mc_test_ppl and mc_samples only where MC-dropout evaluation ran.)
@@ -59,9 +72,17 @@ def _row(job: str, config: dict, record: dict, status: str) -> dict:
     if fields["mc_test_ppl"] is not None and fields["mc_samples"] is None:  # e.g. a W&B summary
         fields["mc_samples"] = flat.get("eval.mc_samples")
     tied, word_p = bool(flat.get("model.tie_weights")), rates["word_p"] or 0.0
-    return {"job": job, "placement": placement, "size": flat.get("model.name"), "seed": flat.get("seed"),
-            "status": status, "variant": variant(placement, tied, word_p), "p": flat.get("dropout.p"), **rates,
-            **fields}
+    return {
+        "job": job,
+        "placement": placement,
+        "size": flat.get("model.name"),
+        "seed": flat.get("seed"),
+        "status": status,
+        "variant": variant(placement, tied, word_p),
+        "p": flat.get("dropout.p"),
+        **rates,
+        **fields,
+    }
 
 
 def _frames(rows: list[dict], curves: list[pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -98,8 +119,10 @@ def load_sweep(path) -> tuple[pd.DataFrame, pd.DataFrame]:
         raise NoRunsError(f"{sweep} is one job's folder; pass the sweep folder above it, {sweep.parent}")
     jobs = job_folders(sweep)
     if not jobs:
-        raise NoRunsError(f"{sweep} holds no job folders; pass a sweep folder such as outputs/<sweep> "
-                          f"(run.py -m writes one sub-folder per job there)")
+        raise NoRunsError(
+            f"{sweep} holds no job folders; pass a sweep folder such as outputs/<sweep> "
+            f"(run.py -m writes one sub-folder per job there)"
+        )
     rows, curves = [], []
     for job in jobs:
         try:

@@ -18,6 +18,7 @@ launches took 1.5 times as long as the GPU needed (H100, medium). What keeps the
 - the parameters are read in place, so the optimiser's in-place update is seen by the next replay.
 If capture fails (an op that cannot be captured), the step says why in `graph_error` and stays eager.
 """
+
 from __future__ import annotations
 
 import torch

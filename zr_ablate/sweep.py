@@ -7,6 +7,7 @@
 - on_multirun_end: one summary line, completed / diverged / failed / skipped, and a non-zero exit if any
   job failed. Jobs that ran now are those whose .hydra/ files Hydra wrote after the sweep started.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,15 +18,25 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-from .records import COMPLETED, DIVERGED, FAILED, FINAL_STATUSES, RESULT, RUNNING, SKIPPED, RecordError, read_result
+from .records import (
+    COMPLETED,
+    DIVERGED,
+    FAILED,
+    FINAL_STATUSES,
+    RESULT,
+    RUNNING,
+    SKIPPED,
+    RecordError,
+    read_result,
+)
 
 log = logging.getLogger(__name__)
 
 
 def job_overrides(config) -> list[list[str]]:
     """The override list of every job the basic sweeper will launch (as BasicSweeper expands them)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
     parsed = OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task))

@@ -7,6 +7,7 @@
   (one process) and joblib's reused workers would fold several jobs into one W&B run.
 - The run folder is `<job_dir>/wandb/`. result.json stays the source of truth; W&B is the dashboard.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,12 +46,24 @@ def resolve_mode(mode: str) -> tuple[str, str]:
         return resolved, f"W&B: {resolved} (WANDB_MODE={env})"
     if logged_in():
         return "online", "W&B: online (logged in)"
-    return "offline", ("W&B: offline (not logged in; `wandb login` to go online, `wandb sync <job>/wandb/"
-                       "offline-run-*` to upload these runs)")
+    return "offline", (
+        "W&B: offline (not logged in; `wandb login` to go online, `wandb sync <job>/wandb/"
+        "offline-run-*` to upload these runs)"
+    )
 
 
-def start_run(mode: str, project: str, entity: str | None, group: str, name: str, tags: list[str],
-              config: dict, job_dir: str, init_timeout: float = 90.0, run_id: str | None = None):
+def start_run(
+    mode: str,
+    project: str,
+    entity: str | None,
+    group: str,
+    name: str,
+    tags: list[str],
+    config: dict,
+    job_dir: str,
+    init_timeout: float = 90.0,
+    run_id: str | None = None,
+):
     """Start this job's W&B run and wrap it for Lightning; None when disabled.
 
     `run_id` given (a resumed job): continue that run rather than start a second one.
@@ -63,8 +76,18 @@ def start_run(mode: str, project: str, entity: str | None, group: str, name: str
     from pytorch_lightning.loggers import WandbLogger
 
     finish_run(exit_code=1)  # a run still open here belongs to an earlier job of this process that died
-    kwargs = dict(project=project, entity=entity, group=group, name=name, job_type="train", tags=tags,
-                  config=config, dir=job_dir, id=run_id, resume="allow" if run_id else None)
+    kwargs = dict(
+        project=project,
+        entity=entity,
+        group=group,
+        name=name,
+        job_type="train",
+        tags=tags,
+        config=config,
+        dir=job_dir,
+        id=run_id,
+        resume="allow" if run_id else None,
+    )
     try:
         run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=init_timeout), **kwargs)
     except Exception as e:  # no network, server down: keep the job, keep the record

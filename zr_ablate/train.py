@@ -3,6 +3,7 @@
 `run_job` takes built objects (data module, Lightning module, trainer settings); run.py builds them from
 the Hydra config, so nothing here reads the global config.
 """
+
 from __future__ import annotations
 
 import csv
@@ -18,8 +19,18 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from .clock import sync
 from .model import count_parameters
 from .module import Diverged
-from .records import (CHECKPOINTS, COMPLETED, DIVERGED, EPOCH_FIELDS, EPOCHS, FAILED, LAST_CHECKPOINT, RESULT, RUNNING,
-                      write_json_atomic)
+from .records import (
+    CHECKPOINTS,
+    COMPLETED,
+    DIVERGED,
+    EPOCH_FIELDS,
+    EPOCHS,
+    FAILED,
+    LAST_CHECKPOINT,
+    RESULT,
+    RUNNING,
+    write_json_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +92,14 @@ class EpochRecorder(pl.Callback):
         }
         self.rows.append(row)
         pl_module.log("tokens_per_s", row["tokens_per_s"])
-        log.info("epoch %d: lr %.4g, train ppl %.2f, val ppl %.2f, %.0f tokens/s", row["epoch"], row["lr"],
-                 row["train_ppl"], row["val_ppl"] or float("nan"), row["tokens_per_s"])
+        log.info(
+            "epoch %d: lr %.4g, train ppl %.2f, val ppl %.2f, %.0f tokens/s",
+            row["epoch"],
+            row["lr"],
+            row["train_ppl"],
+            row["val_ppl"] or float("nan"),
+            row["tokens_per_s"],
+        )
         new = not self.path.exists()
         with open(self.path, "a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=EPOCH_FIELDS)
@@ -102,13 +119,21 @@ def checkpoint_epochs(path: Path) -> int:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)["epoch"] + 1
     except Exception as e:
-        raise RuntimeError(f"cannot read the checkpoint {path} ({e}); delete it to restart this job "
-                           f"from scratch") from e
+        raise RuntimeError(
+            f"cannot read the checkpoint {path} ({e}); delete it to restart this job from scratch"
+        ) from e
 
 
-def run_job(module: pl.LightningModule, datamodule: pl.LightningDataModule, job_dir: str,
-            trainer_kwargs: dict, config: dict, test_protocol: str, loggers: list | None = None,
-            extra: dict | None = None) -> dict:
+def run_job(
+    module: pl.LightningModule,
+    datamodule: pl.LightningDataModule,
+    job_dir: str,
+    trainer_kwargs: dict,
+    config: dict,
+    test_protocol: str,
+    loggers: list | None = None,
+    extra: dict | None = None,
+) -> dict:
     """Fit and test; always leave a result.json saying how the job ended, then re-raise any error.
 
     If the job folder holds a checkpoint from an interrupted run, training resumes from it (weights,
@@ -121,18 +146,30 @@ def run_job(module: pl.LightningModule, datamodule: pl.LightningDataModule, job_
     if resume is None:
         (job / EPOCHS).unlink(missing_ok=True)  # a fresh run rewrites its curve
     recorder = EpochRecorder(job / EPOCHS)
-    result = {"status": RUNNING, "config": config, "n_params": count_parameters(module.model),
-              "test_protocol": test_protocol, "job_dir": str(job), **(extra or {}),
-              "resumed_from_epoch": None}
+    result = {
+        "status": RUNNING,
+        "config": config,
+        "n_params": count_parameters(module.model),
+        "test_protocol": test_protocol,
+        "job_dir": str(job),
+        **(extra or {}),
+        "resumed_from_epoch": None,
+    }
     write_json_atomic(job / RESULT, result)
     start = time.perf_counter()
     try:
         # Saved at every epoch end (after validation), when the carried state is reset anyway.
-        checkpoint = ModelCheckpoint(dirpath=job / CHECKPOINTS, filename="last", save_top_k=1,
-                                     enable_version_counter=False)  # one file, overwritten each epoch
+        checkpoint = ModelCheckpoint(
+            dirpath=job / CHECKPOINTS, filename="last", save_top_k=1, enable_version_counter=False
+        )  # one file, overwritten each epoch
         callbacks = [recorder, checkpoint]
-        trainer = pl.Trainer(default_root_dir=str(job), callbacks=callbacks, logger=loggers or False,
-                             num_sanity_val_steps=0, **trainer_kwargs)
+        trainer = pl.Trainer(
+            default_root_dir=str(job),
+            callbacks=callbacks,
+            logger=loggers or False,
+            num_sanity_val_steps=0,
+            **trainer_kwargs,
+        )
         if resume is not None:
             recorder.rows = recorder.read_rows(resume_epoch=checkpoint_epochs(resume))
             result["resumed_from_epoch"] = len(recorder.rows)

@@ -10,6 +10,7 @@ LaTeX (formatted, booktabs), each figure as PNG and PDF. Only completed runs ent
 status table and the text account for the others. Files already in --out are left alone unless rewritten.
 The pieces: tables.py (numbers), figures.py (seaborn), output.py (files, results.md, W&B).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,12 +30,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("source", help="a sweep folder (outputs/<sweep>) or wandb:ENTITY/PROJECT/GROUP")
     parser.add_argument("--out", help="report folder (default: reports/<sweep name>)")
     parser.add_argument("--wandb", action="store_true", help="also log tables and figures to a W&B run")
-    parser.add_argument("--keep-runs", action="store_true",
-                        help="copy each job's result.json, epochs.csv and .hydra/config.yaml into OUT/runs/")
+    parser.add_argument(
+        "--keep-runs",
+        action="store_true",
+        help="copy each job's result.json, epochs.csv and .hydra/config.yaml into OUT/runs/",
+    )
     args = parser.parse_args(argv)
     if args.keep_runs and args.source.startswith("wandb:"):
-        sys.exit("zr_ablate.report: error: --keep-runs copies a sweep folder's job records; a W&B source has "
-                 "none (drop --keep-runs)")
+        sys.exit(
+            "zr_ablate.report: error: --keep-runs copies a sweep folder's job records; a W&B source has "
+            "none (drop --keep-runs)"
+        )
     try:
         runs, curves, name = load(args.source)
     except NoRunsError as e:
@@ -43,8 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        sys.exit(f"zr_ablate.report: error: cannot create {out} ({e.strerror}); "
-                 "pass a writable folder with --out")
+        sys.exit(f"zr_ablate.report: error: cannot create {out} ({e.strerror}); pass a writable folder with --out")
 
     view, view_curves = as_variants(runs), as_variants(curves)
     numbers = tables(view)

@@ -1,5 +1,6 @@
 """Report figures (seaborn), each saved as PNG and PDF: validation per epoch, train vs validation, test
 perplexity beside the published value, and, where a sweep varies a rate, perplexity against it."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -43,8 +44,7 @@ def _save(fig, out: Path, name: str, title: str) -> Path:
     return out / f"{name}.png"
 
 
-def _curve_grid(data: pd.DataFrame, y: str, palette: dict, rate_axis: str | None, per_placement: bool = False,
-                **kw):
+def _curve_grid(data: pd.DataFrame, y: str, palette: dict, rate_axis: str | None, per_placement: bool = False, **kw):
     """One panel per model size, one colour per placement, bands of +-1 sd over seeds. Where a sweep varies
     p (rate_axis, and a `rate` column: see with_rate): one panel per size and placement, a colour per p.
     per_placement (one size only): one panel per placement on a shared y axis, for curves that would
@@ -52,8 +52,9 @@ def _curve_grid(data: pd.DataFrame, y: str, palette: dict, rate_axis: str | None
     sharey = False
     if per_placement and not rate_axis:
         size = _ordered(data["size"])[0]
-        kw |= dict(hue="placement", col="placement", col_wrap=4,
-                   col_order=[p for p in palette if p in set(data["placement"])])
+        kw |= dict(
+            hue="placement", col="placement", col_wrap=4, col_order=[p for p in palette if p in set(data["placement"])]
+        )
         titles = dict(col_template=f"model size: {size}, placement: {{col_name}}")
         sharey = True
     elif rate_axis:
@@ -61,45 +62,83 @@ def _curve_grid(data: pd.DataFrame, y: str, palette: dict, rate_axis: str | None
         data = data.assign(**{rate_axis: data["rate"].map("{:g}".format)})  # its name titles the legend
         palette = dict(zip(map("{:g}".format, rates), sns.color_palette("viridis", len(rates))))
         sizes = _ordered(data["size"])
-        kw |= dict(hue=rate_axis, col="placement", col_order=_ordered(data["placement"]),
-                   row="size" if len(sizes) > 1 else None, row_order=sizes if len(sizes) > 1 else None)
-        titles = dict(template="model size: {row_name}, placement: {col_name}") if len(sizes) > 1 else dict(
-            col_template=f"model size: {sizes[0]}, placement: {{col_name}}")
+        kw |= dict(
+            hue=rate_axis,
+            col="placement",
+            col_order=_ordered(data["placement"]),
+            row="size" if len(sizes) > 1 else None,
+            row_order=sizes if len(sizes) > 1 else None,
+        )
+        titles = (
+            dict(template="model size: {row_name}, placement: {col_name}")
+            if len(sizes) > 1
+            else dict(col_template=f"model size: {sizes[0]}, placement: {{col_name}}")
+        )
     else:
         kw |= dict(hue="placement", col="size", col_order=_ordered(data["size"]))
         titles = dict(template="model size: {col_name}")
-    grid = sns.relplot(data, kind="line", x="epoch", y=y, hue_order=list(palette), palette=palette,
-                       errorbar="sd", marker="o", height=4, aspect=1.3, facet_kws={"sharey": sharey}, **kw)
+    grid = sns.relplot(
+        data,
+        kind="line",
+        x="epoch",
+        y=y,
+        hue_order=list(palette),
+        palette=palette,
+        errorbar="sd",
+        marker="o",
+        height=4,
+        aspect=1.3,
+        facet_kws={"sharey": sharey},
+        **kw,
+    )
     grid.set_titles(**titles)
     for ax in grid.axes.flat:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return grid
 
 
-def plot_val(curves: pd.DataFrame, palette: dict, band: str, out: Path,
-             rate_axis: str | None = None) -> tuple[Path, str]:
+def plot_val(
+    curves: pd.DataFrame, palette: dict, band: str, out: Path, rate_axis: str | None = None
+) -> tuple[Path, str]:
     grid = _curve_grid(curves, "val_ppl", palette, rate_axis)
     grid.set_axis_labels("epoch", f"validation {PPL}")
     _log_if_wide(grid.axes.flat, curves["val_ppl"])
-    return (_save(grid.figure, out, "val_curves", f"Validation perplexity per epoch ({band})"),
-            "Validation perplexity per epoch, dropout off (the model selection signal).")
+    return (
+        _save(grid.figure, out, "val_curves", f"Validation perplexity per epoch ({band})"),
+        "Validation perplexity per epoch, dropout off (the model selection signal).",
+    )
 
 
-def plot_gap(curves: pd.DataFrame, palette: dict, band: str, out: Path,
-             rate_axis: str | None = None) -> tuple[Path, str]:
-    both = curves.melt(id_vars=[c for c in ["size", "placement", "rate", "job", "epoch"] if c in curves],
-                       value_vars=["train_ppl", "val_ppl"], var_name="split", value_name="ppl")
+def plot_gap(
+    curves: pd.DataFrame, palette: dict, band: str, out: Path, rate_axis: str | None = None
+) -> tuple[Path, str]:
+    both = curves.melt(
+        id_vars=[c for c in ["size", "placement", "rate", "job", "epoch"] if c in curves],
+        value_vars=["train_ppl", "val_ppl"],
+        var_name="split",
+        value_name="ppl",
+    )
     both["split"] = both["split"].map({"train_ppl": "train", "val_ppl": "validation"})
     # Train and validation of more than three placements tangle when overlaid: a panel each instead.
     per_placement = both["size"].nunique() == 1 and both["placement"].nunique() > 3
-    grid = _curve_grid(both, "ppl", palette, rate_axis, per_placement, style="split",
-                       style_order=["validation", "train"], dashes={"validation": "", "train": (4, 2)})
+    grid = _curve_grid(
+        both,
+        "ppl",
+        palette,
+        rate_axis,
+        per_placement,
+        style="split",
+        style_order=["validation", "train"],
+        dashes={"validation": "", "train": (4, 2)},
+    )
     grid.set_axis_labels("epoch", PPL)
     _log_if_wide(grid.axes.flat, both["ppl"])
     title = f"Train (dashed) vs validation (solid) perplexity ({band})"
-    return (_save(grid.figure, out, "train_vs_val", title),
-            "Train perplexity is averaged over each epoch with the placement's dropout on; validation is "
-            "measured after it with dropout off. A widening gap is overfitting.")
+    return (
+        _save(grid.figure, out, "train_vs_val", title),
+        "Train perplexity is averaged over each epoch with the placement's dropout on; validation is "
+        "measured after it with dropout off. A widening gap is overfitting.",
+    )
 
 
 def _run_legend(published: bool, mean: bool = True) -> list[Line2D]:
@@ -107,8 +146,9 @@ def _run_legend(published: bool, mean: bool = True) -> list[Line2D]:
     dot, and the published line."""
     legend = [Line2D([], [], marker="o", color="black", markersize=4, linestyle="", label="one run")]
     if mean:
-        legend.insert(0, Line2D([], [], marker="o", color="grey", markersize=9, linestyle="",
-                                label="mean ± 1 sd over seeds"))
+        legend.insert(
+            0, Line2D([], [], marker="o", color="grey", markersize=9, linestyle="", label="mean ± 1 sd over seeds")
+        )
     if published:
         legend.append(Line2D([], [], label="published (see results table)", **PUBLISHED))
     return legend
@@ -122,8 +162,19 @@ def plot_test(done: pd.DataFrame, ppl: pd.DataFrame, palette: dict, out: Path) -
     for ax, size in zip(axes.flat, sizes):
         runs = done[done["size"] == size]
         order = [p for p in palette if p in set(runs["placement"])]
-        sns.pointplot(runs, x="placement", y="test_ppl", order=order, hue="placement", palette=palette,
-                      errorbar="sd", linestyle="none", markersize=9, legend=False, ax=ax)
+        sns.pointplot(
+            runs,
+            x="placement",
+            y="test_ppl",
+            order=order,
+            hue="placement",
+            palette=palette,
+            errorbar="sd",
+            linestyle="none",
+            markersize=9,
+            legend=False,
+            ax=ax,
+        )
         sns.stripplot(runs, x="placement", y="test_ppl", order=order, color="black", size=4, alpha=0.6, ax=ax)
         published = ppl[ppl["size"] == size].set_index("placement")["published_test_ppl"]
         for x, placement in enumerate(order):
@@ -135,13 +186,16 @@ def plot_test(done: pd.DataFrame, ppl: pd.DataFrame, palette: dict, out: Path) -
     _log_if_wide(axes.flat, pd.concat([done["test_ppl"], ppl["published_test_ppl"].dropna()]))
     legend = _run_legend(ppl["published_test_ppl"].notna().any())
     axes.flat[-1].legend(handles=legend, loc="upper left", bbox_to_anchor=(1.02, 1))
-    return (_save(fig, out, "test_ppl", "Test perplexity per dropout placement"),
-            "Test perplexity of the final weights; red dashed lines mark the published value where one "
-            "exists for this size and placement.")
+    return (
+        _save(fig, out, "test_ppl", "Test perplexity per dropout placement"),
+        "Test perplexity of the final weights; red dashed lines mark the published value where one "
+        "exists for this size and placement.",
+    )
 
 
-def _against_rate(done: pd.DataFrame, y: str, ppl: pd.DataFrame, published: str | None, palette: dict,
-                  rate_axis: str, ylabel: str):
+def _against_rate(
+    done: pd.DataFrame, y: str, ppl: pd.DataFrame, published: str | None, palette: dict, rate_axis: str, ylabel: str
+):
     """One panel per size: y against the swept p, one line per placement (mean +- sd over seeds, each run a
     dot), and the published value as a dashed line in the placement's colour where there is one."""
     sizes = _ordered(done["size"])
@@ -149,8 +203,18 @@ def _against_rate(done: pd.DataFrame, y: str, ppl: pd.DataFrame, published: str 
     for ax, size in zip(axes.flat, sizes):
         runs = done[done["size"] == size]
         order = [p for p in palette if p in set(runs["placement"])]
-        sns.lineplot(runs, x="rate", y=y, hue="placement", hue_order=order, palette=palette, errorbar="sd",
-                     marker="o", markersize=8, ax=ax)
+        sns.lineplot(
+            runs,
+            x="rate",
+            y=y,
+            hue="placement",
+            hue_order=order,
+            palette=palette,
+            errorbar="sd",
+            marker="o",
+            markersize=8,
+            ax=ax,
+        )
         sns.scatterplot(runs, x="rate", y=y, color="black", s=12, alpha=0.6, legend=False, ax=ax)
         values = ppl[ppl["size"] == size].drop_duplicates(KEYS).set_index("placement")
         for placement in order if published else []:
@@ -164,27 +228,42 @@ def _against_rate(done: pd.DataFrame, y: str, ppl: pd.DataFrame, published: str 
     handles = [Line2D([], [], marker="o", color=palette[p], label=p) for p in _ordered(done["placement"])]
     handles += _run_legend(False, mean=False)
     if published and ppl[published].notna().any():
-        handles.append(Line2D([], [], color="grey", linestyle="--", linewidth=2,
-                              label="published, in the placement's colour\n(see results table)"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color="grey",
+                linestyle="--",
+                linewidth=2,
+                label="published, in the placement's colour\n(see results table)",
+            )
+        )
     axes.flat[-1].legend(handles=handles, title="placement", loc="upper left", bbox_to_anchor=(1.02, 1))
     return fig
 
 
-def plot_test_against_rate(done: pd.DataFrame, ppl: pd.DataFrame, palette: dict, band: str, rate_axis: str,
-                           out: Path) -> tuple[Path, str]:
+def plot_test_against_rate(
+    done: pd.DataFrame, ppl: pd.DataFrame, palette: dict, band: str, rate_axis: str, out: Path
+) -> tuple[Path, str]:
     fig = _against_rate(done, "test_ppl", ppl, "published_test_ppl", palette, rate_axis, f"test {PPL}")
-    return (_save(fig, out, "test_ppl", f"Test perplexity against dropout probability ({band})"),
-            "Test perplexity of the final weights for each swept dropout probability; dashed lines mark the "
-            "published value (at the paper's own p) where one exists for this size and placement.")
+    return (
+        _save(fig, out, "test_ppl", f"Test perplexity against dropout probability ({band})"),
+        "Test perplexity of the final weights for each swept dropout probability; dashed lines mark the "
+        "published value (at the paper's own p) where one exists for this size and placement.",
+    )
 
 
-def plot_sensitivity(done: pd.DataFrame, ppl: pd.DataFrame, palette: dict, band: str, rate_axis: str,
-                     out: Path) -> tuple[Path, str]:
+def plot_sensitivity(
+    done: pd.DataFrame, ppl: pd.DataFrame, palette: dict, band: str, rate_axis: str, out: Path
+) -> tuple[Path, str]:
     fig = _against_rate(done, "final_val_ppl", ppl, None, palette, rate_axis, f"validation {PPL}")
-    return (_save(fig, out, "sensitivity", f"Sensitivity: final validation perplexity against dropout "
-                                           f"probability ({band})"),
-            "Validation perplexity of the last epoch (dropout off) for each swept dropout probability, one line "
-            "per placement: where the method is best, and how sharply it worsens away from there.")
+    return (
+        _save(
+            fig, out, "sensitivity", f"Sensitivity: final validation perplexity against dropout probability ({band})"
+        ),
+        "Validation perplexity of the last epoch (dropout off) for each swept dropout probability, one line "
+        "per placement: where the method is best, and how sharply it worsens away from there.",
+    )
 
 
 def with_rate(done: pd.DataFrame, rates: list[str]) -> tuple[pd.DataFrame, str]:
@@ -192,25 +271,34 @@ def with_rate(done: pd.DataFrame, rates: list[str]) -> tuple[pd.DataFrame, str]:
     varies there; p where none does), and the axis label that says which one each placement sweeps."""
     column = {key: next((c for c in rates if g[c].nunique() > 1), rates[0]) for key, g in done.groupby(KEYS)}
     rate = [row[column[(row["size"], row["placement"])]] for _, row in done.iterrows()]
-    others = sorted({f"{placement}: p is dropout.{rate_label(c)}" for (_, placement), c in column.items()
-                     if c != "p"})
+    others = sorted({f"{placement}: p is dropout.{rate_label(c)}" for (_, placement), c in column.items() if c != "p"})
     return done.assign(rate=rate), RATE_AXIS + (f"\n({'; '.join(others)})" if others else "")
 
 
-def figures(done: pd.DataFrame, curves: pd.DataFrame, ppl: pd.DataFrame, out: Path,
-            rates: list[str] = ()) -> list[tuple[Path, str]]:
+def figures(
+    done: pd.DataFrame, curves: pd.DataFrame, ppl: pd.DataFrame, out: Path, rates: list[str] = ()
+) -> list[tuple[Path, str]]:
     """The figures of completed runs, saved as PNG and PDF; (PNG path, caption) for each. Three; where a
     sweep varies a probability (`rates`, see swept), curves per value of it and a fourth, sensitivity."""
     placements = _ordered(done["placement"])
     palette = dict(zip(placements, sns.color_palette("colorblind", len(placements))))  # same in every figure
     seeds = done.groupby(KEYS + list(rates))["seed"].nunique().max()
-    band = (f"line: mean over {seeds} seeds, band: ±1 sd" if seeds > 1
-            else "one seed per placement" + (" and p" if rates else ""))
+    band = (
+        f"line: mean over {seeds} seeds, band: ±1 sd"
+        if seeds > 1
+        else "one seed per placement" + (" and p" if rates else "")
+    )
     if not rates:
-        return [plot_val(curves, palette, band, out), plot_gap(curves, palette, band, out),
-                plot_test(done, ppl, palette, out)]
+        return [
+            plot_val(curves, palette, band, out),
+            plot_gap(curves, palette, band, out),
+            plot_test(done, ppl, palette, out),
+        ]
     done, rate_axis = with_rate(done, list(rates))
     curves = curves.merge(done[["job", "rate"]].drop_duplicates("job"), on="job")
-    return [plot_val(curves, palette, band, out, rate_axis), plot_gap(curves, palette, band, out, rate_axis),
-            plot_test_against_rate(done, ppl, palette, band, rate_axis, out),
-            plot_sensitivity(done, ppl, palette, band, rate_axis, out)]
+    return [
+        plot_val(curves, palette, band, out, rate_axis),
+        plot_gap(curves, palette, band, out, rate_axis),
+        plot_test_against_rate(done, ppl, palette, band, rate_axis, out),
+        plot_sensitivity(done, ppl, palette, band, rate_axis, out),
+    ]

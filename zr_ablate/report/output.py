@@ -1,5 +1,6 @@
 """Report output: the tables as CSV and LaTeX, results.md, the W&B aggregate run, and each job's records
 copied beside the report (--keep-runs) so that it regenerates from the repository alone."""
+
 from __future__ import annotations
 
 import os
@@ -13,17 +14,20 @@ from ..records import COMPLETED, EPOCHS, HYDRA_CONFIG, RESULT, RUNNING
 from ..results import job_folders, load_sweep, load_wandb
 from .tables import has_mc, markdown_table, rate_label, swept
 
-PROTOCOLS = {"paper": "batch 1, state carried over the whole test stream, as Zaremba et al. test",
-             "fast": "batch 20 x unroll, like validation; not the paper's protocol, so published test "
-                     "numbers are not like for like"}
+PROTOCOLS = {
+    "paper": "batch 1, state carried over the whole test stream, as Zaremba et al. test",
+    "fast": "batch 20 x unroll, like validation; not the paper's protocol, so published test "
+    "numbers are not like for like",
+}
 
 
 def write_table(out: Path, name: str, numbers: pd.DataFrame, formatted: pd.DataFrame) -> str:
     """name.csv (numbers) and name.tex (formatted); returns the Markdown version."""
     numbers.to_csv(out / f"{name}.csv", index=False)
     tex = formatted.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
-    (out / f"{name}.tex").write_text("% needs \\usepackage{booktabs}\n"
-                                     + tex.to_latex(hrules=True).replace("±", r"$\pm$"))
+    (out / f"{name}.tex").write_text(
+        "% needs \\usepackage{booktabs}\n" + tex.to_latex(hrules=True).replace("±", r"$\pm$")
+    )
     return markdown_table(formatted)
 
 
@@ -32,8 +36,10 @@ def _not_finished(runs: pd.DataFrame) -> list[str]:
     why = {RUNNING: ", or killed before it could record how it ended"}  # the others carry an error
     lines = []
     for status, jobs in runs[runs["status"] != COMPLETED].groupby("status", dropna=False):
-        names = ", ".join(f"`{j.job}`" + (f" ({j.error.splitlines()[0]})" if isinstance(j.error, str) else "")
-                          for j in jobs.itertuples())
+        names = ", ".join(
+            f"`{j.job}`" + (f" ({j.error.splitlines()[0]})" if isinstance(j.error, str) else "")
+            for j in jobs.itertuples()
+        )
         lines.append(f"- {status}{why.get(status, '')} ({len(jobs)}): {names}")
     return lines
 
@@ -42,46 +48,75 @@ def _notes(runs: pd.DataFrame) -> list[str]:
     """What the perplexity table needs said beyond the usual: variants, swept probabilities, MC columns."""
     notes = []
     if runs["placement"].str.contains("+", regex=False, na=False).any():
-        notes.append("A placement with `+tied` ties the input and output embeddings (model.tie_weights; published: "
-                     "Press & Wolf 2016), `+word<p>` adds word-type dropout at rate p (dropout.word.p).")
+        notes.append(
+            "A placement with `+tied` ties the input and output embeddings (model.tie_weights; published: "
+            "Press & Wolf 2016), `+word<p>` adds word-type dropout at rate p (dropout.word.p)."
+        )
     rates = swept(runs)
     if rates:
-        notes.append(f"The sweep varies {' and '.join(f'`{rate_label(c)}`' for c in rates)} within a placement: one "
-                     f"row per value, never a mean across them (`p` is dropout.p, the presets' shared rate; "
-                     f"`<connection>.p` is that connection's own, dropout.<connection>.p).")
+        notes.append(
+            f"The sweep varies {' and '.join(f'`{rate_label(c)}`' for c in rates)} within a placement: one "
+            f"row per value, never a mean across them (`p` is dropout.p, the presets' shared rate; "
+            f"`<connection>.p` is that connection's own, dropout.<connection>.p)."
+        )
     if has_mc(runs):
-        notes.append("MC test: the test split under MC-dropout evaluation (every dropout mask on, the softmax "
-                     "averaged over 'MC passes' stochastic passes; Gal & Ghahramani 2016). Published MC: Gal & "
-                     "Ghahramani 2016 Table 1, Variational (untied weights, MC), the only published MC numbers.")
+        notes.append(
+            "MC test: the test split under MC-dropout evaluation (every dropout mask on, the softmax "
+            "averaged over 'MC passes' stochastic passes; Gal & Ghahramani 2016). Published MC: Gal & "
+            "Ghahramani 2016 Table 1, Variational (untied weights, MC), the only published MC numbers."
+        )
     return notes
 
 
-def markdown(name: str, source: str, command: str, runs: pd.DataFrame, tables: dict[str, str],
-             figs: list[tuple[Path, str]]) -> str:
+def markdown(
+    name: str, source: str, command: str, runs: pd.DataFrame, tables: dict[str, str], figs: list[tuple[Path, str]]
+) -> str:
     done = runs[runs["status"] == COMPLETED]
     protocols = [f"`{p}` ({PROTOCOLS.get(p, 'unknown protocol')})" for p in sorted(done["test_protocol"].unique())]
-    lines = [f"# Dropout placement on PTB: {name}", "",
-             f"Source: `{source}` (jobs: {len(runs)}, completed: {len(done)}).  ",
-             f"Test protocol: {', '.join(protocols) or 'none (no completed runs)'}.  ",
-             f"Produced by: `{command}`", ""]
+    lines = [
+        f"# Dropout placement on PTB: {name}",
+        "",
+        f"Source: `{source}` (jobs: {len(runs)}, completed: {len(done)}).  ",
+        f"Test protocol: {', '.join(protocols) or 'none (no completed runs)'}.  ",
+        f"Produced by: `{command}`",
+        "",
+    ]
     unfinished = _not_finished(runs)
     if unfinished:
-        lines += [f"**Not every run completed.** Left out of every mean, table and figure below (jobs: "
-                  f"{len(runs) - len(done)} of {len(runs)}; the status table counts them):", "", *unfinished, ""]
-    lines += ["## Perplexity per placement", "",
-              "Validation: the last epoch's; test: the final weights, with the protocol above. Mean ± sd over "
-              "completed seeds. Published numbers: Zaremba et al. 2014 Table 1, else Gal & Ghahramani 2016 "
-              "(standard evaluation); 'test - published' is our mean minus the published test value.",
-              *_notes(runs), "",
-              tables["perplexity"], "",
-              "## Overfitting: train vs validation", "",
-              "Final epoch, mean over seeds. Train perplexity is averaged over the epoch with the placement's "
-              "dropout on, so heavy dropout can even make it exceed validation.", "",
-              tables["gap"], "", "## Run status", "", tables["status"], ""]
+        lines += [
+            f"**Not every run completed.** Left out of every mean, table and figure below (jobs: "
+            f"{len(runs) - len(done)} of {len(runs)}; the status table counts them):",
+            "",
+            *unfinished,
+            "",
+        ]
+    lines += [
+        "## Perplexity per placement",
+        "",
+        "Validation: the last epoch's; test: the final weights, with the protocol above. Mean ± sd over "
+        "completed seeds. Published numbers: Zaremba et al. 2014 Table 1, else Gal & Ghahramani 2016 "
+        "(standard evaluation); 'test - published' is our mean minus the published test value.",
+        *_notes(runs),
+        "",
+        tables["perplexity"],
+        "",
+        "## Overfitting: train vs validation",
+        "",
+        "Final epoch, mean over seeds. Train perplexity is averaged over the epoch with the placement's "
+        "dropout on, so heavy dropout can even make it exceed validation.",
+        "",
+        tables["gap"],
+        "",
+        "## Run status",
+        "",
+        tables["status"],
+        "",
+    ]
     if figs:
         lines += ["## Figures", ""]
-        lines += [f"![{caption}]({png.name})\n\n{caption} ([PDF]({png.with_suffix('.pdf').name}))\n"
-                  for png, caption in figs]
+        lines += [
+            f"![{caption}]({png.name})\n\n{caption} ([PDF]({png.with_suffix('.pdf').name}))\n" for png, caption in figs
+        ]
     return "\n".join(lines)
 
 
@@ -96,10 +131,18 @@ def log_to_wandb(name: str, tables: dict[str, pd.DataFrame], figs: list[tuple[Pa
 
     mode, why = resolve_mode("auto")
     print(why, file=sys.stderr)
-    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "zr_ablate"), group=name, job_type="aggregate",
-                     name=f"report-{name}", mode=mode, dir=out)
-    run.log({f"table/{k}": wandb.Table(dataframe=v) for k, v in tables.items()}
-            | {f"figure/{png.stem}": wandb.Image(str(png), caption=caption) for png, caption in figs})
+    run = wandb.init(
+        project=os.environ.get("WANDB_PROJECT", "zr_ablate"),
+        group=name,
+        job_type="aggregate",
+        name=f"report-{name}",
+        mode=mode,
+        dir=out,
+    )
+    run.log(
+        {f"table/{k}": wandb.Table(dataframe=v) for k, v in tables.items()}
+        | {f"figure/{png.stem}": wandb.Image(str(png), caption=caption) for png, caption in figs}
+    )
     run.finish()
 
 

@@ -4,6 +4,7 @@ Rows are a model size and a variant (the placement, plus +tied / +word<p> where 
 beyond its preset), and, where a sweep varies a dropout probability within one, each value of it: a
 sensitivity sweep is never averaged across p. Pandas only (no plotting), so the bench can print with it.
 """
+
 from __future__ import annotations
 
 import pandas as pd
@@ -14,13 +15,28 @@ from ..results import RATES
 
 # Paper sizes, then our CPU profiles; placements in the README's order, then the later methods. Anything
 # else sorts after; a variant (zaremba+tied) right after its placement.
-ORDER = {v: i for i, v in enumerate(["small", "medium", "large", "demo", "tiny", "none", "naive", "zaremba",
-                                     "variational", "semeniuta", "weight_drop", "zoneout"])}
+ORDER = {
+    v: i
+    for i, v in enumerate(
+        [
+            "small",
+            "medium",
+            "large",
+            "demo",
+            "tiny",
+            "none",
+            "naive",
+            "zaremba",
+            "variational",
+            "semeniuta",
+            "weight_drop",
+            "zoneout",
+        ]
+    )
+}
 
 
 KEYS = ["size", "placement"]  # in the report, placement holds the run's variant
-
-
 
 
 def _rank(value) -> tuple:
@@ -48,7 +64,7 @@ def swept(runs: pd.DataFrame) -> list[str]:
     for col in ["p", *RATES]:
         if runs.groupby(keys, dropna=False)[col].nunique().gt(1).any():
             keys.append(col)
-    return keys[len(KEYS):]
+    return keys[len(KEYS) :]
 
 
 def rate_label(col: str) -> str:
@@ -64,28 +80,45 @@ def _passes(samples: pd.Series) -> str:
 def perplexity_table(done: pd.DataFrame, keys: list[str] = KEYS, mc: bool = False) -> pd.DataFrame:
     """Per size x placement (x swept p): final val and test ppl, mean and sd over seeds, beside the published
     row; with mc, also the MC-dropout test ppl and its passes, beside Gal & Ghahramani's MC row."""
-    mc_columns = dict(mc_test_ppl_mean=("mc_test_ppl", "mean"), mc_test_ppl_sd=("mc_test_ppl", "std"),
-                      mc_samples=("mc_samples", _passes))
-    table = done.groupby(keys).agg(
-        runs=("job", "size"), val_ppl_mean=("final_val_ppl", "mean"), val_ppl_sd=("final_val_ppl", "std"),
-        test_ppl_mean=("test_ppl", "mean"), test_ppl_sd=("test_ppl", "std"),
-        **(mc_columns if mc else {})).reset_index()
+    mc_columns = dict(
+        mc_test_ppl_mean=("mc_test_ppl", "mean"),
+        mc_test_ppl_sd=("mc_test_ppl", "std"),
+        mc_samples=("mc_samples", _passes),
+    )
+    table = (
+        done.groupby(keys)
+        .agg(
+            runs=("job", "size"),
+            val_ppl_mean=("final_val_ppl", "mean"),
+            val_ppl_sd=("final_val_ppl", "std"),
+            test_ppl_mean=("test_ppl", "mean"),
+            test_ppl_sd=("test_ppl", "std"),
+            **(mc_columns if mc else {}),
+        )
+        .reset_index()
+    )
     table = beside(table)
     table["test_minus_published"] = table["test_ppl_mean"] - table["published_test_ppl"]
     return _sorted(mc_beside(table) if mc else table, keys)
 
 
 def gap_table(done: pd.DataFrame, keys: list[str] = KEYS) -> pd.DataFrame:
-    table = done.groupby(keys).agg(
-        runs=("job", "size"), final_train_ppl=("final_train_ppl", "mean"),
-        final_val_ppl=("final_val_ppl", "mean")).reset_index()
+    table = (
+        done.groupby(keys)
+        .agg(runs=("job", "size"), final_train_ppl=("final_train_ppl", "mean"), final_val_ppl=("final_val_ppl", "mean"))
+        .reset_index()
+    )
     table["gap"] = table["final_val_ppl"] - table["final_train_ppl"]
     return _sorted(table, keys)
 
 
 def status_table(runs: pd.DataFrame, keys: list[str] = KEYS) -> pd.DataFrame:
-    counts = (runs.fillna({"size": "?", "placement": "?", "status": "?"})
-              .groupby(keys, dropna=False)["status"].value_counts().unstack(fill_value=0))
+    counts = (
+        runs.fillna({"size": "?", "placement": "?", "status": "?"})
+        .groupby(keys, dropna=False)["status"]
+        .value_counts()
+        .unstack(fill_value=0)
+    )
     counts = counts.reindex(columns=[*STATUSES, *(s for s in counts.columns if s not in STATUSES)], fill_value=0)
     counts["total"] = counts.sum(axis=1)
     return _sorted(counts.reset_index().rename_axis(columns=None), keys)
@@ -130,21 +163,41 @@ def tables(runs: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
     def shown_keys(table: pd.DataFrame, names: dict) -> pd.DataFrame:
         return shown(_rates_as_given(table, rates), key_names | names)
 
-    ppl_cells = ppl.assign(val=_mean_sd(ppl["val_ppl_mean"], ppl["val_ppl_sd"]),
-                           test=_mean_sd(ppl["test_ppl_mean"], ppl["test_ppl_sd"]))
+    ppl_cells = ppl.assign(
+        val=_mean_sd(ppl["val_ppl_mean"], ppl["val_ppl_sd"]), test=_mean_sd(ppl["test_ppl_mean"], ppl["test_ppl_sd"])
+    )
     mc_names = {}
     if mc:
         ppl_cells = ppl_cells.assign(
             mc=_mean_sd(ppl["mc_test_ppl_mean"], ppl["mc_test_ppl_sd"]),
-            published_mc=[_cell(v) + ("" if pd.isna(v) else f" ({n:g} passes)")
-                          for v, n in zip(ppl["published_mc_test_ppl"], ppl["published_mc_samples"])])
+            published_mc=[
+                _cell(v) + ("" if pd.isna(v) else f" ({n:g} passes)")
+                for v, n in zip(ppl["published_mc_test_ppl"], ppl["published_mc_samples"])
+            ],
+        )
         mc_names = {"mc": "MC test ppl", "mc_samples": "MC passes"}
-    ppl_shown = shown_keys(ppl_cells, {"runs": "completed runs", "val": "val ppl", "test": "test ppl", **mc_names,
-                                       "published_val_ppl": "published val", "published_test_ppl": "published test",
-                                       "test_minus_published": "test - published",
-                                       **({"published_mc": "published MC test"} if mc else {}),
-                                       "published_source": "published source"})
-    gap_shown = shown_keys(gap, {"runs": "completed runs", "final_train_ppl": "train ppl",
-                                 "final_val_ppl": "val ppl", "gap": "gap (val - train)"})
+    ppl_shown = shown_keys(
+        ppl_cells,
+        {
+            "runs": "completed runs",
+            "val": "val ppl",
+            "test": "test ppl",
+            **mc_names,
+            "published_val_ppl": "published val",
+            "published_test_ppl": "published test",
+            "test_minus_published": "test - published",
+            **({"published_mc": "published MC test"} if mc else {}),
+            "published_source": "published source",
+        },
+    )
+    gap_shown = shown_keys(
+        gap,
+        {
+            "runs": "completed runs",
+            "final_train_ppl": "train ppl",
+            "final_val_ppl": "val ppl",
+            "gap": "gap (val - train)",
+        },
+    )
     status_shown = _rates_as_given(status, rates).rename(columns=key_names).map(_cell)
     return {"perplexity": (ppl, ppl_shown), "gap": (gap, gap_shown), "status": (status, status_shown)}

@@ -1,0 +1,95 @@
+"""What several test modules share: one reference LSTM covering every connection, small core inputs, a
+quiet Lightning Trainer, and reading a W&B offline run back."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+T, B, H, L = 6, 5, 8, 2  # the recurrent core's tests: steps, batch, hidden, layers
+WANDB_CLI = str(Path(sys.executable).parent / "wandb")
+
+
+def inputs(seed: int = 1):
+    """x [T, B, H] and a non-zero state (h0, c0), each [L, B, H]."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, B, H, generator=g)
+    h0, c0 = torch.randn(L, B, H, generator=g), torch.randn(L, B, H, generator=g)
+    return x, (h0, c0)
+
+
+def _nth(masks: dict, key: str, i: int):
+    return (masks.get(key) or [None] * (i + 1))[i]
+
+
+def _at(mask, t: int, off: float):
+    """A mask's step t ([T, ...] per step or [1, ...] the same at every step), or `off` where there is none."""
+    return off if mask is None else mask[t if mask.size(0) > 1 else 0]
+
+
+def reference(core, x: torch.Tensor, state, masks: dict):
+    """An LSTM written from the equations, step by step, applying exactly the masks given (DroppedLSTM's
+    last_masks layout; a key that is absent is no mask): the embedding mask on x, between layers, h_{t-1}
+    where it enters the gates, the cell update g_t, W_hh (DropConnect), zoneout's d blending old and new c
+    and h (h from the new cell), and the output mask. Returns the output [T, B, H] and h, c [L, B, H]."""
+    h0, c0 = state
+    if masks.get("embedding") is not None:
+        x = x * masks["embedding"]
+    hs, cs = [], []
+    for li, layer in enumerate(core.layers):
+        if li > 0 and _nth(masks, "between", li - 1) is not None:
+            x = x * _nth(masks, "between", li - 1)
+        w_mask = _nth(masks, "weight_hh", li)
+        w_hh = layer.weight_hh_l0 if w_mask is None else layer.weight_hh_l0 * w_mask
+        r, g_mask, d_c, d_h = (_nth(masks, k, li) for k in ("recurrent", "cell_update", "zoneout_c", "zoneout_h"))
+        h, c, outs = h0[li], c0[li], []
+        for t in range(x.size(0)):
+            h_in = h * _at(r, t, 1.0)
+            gates = x[t] @ layer.weight_ih_l0.T + layer.bias_ih_l0 + h_in @ w_hh.T + layer.bias_hh_l0
+            i, f, g, o = gates.chunk(4, 1)
+            c_new = f.sigmoid() * c + i.sigmoid() * g.tanh() * _at(g_mask, t, 1.0)
+            h_new = o.sigmoid() * c_new.tanh()
+            c = _at(d_c, t, 0.0) * c + (1 - _at(d_c, t, 0.0)) * c_new
+            h = _at(d_h, t, 0.0) * h + (1 - _at(d_h, t, 0.0)) * h_new
+            outs.append(h)
+        x = torch.stack(outs)
+        hs.append(h)
+        cs.append(c)
+    if masks.get("output") is not None:
+        x = x * masks["output"]
+    return x, torch.stack(hs), torch.stack(cs)
+
+
+def trainer(**kw) -> pl.Trainer:
+    """One epoch, nothing written, nothing printed."""
+    args = dict(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    return pl.Trainer(**(args | kw))
+
+
+def read_run(job: Path) -> dict:
+    """The run's name, group, job type, tags, config, exit code, history and summary from its .wandb log."""
+    [log] = job.glob("wandb/offline-run-*/run-*.wandb")
+    summary = json.loads(
+        subprocess.run(
+            [WANDB_CLI, "leet", "inspect", "--summary", "--json", str(log)], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    records = [
+        json.loads(line)
+        for line in subprocess.run(
+            [WANDB_CLI, "leet", "inspect", "--json", str(log)], capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+    ]
+    [run] = [r["run"] for r in records if r["type"] == "run"]
+    history = [r["history"]["item"] for r in records if r["type"] == "history"]
+    return dict(summary, group=run["run_group"], job_type=run["job_type"], history=history)
