@@ -23,13 +23,22 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from zr_ablate.build import CONFIG_ERRORS, apply_precision, build, error_line
-from zr_ablate.records import FAILED, FINAL_STATUSES, RecordError, read_result
+from zr_ablate.records import (
+    FAILED,
+    FINAL_STATUSES,
+    RecordError,
+    changed_settings,
+    read_result,
+    register_resolvers,
+    set_aside,
+    stale_line,
+)
 from zr_ablate.tracking import end_run, finish_run, start_run
 from zr_ablate.train import run_job
 
 log = logging.getLogger("run")
 # Job folders are named from the overrides (not timestamps) so a rerun finds them; no overrides -> "default".
-OmegaConf.register_new_resolver("zr_job_name", lambda overrides: overrides or "default", replace=True)
+register_resolvers()
 
 
 def thread_budget(cfg: DictConfig, hydra_cfg) -> int | None:
@@ -55,6 +64,18 @@ def main(cfg: DictConfig) -> str:
         previous = read_result(job_dir) or {}
     except RecordError as e:
         sys.exit(f"zr_ablate: error: {e}")
+    config = OmegaConf.to_container(cfg, resolve=True)
+    changed = changed_settings(previous.get("config") or {}, config)
+    if changed and cfg.on_stale == "rerun":
+        log.info(
+            "rerun: %s ran with other settings (%s); its records are now in %s",
+            job_dir,
+            "; ".join(changed),
+            set_aside(job_dir),
+        )
+        previous = {}
+    elif changed and cfg.on_stale == "stop":
+        sys.exit(f"zr_ablate: error: {stale_line(job_dir, changed)}")
     if previous.get("status") in FINAL_STATUSES:
         log.info("skip: %s is already %s (delete its result.json to run it again)", job_dir, previous["status"])
         return previous["status"]
@@ -67,7 +88,6 @@ def main(cfg: DictConfig) -> str:
         module, datamodule = build(cfg)
     except CONFIG_ERRORS as e:
         sys.exit(f"zr_ablate: error: {error_line(e)}")
-    config = OmegaConf.to_container(cfg, resolve=True)
     wandb_logger = start_run(
         cfg.logger.mode,
         project=cfg.logger.project,

@@ -1,6 +1,7 @@
 import pytest
 from hydra import compose, initialize_config_dir
 
+import zr_ablate.schema  # noqa: F401  registers the config schema that conf/config.yaml starts from
 from tests.conftest import REPO
 from zr_ablate.dropout import Connection, DropoutSpec
 
@@ -50,3 +51,26 @@ def test_preset_files_fill_the_spec(name, recurrent, mask):
 def test_bad_probability_in_config_is_an_error():
     with pytest.raises(ValueError, match="dropout.recurrent: dropout probability"):
         compose_spec("dropout=naive", "dropout.recurrent.p=1.0")
+
+
+def test_changed_settings_leave_out_what_cannot_change_the_numbers():
+    from zr_ablate.records import changed_settings
+
+    old = {
+        "seed": 1,
+        "threads": 2,
+        "model": {"hidden": 650, "lstm_impl": "auto"},
+        "logger": {"mode": "offline"},
+        "data": {"dir": "/a", "bptt": 35},
+        "gone": 1,
+    }
+    new = {
+        "seed": 1,
+        "threads": 4,
+        "model": {"hidden": 200, "lstm_impl": "loop", "loop_kernel": "triton"},
+        "logger": {"mode": "online", "project": "x"},
+        "data": {"dir": "/b", "bptt": 20},
+        "cuda_graph": "step",
+    }
+    assert changed_settings(old, new) == ["data.bptt: 35 -> 20", "model.hidden: 650 -> 200"]
+    assert changed_settings({}, new) == []  # a job with no record yet

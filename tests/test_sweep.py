@@ -145,6 +145,36 @@ def test_submitit_local_launcher_runs_real_processes(tmp_path, ptb_dir):
     assert list(tmp_path.glob("adhoc/.submitit/*"))  # really went through submitit
 
 
+def test_a_record_made_with_other_settings_is_never_silently_reused(tmp_path, ptb_dir):
+    """The profile changed since a job completed (here: its recorded hidden size edited): a rerun stops with
+    one line naming the setting, keeps the record with on_stale=keep, and with on_stale=rerun sets the old
+    records aside and trains again."""
+    args = ["dropout=zaremba,none", "logger.mode=disabled", "trainer.max_epochs=1"]
+    assert run(tmp_path, ptb_dir, *args, multirun=True).returncode == 0
+    job = tmp_path / "adhoc" / "dropout=zaremba,model=tiny,trainer.max_epochs=1"
+    record = json.loads((job / "result.json").read_text())
+    record["config"]["model"]["hidden"] = 32  # as if the tiny profile had said 32 then
+    (job / "result.json").write_text(json.dumps(record))
+    before = (job / "result.json").read_text()
+
+    stopped = run(tmp_path, ptb_dir, *args, multirun=True)
+    [line] = [x for x in stopped.stderr.splitlines() if x.startswith("zr_ablate: error:")]
+    assert stopped.returncode != 0 and "was run with other settings (model.hidden: 32 -> 16)" in line
+    assert "on_stale=rerun" in line and (job / "result.json").read_text() == before  # nothing ran
+    single = run(tmp_path, ptb_dir, "dropout=zaremba", "logger.mode=disabled", "trainer.max_epochs=1")
+    assert single.returncode != 0 and "model.hidden: 32 -> 16" in single.stderr  # a single job checks too
+
+    kept = run(tmp_path, ptb_dir, *args, "on_stale=keep", multirun=True)
+    assert kept.returncode == 0 and "0 completed, 0 diverged, 0 failed, 2 skipped" in kept.stdout
+    assert (job / "result.json").read_text() == before
+
+    rerun = run(tmp_path, ptb_dir, *args, "on_stale=rerun", multirun=True)
+    assert rerun.returncode == 0 and "1 completed" in rerun.stdout and "1 skipped" in rerun.stdout
+    [stale] = job.glob("stale-*")
+    assert (stale / "result.json").read_text() == before and (stale / "checkpoints" / "last.ckpt").is_file()
+    assert json.loads((job / "result.json").read_text())["config"]["model"]["hidden"] == 16
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -152,6 +182,14 @@ def test_submitit_local_launcher_runs_real_processes(tmp_path, ptb_dir):
         (["dropout=zaremba", "dropout.pp=0.3"], "Could not override 'dropout.pp'"),
         (["dropout=none,zaremba", "dropout.p=0.3,1.5"], "zaremba,dropout.p=1.5"),
         (["dropout=zaremba", "data.bptt=5,900", "data.train_tokens=2000"], "unroll 900 is longer"),
+        # typed config: a value of the wrong type or an unknown connection fails when the job is composed
+        (
+            ["seed=2,abc"],
+            "seed=abc: Error merging override seed=abc (Value 'abc' of type 'str' could not be "
+            "converted to Integer)",
+        ),
+        (["dropout.recurent.p=0.2,0.3"], "Key 'recurent' not in 'DropoutConf'"),
+        (["data.bptt=5,0"], "data.bptt=0: data.bptt=0 is out of range: it must be an integer >= 1"),
     ],
 )
 def test_bad_sweeps_stop_before_any_job_trains(tmp_path, ptb_dir, args, message):

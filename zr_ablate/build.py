@@ -14,7 +14,7 @@ tests build through these functions, so a setting is wired to its constructor in
 from __future__ import annotations
 
 import torch
-from hydra.errors import InstantiationException
+from hydra.errors import ConfigCompositionException, InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,15 +23,25 @@ from .dropout import DropoutSpec
 from .mc import MCDropoutEval
 from .model import LSTMLanguageModel
 from .module import LMModule
+from .schema import Config, check_ranges
 from .step import TrainStep
 
 CONFIG_ERRORS = (ValueError, DataError, InstantiationException)
-CUDA_GRAPHS = ("off", "layers", "step")
 
 
 def error_line(e: BaseException) -> str:
-    """The message that names the fix: instantiate() wraps the constructor's own error, so unwrap it."""
-    return str(e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e)
+    """One line that names the fix. instantiate() wraps the constructor's own error: unwrap it. Hydra's
+    compose wraps OmegaConf's (a value of the wrong type, an unknown key): keep both first lines."""
+    cause = e.__cause__
+    if isinstance(e, InstantiationException) and cause:
+        return _first_line(cause)
+    if isinstance(e, ConfigCompositionException) and cause:
+        return f"{_first_line(e).rstrip('.')} ({_first_line(cause)})"
+    return _first_line(e)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def dropout_spec(cfg: DictConfig) -> DropoutSpec:
@@ -48,15 +58,9 @@ def model(cfg: DictConfig, vocab_size: int) -> LSTMLanguageModel:
         init_scale=m.init_scale,
         tie_weights=m.tie_weights,
         lstm_impl=m.lstm_impl,
-        cuda_graph=cuda_graph(cfg) == "layers",
+        cuda_graph=cfg.cuda_graph == "layers",
         loop_kernel=m.loop_kernel,
     )
-
-
-def cuda_graph(cfg: DictConfig) -> str:
-    if cfg.cuda_graph not in CUDA_GRAPHS:
-        raise ValueError(f"cuda_graph must be one of {', '.join(CUDA_GRAPHS)}, got {cfg.cuda_graph!r}")
-    return cfg.cuda_graph
 
 
 def lm_module(cfg: DictConfig, lm: LSTMLanguageModel) -> LMModule:
@@ -65,13 +69,34 @@ def lm_module(cfg: DictConfig, lm: LSTMLanguageModel) -> LMModule:
         **cfg.optim,
         mc_samples=cfg.eval.mc_samples,
         check_every=cfg.check_every_n_steps,
-        cuda_graph=cuda_graph(cfg) == "step",
+        cuda_graph=cfg.cuda_graph == "step",
     )
 
 
 def train_step(cfg: DictConfig, lm: LSTMLanguageModel) -> TrainStep:
     """The bench's plain loop takes the same step as LMModule."""
-    return TrainStep(lm, cfg.optim.clip, cuda_graph=cuda_graph(cfg) == "step")
+    return TrainStep(lm, cfg.optim.clip, cuda_graph=cfg.cuda_graph == "step")
+
+
+def saved_config(saved: dict | DictConfig) -> DictConfig:
+    """A job's config as it was saved (.hydra/config.yaml, result.json), typed by today's schema: keys added
+    since take their defaults, keys since removed are dropped, and a renamed setting is carried over
+    (model.lstm_impl=triton is now lstm_impl=loop with model.loop_kernel=triton)."""
+    saved = OmegaConf.to_container(OmegaConf.create(saved))
+    model = saved.get("model", {})
+    if model.get("lstm_impl") == "triton":
+        model.update(lstm_impl="loop", loop_kernel="triton")
+    schema = OmegaConf.structured(Config)
+    return OmegaConf.merge(schema, _known(saved, OmegaConf.to_container(schema)))
+
+
+def _known(saved: dict, schema: dict) -> dict:
+    """`saved` without the keys `schema` does not have (free-form nodes, such as trainer, kept whole)."""
+    return {
+        k: _known(v, schema[k]) if isinstance(v, dict) and isinstance(schema[k], dict) and schema[k] else v
+        for k, v in saved.items()
+        if k in schema
+    }
 
 
 def datamodule(cfg: DictConfig) -> PTBDataModule:
@@ -81,8 +106,8 @@ def datamodule(cfg: DictConfig) -> PTBDataModule:
 def check(cfg: DictConfig) -> None:
     """Cheap checks of one job's settings, without data or model: raises ValueError naming the fix.
     Run for every job of a sweep before any job trains (zr_ablate.sweep.SweepGuard)."""
+    check_ranges(cfg)
     dropout_spec(cfg)
-    cuda_graph(cfg)
     LMModule.check_settings(**cfg.optim)
     MCDropoutEval(cfg.eval.mc_samples)
     datamodule(cfg).check_shape()
@@ -90,6 +115,7 @@ def check(cfg: DictConfig) -> None:
 
 def build(cfg: DictConfig) -> tuple[LMModule, PTBDataModule]:
     """Config -> (Lightning module, data module). Raises one of CONFIG_ERRORS on bad settings."""
+    check_ranges(cfg)
     data = datamodule(cfg)
     data.setup()  # the vocabulary size shapes the model
     return lm_module(cfg, model(cfg, len(data.vocab))), data

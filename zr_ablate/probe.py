@@ -96,9 +96,9 @@ def probe_model(model: LSTMLanguageModel, stream: torch.Tensor, ks: list[int], m
 
 # --- jobs -----------------------------------------------------------------------------------------------
 def job_config(job: Path, data_dir: str | None):
-    """The job's composed config (.hydra/config.yaml). model.cuda_graph defaults for runs saved before it
-    existed; data_dir replaces data.dir (the folder the job was trained with may be elsewhere now)."""
-    cfg = OmegaConf.merge({"model": {"cuda_graph": False}}, OmegaConf.load(job / ".hydra" / "config.yaml"))
+    """The job's composed config (.hydra/config.yaml) under today's schema (build.saved_config); data_dir
+    replaces data.dir (the folder the job was trained with may be elsewhere now)."""
+    cfg = build.saved_config(OmegaConf.load(job / ".hydra" / "config.yaml"))
     if data_dir:
         cfg.data.dir = data_dir
     return cfg

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 RESULT, EPOCHS, CHECKPOINTS, HYDRA_CONFIG = "result.json", "epochs.csv", "checkpoints", ".hydra/config.yaml"
 LAST_CHECKPOINT = f"{CHECKPOINTS}/last.ckpt"
@@ -40,6 +44,84 @@ RECORD_FIELDS = [
 ]
 SUMMARY_FIELDS = ["status", *RECORD_FIELDS]
 EPOCH_FIELDS = ["epoch", "lr", "train_loss", "train_ppl", "val_loss", "val_ppl", "tokens_per_s", "train_s", "elapsed_s"]
+
+
+# Settings that cannot change a job's numbers: left out of the job folder's name (conf/config.yaml reads this
+# list through the zr_neutral_keys resolver) and of the stale-result comparison. "logger" covers its node.
+NEUTRAL_KEYS = [
+    "sweep",
+    "grid",
+    "out_root",
+    "threads",
+    "check_every_n_steps",
+    "cuda_graph",
+    "on_stale",
+    "model.lstm_impl",
+    "model.loop_kernel",
+    "data.dir",
+    "data.cache_dir",
+    "data.download_timeout",
+    "logger",
+    "logger.mode",
+    "trainer.accelerator",
+    "trainer.devices",
+    "trainer.enable_progress_bar",
+]
+ON_STALE = ("stop", "rerun", "keep")
+
+
+def job_name(override_dirname: str) -> str:
+    """A job folder's name: its overrides (minus NEUTRAL_KEYS), as Hydra joins them; no overrides: default."""
+    return override_dirname or "default"
+
+
+def register_resolvers() -> None:
+    """The resolvers conf/config.yaml names the job folders with; before Hydra composes it."""
+    OmegaConf.register_new_resolver("zr_job_name", job_name, replace=True)
+    OmegaConf.register_new_resolver("zr_neutral_keys", lambda: list(NEUTRAL_KEYS), replace=True)
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def changed_settings(recorded: dict, current: dict) -> list[str]:
+    """The settings that differ between the config a job recorded and the one it would run with now, as
+    `key: old -> new`, leaving out NEUTRAL_KEYS and keys one side does not have (a record older than a
+    setting, or a setting since removed)."""
+    old, new = _flat(recorded), _flat(current)
+    neutral = tuple(NEUTRAL_KEYS)
+    return [
+        f"{k}: {old[k]!r} -> {new[k]!r}"
+        for k in sorted(old.keys() & new.keys())
+        if old[k] != new[k] and not (k in neutral or k.startswith(tuple(f"{n}." for n in neutral)))
+    ]
+
+
+def stale_line(job_dir: str | Path, changed: list[str]) -> str:
+    """The one line that stops a job whose record was made with other settings."""
+    return (
+        f"{job_dir} was run with other settings ({'; '.join(changed)}); pass on_stale=rerun to run it "
+        f"again (its records move to a stale-<time>/ folder inside it) or on_stale=keep to keep its result"
+    )
+
+
+def set_aside(job_dir: str | Path) -> Path:
+    """Move a job's records and checkpoints into stale-<time>/ inside its folder, so that it can run again
+    from scratch and nothing it wrote is lost. Returns that folder."""
+    job = Path(job_dir)
+    target = job / time.strftime("stale-%Y%m%d-%H%M%S")
+    target.mkdir()
+    for name in (RESULT, EPOCHS, CHECKPOINTS, "wandb"):
+        if (job / name).exists():
+            shutil.move(str(job / name), str(target / name))
+    return target
 
 
 class RecordError(ValueError):

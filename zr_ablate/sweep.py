@@ -2,8 +2,9 @@
 
 `SweepGuard` is a Hydra callback (conf/config.yaml, hydra.callbacks):
 - on_multirun_start: composes each job's config from the sweep's overrides and runs `check` on it, so an
-  impossible combination (a bad probability, an unroll longer than the data) is one line before any job
-  trains, naming the job;
+  impossible combination (a value of the wrong type, a bad probability, an unroll longer than the data) is
+  one line before any job trains, naming the job; and stops, with on_stale=stop, if a job's folder holds
+  a record made with other settings (records.changed_settings);
 - on_multirun_end: one summary line, completed / diverged / failed / skipped, and a non-zero exit if any
   job failed. Jobs that ran now are those whose .hydra/ files Hydra wrote after the sweep started.
 """
@@ -27,10 +28,25 @@ from .records import (
     RUNNING,
     SKIPPED,
     RecordError,
+    changed_settings,
+    job_name,
     read_result,
+    stale_line,
 )
 
 log = logging.getLogger(__name__)
+
+
+def stale_settings(job) -> str | None:
+    """With on_stale=stop, the line that stops the sweep if the job's folder holds a record made with other
+    settings; run.py takes the same decision again for a single job."""
+    from omegaconf import OmegaConf
+
+    folder = Path(job.hydra.sweep.dir) / job_name(job.hydra.job.override_dirname)
+    previous = read_result(folder) or {}
+    settings = OmegaConf.masked_copy(job, [k for k in job if k != "hydra"])
+    changed = changed_settings(previous.get("config") or {}, OmegaConf.to_container(settings, resolve=True))
+    return stale_line(folder, changed) if changed and job.on_stale == "stop" else None
 
 
 def job_overrides(config) -> list[list[str]]:
@@ -53,14 +69,19 @@ class SweepGuard(Callback):
         from hydra.utils import get_method
 
         self.started = time.time()
+        from .build import error_line  # the guard's check is build.check: torch is loaded for it anyway
+
         check = get_method(self.check)
         jobs = job_overrides(config)
         for overrides in jobs:
             try:
-                check(compose(config.hydra.job.config_name, overrides=overrides))
+                job = compose(config.hydra.job.config_name, overrides=overrides, return_hydra_config=True)
+                check(job)
+                stale = stale_settings(job)
             except Exception as e:
-                cause = e.__cause__ or e
-                sys.exit(f"zr_ablate: error: job {','.join(overrides)}: {cause}")
+                sys.exit(f"zr_ablate: error: job {','.join(overrides)}: {error_line(e)}")
+            if stale:
+                sys.exit(f"zr_ablate: error: {stale}")
         log.info("checked the settings of %d jobs", len(jobs))
 
     def on_multirun_end(self, config, **kwargs) -> None:

@@ -1,0 +1,160 @@
+"""The config's types, defaults and ranges, checked before any job trains.
+
+Types: dataclasses registered in Hydra's ConfigStore as `zr_ablate_schema`, the first entry of
+conf/config.yaml's defaults, so every YAML file and override is merged into typed nodes: OmegaConf itself
+rejects `seed=abc` or an unknown key when the config is composed. The defaults here are the paper's common
+settings and every dropout connection switched off, so a profile (conf/model/) states only what differs
+and a preset (conf/dropout/) only the connections it turns on, while `dropout.recurrent.p=0.2` still works
+on any preset.
+
+Ranges: `check_ranges`, run by build.check for every job of a sweep before any job trains (and by
+run.py for a single job), names the key and what it must be.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional  # noqa: UP035  OmegaConf reads these typing forms
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from .records import ON_STALE
+
+
+@dataclass
+class ConnectionConf:
+    p: float = 0.0
+    mask: str = "step"
+
+
+def _off(mask: str = "step"):
+    return field(default_factory=lambda: ConnectionConf(0.0, mask))
+
+
+@dataclass
+class DropoutConf:  # zr_ablate.dropout.DropoutSpec's connections, each off unless the preset turns it on
+    name: str = "custom"
+    p: float = 0.0  # the presets' shared rate, interpolated into the connections they use
+    word: ConnectionConf = _off("sequence")
+    embedding: ConnectionConf = _off()
+    between: ConnectionConf = _off()
+    recurrent: ConnectionConf = _off()
+    cell_update: ConnectionConf = _off()
+    weight_hh: ConnectionConf = _off("sequence")
+    zoneout_c: ConnectionConf = _off()
+    zoneout_h: ConnectionConf = _off()
+    output: ConnectionConf = _off()
+
+
+@dataclass
+class ModelConf:
+    name: str = MISSING
+    hidden: int = MISSING
+    init_scale: float = MISSING  # every parameter starts U(-a, a)
+    dropout_p: float = 0.0  # the presets' default rate
+    layers: int = 2
+    tie_weights: bool = False
+    lstm_impl: str = "auto"  # auto (fused where the placement allows) | fused | loop | reference
+    loop_kernel: str = "auto"  # the loop's step arithmetic: torch | triton (auto: triton on CUDA)
+
+
+@dataclass
+class DataConf:  # where PTB comes from: conf/data/ptb.yaml; its shape: the model profile, else these
+    _target_: str = "zr_ablate.data.PTBDataModule"
+    dir: Optional[str] = None  # noqa: UP045  a local folder (or env ZR_ABLATE_PTB_DIR); else the cache
+    cache_dir: str = MISSING
+    urls: Dict[str, str] = MISSING  # noqa: UP006
+    sha256: Dict[str, str] = MISSING  # noqa: UP006
+    download_timeout: float = 30.0
+    batch_size: int = 20
+    bptt: int = 35  # the unroll
+    eval_batch_size: int = 20  # validation (and the fast test protocol): batch 20 x bptt, as the paper
+    test_protocol: str = "paper"  # paper: batch 1, state carried over the whole test text | fast: batch 20
+    train_tokens: Optional[int] = None  # noqa: UP045  the first N training tokens only (CPU demo, tests)
+    eval_tokens: Optional[int] = None  # noqa: UP045  the first N valid/test tokens only (tests)
+
+
+@dataclass
+class OptimConf:
+    lr: float = 1.0
+    lr_decay: float = MISSING
+    decay_after: int = MISSING
+    clip: float = 5.0
+
+
+@dataclass
+class EvalConf:
+    mc_samples: int = 0  # MC-dropout test evaluation (Gal): the softmax averaged over K stochastic passes; 0 = off
+
+
+@dataclass
+class LoggerConf:  # values: conf/logger/wandb.yaml
+    mode: str = MISSING
+    project: str = MISSING
+    entity: Optional[str] = None  # noqa: UP045
+    log_every_n_steps: int = MISSING
+    init_timeout: float = MISSING
+
+
+@dataclass
+class Config:
+    seed: int = 1
+    threads: Optional[int] = None  # noqa: UP045  torch threads for this job; null = torch's, or cores / jobs at once
+    sweep: str = "adhoc"  # names the output folder <out_root>/<sweep>/ (a rerun finds its jobs there)
+    out_root: str = "outputs"
+    tf32: bool = False  # FP32 as the paper; true lets cuDNN and cuBLAS use TF32 on Ampere+ (in result.json)
+    check_every_n_steps: int = 50  # divergence check (a host-GPU sync) every N training steps and epoch end
+    cuda_graph: str = "step"  # CUDA training: step (the whole step) | layers (the loop's layers) | off
+    on_stale: str = "stop"  # a job folder whose record has other settings: stop | rerun (set it aside) | keep
+    eval: EvalConf = field(default_factory=EvalConf)
+    model: ModelConf = field(default_factory=ModelConf)
+    data: DataConf = field(default_factory=DataConf)
+    optim: OptimConf = field(default_factory=OptimConf)
+    dropout: DropoutConf = field(default_factory=DropoutConf)
+    logger: LoggerConf = field(default_factory=LoggerConf)
+    trainer: Dict[str, Any] = field(default_factory=dict)  # noqa: UP006  pytorch_lightning.Trainer arguments
+
+
+def register() -> None:
+    """Make `zr_ablate_schema` known to Hydra; call before composing (run.py, workload.settings, the tests)."""
+    ConfigStore.instance().store(name="zr_ablate_schema", node=Config)
+
+
+register()
+
+# key -> (test, what it must be). Checked after types, so values are ints and floats here.
+RANGES = {
+    "seed": (lambda v: v >= 0, "an integer >= 0"),
+    "threads": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
+    "check_every_n_steps": (lambda v: v >= 1, "an integer >= 1"),
+    "cuda_graph": (lambda v: v in ("off", "layers", "step"), "one of off, layers, step"),
+    "on_stale": (lambda v: v in ON_STALE, "one of stop, rerun, keep"),
+    "eval.mc_samples": (lambda v: v >= 0, "an integer >= 0 (0 = off)"),
+    "model.hidden": (lambda v: v >= 1, "an integer >= 1"),
+    "model.layers": (lambda v: v >= 1, "an integer >= 1"),
+    "model.init_scale": (lambda v: v > 0, "> 0"),
+    "model.lstm_impl": (lambda v: v in ("auto", "fused", "loop", "reference"), "one of auto, fused, loop, reference"),
+    "model.loop_kernel": (lambda v: v in ("auto", "torch", "triton"), "one of auto, torch, triton"),
+    "data.batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "data.bptt": (lambda v: v >= 1, "an integer >= 1"),
+    "data.eval_batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "data.test_protocol": (lambda v: v in ("paper", "fast"), "paper or fast"),
+    "data.train_tokens": (lambda v: v is None or v >= 2, "null or an integer >= 2"),
+    "data.eval_tokens": (lambda v: v is None or v >= 2, "null or an integer >= 2"),
+    "data.download_timeout": (lambda v: v > 0, "> 0 seconds"),
+    "logger.mode": (lambda v: v in ("auto", "online", "offline", "disabled"), "auto, online, offline or disabled"),
+    "logger.log_every_n_steps": (lambda v: v >= 1, "an integer >= 1"),
+    "logger.init_timeout": (lambda v: v > 0, "> 0 seconds"),
+    "trainer.max_epochs": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1 (0 records an untrained model)"),
+}
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """Raise ValueError naming the first key whose value is out of range and what it must be."""
+    for key, (ok, must) in RANGES.items():
+        node, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(cfg, node) if node else cfg
+        value = parent.get(leaf) if parent is not None else None
+        if value is None and key == "trainer.max_epochs":
+            continue  # Lightning's default then
+        if not ok(value):
+            raise ValueError(f"{key}={value!r} is out of range: it must be {must}")
