@@ -54,6 +54,9 @@ def test_download_into_empty_cache_verifies_and_is_reused(tmp_path, file_urls):
     assert {p.name for p in folder.glob("ptb.*.txt")} == set(SHA256)
     assert all(sha256_of(folder / n) == h for n, h in SHA256.items())
     assert not list(folder.glob("*.part"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {(folder / n).stat().st_mode & 0o777 for n in SHA256} == {0o666 & ~umask}  # a shared cache stays readable
     stamp = (folder / "ptb.train.txt").stat().st_mtime_ns
     ensure_ptb(None, str(cache), {s: "http://127.0.0.1:9/unreachable" for s in file_urls}, SHA256)
     assert (folder / "ptb.train.txt").stat().st_mtime_ns == stamp  # no network needed the second time
@@ -72,7 +75,7 @@ def test_download_with_wrong_content_names_file_and_both_hashes(tmp_path, file_u
         ensure_ptb(None, str(tmp_path / "c"), urls, SHA256)
     msg = str(e.value)
     assert "ptb.test.txt" in msg and SHA256["ptb.test.txt"] in msg and SHA256["ptb.valid.txt"] in msg
-    assert "\n" not in msg
+    assert "\n" not in msg and ".part" not in msg  # names the file and its address, not a temporary file
     assert not (tmp_path / "c" / "ptb.test.txt").exists() and not list((tmp_path / "c").glob("*.part"))
 
 

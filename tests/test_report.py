@@ -253,6 +253,23 @@ def test_wandb_flag_logs_an_aggregate_run_offline(sweep, tmp_path):
     assert all(logged[f"figure/{name}._type"] == "image-file" for name in FIGURES)
 
 
+def test_an_unreadable_record_is_listed_and_the_report_goes_on(sweep, tmp_path):
+    """A result.json cut short (a disk full, a hand edit): a warning names the file, the job is listed as
+    unreadable, and every other job is reported as before."""
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy)
+    broken = copy / "dropout=none,model=tiny,seed=1" / "result.json"
+    broken.write_text(broken.read_text()[:40])
+    proc = report(copy, "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"warning: {broken} is not a readable result" in proc.stderr
+    status = pd.read_csv(tmp_path / "out" / "status.csv")
+    assert status["unreadable"].sum() == 1 and status["total"].sum() == len(load_sweep(sweep)[0])
+    assert f"unreadable (1): `{broken.parent.name}` ({broken} is not a readable result" in (
+        (tmp_path / "out" / "results.md").read_text()
+    )
+
+
 @pytest.mark.parametrize(
     "source,message",
     [

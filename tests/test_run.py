@@ -101,3 +101,38 @@ def test_unknown_placement_is_rejected_by_name(tmp_path, ptb_dir):
     proc = run(tmp_path, f"data.dir={ptb_dir}", "dropout=gal", check=False)
     assert proc.returncode != 0 and "Could not find 'dropout/gal'" in proc.stderr
     assert "Available options" in proc.stderr and "zaremba" in proc.stderr
+
+
+@pytest.mark.parametrize("multirun", [False, True], ids=["run", "multirun"])
+@pytest.mark.parametrize("where", ["a-file", "/proc/zr_ablate"])
+def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path, ptb_dir, where, multirun):
+    """out_root an existing file, or somewhere nothing can be created: one line before Hydra makes a folder."""
+    out = tmp_path / where if where == "a-file" else where
+    if where == "a-file":
+        out.write_text("not a folder")
+    cmd = [
+        sys.executable,
+        "run.py",
+        *(["-m"] if multirun else []),
+        f"out_root={out}",
+        "model=tiny",
+        f"data.dir={ptb_dir}",
+        "logger.mode=disabled",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    [line] = [x for x in proc.stderr.splitlines() if x.startswith("zr_ablate: error:")]
+    assert f"cannot write job folders in {out}/adhoc" in line and "pass out_root=" in line
+
+
+def test_address_overrides_stay_out_of_the_job_folder_name(tmp_path, ptb_dir, file_urls):
+    """data.urls.* cannot change the numbers (the files are checksummed): an http:// address in the folder
+    name would split it into folders."""
+    run(
+        tmp_path,
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"data.urls.train={file_urls['train']}",
+        "logger.mode=disabled",
+        "trainer.max_epochs=1",
+    )
+    assert [p.name for p in (tmp_path / "adhoc").iterdir()] == ["model=tiny,trainer.max_epochs=1"]

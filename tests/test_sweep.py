@@ -108,25 +108,28 @@ def test_rerun_skips_completed_jobs_and_says_so(tmp_path, ptb_dir):
 
 
 def test_failed_and_diverged_jobs_do_not_stop_the_sweep(tmp_path, ptb_dir):
-    # Weights U(-1e38, 1e38) overflow the logits (NaN loss); max_epochs=-5 makes the Trainer raise.
+    # lr 1e6 sends the loss to inf or NaN (it used to end "completed" with inf perplexities); Lightning refuses
+    # gradient_clip_val under our manual optimisation once the job runs: a failure no pre-check sees.
     proc = run(
         tmp_path,
         ptb_dir,
         "dropout=zaremba",
-        "model.init_scale=0.1,1e38",
-        "trainer.max_epochs=2,-5",
+        "optim.lr=1.0,1e6",
+        "+trainer.gradient_clip_val=null,1.0",
         "logger.mode=disabled",
         multirun=True,
     )
     assert proc.returncode != 0
     assert "1 completed, 1 diverged, 2 failed, 0 skipped" in proc.stdout
-    status = {p.parent.name: json.loads(p.read_text())["status"] for p in tmp_path.glob("adhoc/*/result.json")}
-    assert status == {
-        "dropout=zaremba,model.init_scale=0.1,model=tiny,trainer.max_epochs=2": "completed",
-        "dropout=zaremba,model.init_scale=1e+38,model=tiny,trainer.max_epochs=2": "diverged",
-        "dropout=zaremba,model.init_scale=0.1,model=tiny,trainer.max_epochs=-5": "failed",
-        "dropout=zaremba,model.init_scale=1e+38,model=tiny,trainer.max_epochs=-5": "failed",
+    results = {p.parent.name: json.loads(p.read_text()) for p in tmp_path.glob("adhoc/*/result.json")}
+    assert {name: r["status"] for name, r in results.items()} == {
+        "+trainer.gradient_clip_val=null,dropout=zaremba,model=tiny,optim.lr=1.0": "completed",
+        "+trainer.gradient_clip_val=null,dropout=zaremba,model=tiny,optim.lr=1000000.0": "diverged",
+        "+trainer.gradient_clip_val=1.0,dropout=zaremba,model=tiny,optim.lr=1.0": "failed",
+        "+trainer.gradient_clip_val=1.0,dropout=zaremba,model=tiny,optim.lr=1000000.0": "failed",
     }
+    diverged = results["+trainer.gradient_clip_val=null,dropout=zaremba,model=tiny,optim.lr=1000000.0"]
+    assert "nats/token" in diverged["error"] and diverged.get("test_ppl") is None
 
 
 def test_submitit_local_launcher_runs_real_processes(tmp_path, ptb_dir):
@@ -185,8 +188,7 @@ def test_a_record_made_with_other_settings_is_never_silently_reused(tmp_path, pt
         # typed config: a value of the wrong type or an unknown connection fails when the job is composed
         (
             ["seed=2,abc"],
-            "seed=abc: Error merging override seed=abc (Value 'abc' of type 'str' could not be "
-            "converted to Integer)",
+            "seed=abc: Error merging override seed=abc (Value 'abc' of type 'str' could not be converted to Integer)",
         ),
         (["dropout.recurent.p=0.2,0.3"], "Key 'recurent' not in 'DropoutConf'"),
         (["data.bptt=5,0"], "data.bptt=0: data.bptt=0 is out of range: it must be an integer >= 1"),

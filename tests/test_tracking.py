@@ -1,6 +1,7 @@
 """W&B for real, offline: what each job's run recorded is read back from its .wandb file."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,24 @@ def test_mode_resolution_never_prompts(monkeypatch, tmp_path):
     assert resolve_mode("offline")[0] == "offline"
     with pytest.raises(ValueError, match="logger.mode must be one of"):
         resolve_mode("cloud")
+
+
+def test_online_without_a_network_says_it_waits_and_falls_back_to_offline(tmp_path, ptb_dir):
+    """A key but no reachable W&B: one line says how long it may wait, then the job logs offline."""
+    env = dict(os.environ, WANDB_API_KEY="x" * 40, WANDB_BASE_URL="http://127.0.0.1:9")
+    env.pop("WANDB_MODE", None)
+    cmd = [
+        sys.executable,
+        "run.py",
+        f"out_root={tmp_path}",
+        "model=tiny",
+        "logger.mode=online",
+        "logger.init_timeout=5",
+        f"data.dir={ptb_dir}",
+        "trainer.enable_progress_bar=false",
+        "threads=1",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "W&B: starting the run online (waiting up to 5 s for W&B" in proc.stdout + proc.stderr
+    assert list(tmp_path.glob("adhoc/*/wandb/offline-run-*/run-*.wandb"))

@@ -35,12 +35,19 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _check(path: Path, expected: str | None, fix: str) -> None:
+def _check(path: Path, expected: str | None, fix: str, name: str | None = None) -> None:
+    """name: what to call the file in the message (a download's address rather than its temporary file)."""
     if expected is None:
         return
     actual = sha256_of(path)
     if actual != expected:
-        raise DataError(f"checksum mismatch for {path}: expected sha256 {expected}, got {actual}; {fix}")
+        raise DataError(f"checksum mismatch for {name or path}: expected sha256 {expected}, got {actual}; {fix}")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _download(url: str, dest: Path, expected: str | None, timeout: float) -> None:
@@ -50,7 +57,13 @@ def _download(url: str, dest: Path, expected: str | None, timeout: float) -> Non
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             while block := resp.read(1 << 20):
                 out.write(block)
-        _check(Path(tmp), expected, f"the download from {url} is not the PTB file; check the URL in data.urls")
+        _check(
+            Path(tmp),
+            expected,
+            f"the download from {url} is not the PTB file; check the URL in data.urls",
+            name=f"{dest.name} downloaded from {url}",
+        )
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600: a cache shared by users must stay readable
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):

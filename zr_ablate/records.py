@@ -21,11 +21,12 @@ from omegaconf import OmegaConf
 
 RESULT, EPOCHS, CHECKPOINTS, HYDRA_CONFIG = "result.json", "epochs.csv", "checkpoints", ".hydra/config.yaml"
 LAST_CHECKPOINT = f"{CHECKPOINTS}/last.ckpt"
-# Statuses a job records in result.json, and the two the readers add: "missing" (Hydra made the folder but
-# the job never wrote result.json) and, in a sweep's summary, "skipped" (final before this command started).
+# Statuses a job records in result.json, and those the readers add: "missing" (Hydra made the folder but the
+# job never wrote result.json), "unreadable" (its result.json is not JSON) and, in a sweep's summary,
+# "skipped" (final before this command started).
 COMPLETED, DIVERGED, FAILED, RUNNING = "completed", "diverged", "failed", "running"
-MISSING, SKIPPED = "missing", "skipped"
-STATUSES = (COMPLETED, DIVERGED, FAILED, RUNNING, MISSING)
+MISSING, UNREADABLE, SKIPPED = "missing", "unreadable", "skipped"
+STATUSES = (COMPLETED, DIVERGED, FAILED, RUNNING, MISSING, UNREADABLE)
 FINAL_STATUSES = (COMPLETED, DIVERGED)  # a rerun skips these; running and failed jobs are resumed
 # The per-job numbers of result.json; tracking.end_run copies them into the W&B run summary.
 RECORD_FIELDS = [
@@ -47,25 +48,15 @@ EPOCH_FIELDS = ["epoch", "lr", "train_loss", "train_ppl", "val_loss", "val_ppl",
 
 
 # Settings that cannot change a job's numbers: left out of the job folder's name (conf/config.yaml reads this
-# list through the zr_neutral_keys resolver) and of the stale-result comparison. "logger" covers its node.
+# list through the zr_neutral_keys resolver) and of the stale-result comparison. Hydra matches an override's
+# key exactly, so each is listed whole (data.urls.train, not data.urls).
 NEUTRAL_KEYS = [
-    "sweep",
-    "grid",
-    "out_root",
-    "threads",
-    "check_every_n_steps",
-    "cuda_graph",
-    "on_stale",
-    "model.lstm_impl",
-    "model.loop_kernel",
-    "data.dir",
-    "data.cache_dir",
-    "data.download_timeout",
-    "logger",
-    "logger.mode",
-    "trainer.accelerator",
-    "trainer.devices",
-    "trainer.enable_progress_bar",
+    *("sweep", "grid", "out_root", "threads", "check_every_n_steps", "cuda_graph", "on_stale"),
+    *("model.lstm_impl", "model.loop_kernel", "data.dir", "data.cache_dir", "data.download_timeout"),
+    *(f"data.urls.{split}" for split in ("train", "valid", "test")),
+    *(f"data.sha256.ptb.{split}.txt" for split in ("train", "valid", "test")),
+    *(f"logger.{key}" for key in ("mode", "project", "entity", "log_every_n_steps", "init_timeout")),
+    *("trainer.accelerator", "trainer.devices", "trainer.enable_progress_bar"),
 ]
 ON_STALE = ("stop", "rerun", "keep")
 
@@ -96,11 +87,10 @@ def changed_settings(recorded: dict, current: dict) -> list[str]:
     `key: old -> new`, leaving out NEUTRAL_KEYS and keys one side does not have (a record older than a
     setting, or a setting since removed)."""
     old, new = _flat(recorded), _flat(current)
-    neutral = tuple(NEUTRAL_KEYS)
     return [
         f"{k}: {old[k]!r} -> {new[k]!r}"
         for k in sorted(old.keys() & new.keys())
-        if old[k] != new[k] and not (k in neutral or k.startswith(tuple(f"{n}." for n in neutral)))
+        if old[k] != new[k] and k not in NEUTRAL_KEYS
     ]
 
 

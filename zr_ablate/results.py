@@ -7,6 +7,7 @@ whoever aggregates decides what to leave out.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +25,7 @@ from .records import (
     RECORD_FIELDS,
     RESULT,
     RUNNING,
+    UNREADABLE,
     RecordError,
     is_job_folder,
     read_result,
@@ -125,18 +127,19 @@ def load_sweep(path) -> tuple[pd.DataFrame, pd.DataFrame]:
         )
     rows, curves = [], []
     for job in jobs:
+        status, why = MISSING, "no result.json: the job never started or was killed before writing it"
         try:
             result = read_result(job)
-            why = "no result.json: the job never started or was killed before writing it"
         except RecordError as e:  # one unreadable record must not take the whole report down
-            result, why = None, str(e)
+            result, status, why = None, UNREADABLE, str(e)
+            print(f"warning: {e}", file=sys.stderr)
         if result is not None:
             row = _row(job.name, result.get("config") or {}, result, result.get("status"))
         else:
             # Hydra writes .hydra/config.yaml before the job starts; result.json comes a moment later.
             hydra_config = job / HYDRA_CONFIG
             config = _hydra_config(hydra_config) if hydra_config.exists() else {}
-            row = _row(job.name, config, {"error": why}, MISSING)
+            row = _row(job.name, config, {"error": why}, status)
         rows.append(row)
         if (job / EPOCHS).exists():
             curves.append(_with_identity(pd.read_csv(job / EPOCHS), row))

@@ -37,6 +37,19 @@ from .records import (
 log = logging.getLogger(__name__)
 
 
+def writable_or_exit(folder: Path) -> None:
+    """One line naming the fix when the output folder cannot be made or written (out_root a file, /proc/x)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".zr_ablate-write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        sys.exit(
+            f"zr_ablate: error: cannot write job folders in {folder} ({e.strerror}); pass out_root=<a writable folder>"
+        )
+
+
 def stale_settings(job) -> str | None:
     """With on_stale=stop, the line that stops the sweep if the job's folder holds a record made with other
     settings; run.py takes the same decision again for a single job."""
@@ -64,10 +77,15 @@ class SweepGuard(Callback):
         self.check = check  # dotted path of a function(job_config) that raises ValueError
         self.started = time.time()
 
+    def on_run_start(self, config, **kwargs) -> None:
+        """A single job: the output folder must be writable before Hydra makes the job's folder in it."""
+        writable_or_exit(Path(config.out_root) / config.sweep)
+
     def on_multirun_start(self, config, **kwargs) -> None:
         from hydra import compose
         from hydra.utils import get_method
 
+        writable_or_exit(Path(config.hydra.sweep.dir))
         self.started = time.time()
         from .build import error_line  # the guard's check is build.check: torch is loaded for it anyway
 

@@ -88,6 +88,8 @@ def start_run(
         id=run_id,
         resume="allow" if run_id else None,
     )
+    if mode == "online":
+        log.info("W&B: starting the run online (waiting up to %.0f s for W&B; logger.init_timeout)", init_timeout)
     try:
         run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=init_timeout), **kwargs)
     except Exception as e:  # no network, server down: keep the job, keep the record
