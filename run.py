@@ -29,7 +29,6 @@ from zr_ablate.records import (
     RecordError,
     changed_settings,
     read_result,
-    register_resolvers,
     set_aside,
     stale_line,
 )
@@ -38,7 +37,6 @@ from zr_ablate.train import run_job
 
 log = logging.getLogger("run")
 # Job folders are named from the overrides (not timestamps) so a rerun finds them; no overrides -> "default".
-register_resolvers()
 
 
 def thread_budget(cfg: DictConfig, hydra_cfg) -> int | None:

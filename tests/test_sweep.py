@@ -1,5 +1,6 @@
 """Sweeps that survive: resume after SIGKILL, skip finished jobs, isolate failures, named grids, launchers."""
 
+import itertools
 import json
 import os
 import signal
@@ -205,8 +206,11 @@ GRIDS = sorted((REPO / "sweeps" / "grid").glob("*.yaml"))
 
 @pytest.mark.parametrize("grid", GRIDS, ids=lambda p: p.stem)
 def test_named_grids_compose_and_match_their_wandb_sweeps(grid):
+    """Every job of a grid composes and passes the pre-check, and its W&B sweep config is current (written by
+    zr_ablate.wandb_sweeps) and runs exactly the same jobs."""
     from zr_ablate.build import check
     from zr_ablate.sweep import job_overrides
+    from zr_ablate.wandb_sweeps import wandb_sweep
 
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[f"grid={grid.stem}"], return_hydra_config=True)
@@ -215,9 +219,13 @@ def test_named_grids_compose_and_match_their_wandb_sweeps(grid):
             job = compose("config", overrides=[f"grid={grid.stem}", *overrides])
             check(job)
             assert job.sweep == grid.stem
-    params = yaml.safe_load((REPO / "sweeps" / "wandb" / grid.name).read_text())["parameters"]
-    sizes = [len(p.get("values", [p.get("value")])) for k, p in params.items() if k != "sweep"]
-    assert len(jobs) == pd.Series(sizes).prod() > 1
+    text = wandb_sweep(grid)
+    assert (REPO / "sweeps" / "wandb" / grid.name).read_text() == text, "run python -m zr_ablate.wandb_sweeps"
+    params = {k: v.get("values", [v.get("value")]) for k, v in yaml.safe_load(text)["parameters"].items()}
+    del params["sweep"]
+    wandb_jobs = {frozenset(f"{k}={v}" for k, v in zip(params, combo)) for combo in itertools.product(*params.values())}
+    hydra_jobs = {frozenset(o for o in job if not o.startswith("grid=")) for job in jobs}  # the grid itself
+    assert wandb_jobs == hydra_jobs and len(jobs) > 1
 
 
 def test_table1_pairs_each_size_with_the_papers_placement():

@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional  # noqa: UP035  OmegaConf reads these typ
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from .records import ON_STALE
+from .records import ON_STALE, register_resolvers
 
 
 @dataclass
@@ -115,8 +115,10 @@ class Config:
 
 
 def register() -> None:
-    """Make `zr_ablate_schema` known to Hydra; call before composing (run.py, workload.settings, the tests)."""
+    """Make `zr_ablate_schema` and the job-folder resolvers known to Hydra: done on import, which run.py,
+    the bench and the tests do (through build) before they compose."""
     ConfigStore.instance().store(name="zr_ablate_schema", node=Config)
+    register_resolvers()
 
 
 register()
