@@ -67,16 +67,16 @@ def test_joblib_launcher_with_reused_workers_gives_one_run_per_job(tmp_path, ptb
 
 
 def test_a_crashing_job_ends_its_run_with_a_nonzero_exit_code(tmp_path, ptb_dir):
-    # max_epochs=-5 makes the Trainer raise after the W&B run has started.
-    proc = sweep(tmp_path, ptb_dir, "dropout=zaremba", "trainer.max_epochs=2,-5")
+    # Lightning refuses gradient_clip_val under our manual optimisation: a crash after the W&B run started.
+    proc = sweep(tmp_path, ptb_dir, "dropout=zaremba", "+trainer.gradient_clip_val=null,1.0")
     assert proc.returncode != 0
     jobs = tmp_path / "track"
-    crashed = read_run(jobs / "dropout=zaremba,model=tiny,trainer.max_epochs=-5")
-    fine = read_run(jobs / "dropout=zaremba,model=tiny,trainer.max_epochs=2")
+    crashed_job = jobs / "+trainer.gradient_clip_val=1.0,dropout=zaremba,model=tiny"
+    crashed, fine = read_run(crashed_job), read_run(jobs / "+trainer.gradient_clip_val=null,dropout=zaremba,model=tiny")
     assert crashed["exit_code"] == 1 and fine["exit_code"] == 0
     assert crashed["run_id"] != fine["run_id"]
-    failed = json.loads((jobs / "dropout=zaremba,model=tiny,trainer.max_epochs=-5" / "result.json").read_text())
-    assert failed["status"] == "failed" and "max_epochs" in failed["error"]
+    failed = json.loads((crashed_job / "result.json").read_text())
+    assert failed["status"] == "failed" and "gradient_clip_val" in failed["error"]
 
 
 def test_mode_resolution_never_prompts(monkeypatch, tmp_path):
