@@ -21,11 +21,14 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 # The four dropout placements on the CPU-sized demo profile, two jobs at a time with one torch thread
-# each (a 2x200 model gains little from a second thread, so this is the faster use of 2 cores).
-# Progress: one log line per epoch and job.
+# each (a 2x200 model gains little from a second thread, so this is the faster use of 2 cores), then their
+# report in $(DEMO_OUT)/demo/report/ (also when a job failed: the report says which). Progress: one log
+# line per epoch and job (no progress bars: two jobs share the terminal).
+DEMO_OUT ?= outputs
 demo: setup
-	$(BIN)/python run.py -m dropout=none,naive,zaremba,variational model=demo sweep=demo \
-		hydra/launcher=local trainer.enable_progress_bar=false $(if $(PTB_DIR),data.dir=$(PTB_DIR)) $(DEMO_ARGS)
+	$(BIN)/python run.py -m dropout=none,naive,zaremba,variational model=demo sweep=demo out_root=$(DEMO_OUT) \
+		hydra/launcher=local trainer.enable_progress_bar=false $(if $(PTB_DIR),data.dir=$(PTB_DIR)) $(DEMO_ARGS); \
+	status=$$?; $(BIN)/python -m zr_ablate.report $(DEMO_OUT)/demo --out $(DEMO_OUT)/demo/report; exit $$status
 
 test: setup
 	$(BIN)/python -m pytest

@@ -23,6 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from zr_ablate.build import CONFIG_ERRORS, apply_precision, build, error_line
+from zr_ablate.quiet import silence
 from zr_ablate.records import (
     FAILED,
     FINAL_STATUSES,
@@ -35,6 +36,7 @@ from zr_ablate.records import (
 from zr_ablate.tracking import end_run, finish_run, start_run
 from zr_ablate.train import run_job
 
+silence()  # before Lightning or W&B say anything
 log = logging.getLogger("run")
 # Job folders are named from the overrides (not timestamps) so a rerun finds them; no overrides -> "default".
 
@@ -56,6 +58,7 @@ def thread_budget(cfg: DictConfig, hydra_cfg) -> int | None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> str:
+    silence()  # again: joblib's workers run this function without importing this file
     hydra_cfg = HydraConfig.get()
     job_dir = hydra_cfg.runtime.output_dir
     try:
@@ -97,9 +100,13 @@ def main(cfg: DictConfig) -> str:
         job_dir=job_dir,
         init_timeout=cfg.logger.init_timeout,
         run_id=previous.get("wandb_run_id"),
+        quiet=cfg.logger.quiet,
     )
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_kwargs["log_every_n_steps"] = cfg.logger.log_every_n_steps
+    # A progress bar only on a terminal (Lightning's rich one); in a log file its carriage-return updates are
+    # hundreds of lines, and the one line per epoch says enough.
+    trainer_kwargs["enable_progress_bar"] = trainer_kwargs.get("enable_progress_bar", True) and sys.stdout.isatty()
     extra = {
         "wandb_run_id": wandb_logger.experiment.id if wandb_logger else None,
         "threads": threads,

@@ -136,3 +136,32 @@ def test_address_overrides_stay_out_of_the_job_folder_name(tmp_path, ptb_dir, fi
         "trainer.max_epochs=1",
     )
     assert [p.name for p in (tmp_path / "adhoc").iterdir()] == ["model=tiny,trainer.max_epochs=1"]
+
+
+def test_make_demo_ends_in_a_report_on_a_quiet_console(tmp_path, ptb_dir):
+    """make demo, on the tiny profile: the console holds the epoch lines, the sweep's summary and table, and
+    the report's path; no Lightning tip, deprecation warning, srun hint or W&B banner."""
+    proc = subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            "demo",
+            f"PTB_DIR={ptb_dir}",
+            f"DEMO_OUT={tmp_path}",
+            "DEMO_ARGS=model=tiny trainer.max_epochs=1 logger.mode=offline",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    console = proc.stdout + proc.stderr
+    assert proc.returncode == 0, console[-3000:]
+    report = tmp_path / "demo" / "report"
+    assert f"report: {report / 'results.md'}" in console
+    assert (report / "results.md").is_file() and (report / "val_curves.png").is_file()
+    assert "| tiny | zaremba | 1 | completed |" in console  # the compact table, after the sweep and the report
+    assert "4 completed, 0 diverged, 0 failed, 0 skipped" in console
+    for noise in ("Tip:", "LeafSpec", "srun", "wandb:", "Run summary", "does not have many workers"):
+        assert noise not in console, noise
+    assert console.count("epoch 1:") == 4

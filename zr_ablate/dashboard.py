@@ -37,8 +37,9 @@ def panels(rates: list[str]) -> list:
     shown = [
         wr.LinePlot(title="validation perplexity per epoch", x="epoch", y=["val_ppl"], log_y=True, **grouped),
         wr.BarPlot(title="test perplexity (paper protocol)", metrics=[wr.SummaryMetric("test_ppl")], **grouped),
-        wr.LinePlot(title="train vs validation perplexity", x="epoch", y=["train_ppl", "val_ppl"], log_y=True,
-                    **grouped),
+        wr.LinePlot(
+            title="train vs validation perplexity", x="epoch", y=["train_ppl", "val_ppl"], log_y=True, **grouped
+        ),
         wr.LinePlot(title="gradient norm before clipping", x="Step", y=["grad_norm"], log_y=True, **grouped),
     ]
     if rates:
@@ -64,8 +65,7 @@ def workspace(entity: str, project: str, group: str, rates: list[str]) -> ws.Wor
 
 def report(entity: str, project: str, group: str, rates: list[str], table: str | None) -> wr.Report:
     """A W&B Report: the same panels over the sweep's runs, and the report's table as text."""
-    runset = wr.Runset(entity=entity, project=project, name=group, filters=f"Group = '{group}'",
-                       groupby=[PLACEMENT])
+    runset = wr.Runset(entity=entity, project=project, name=group, filters=f"Group = '{group}'", groupby=[PLACEMENT])
     blocks = [
         wr.H1(f"Dropout placement on PTB: {group}"),
         wr.P("Each run is one job of the sweep; lines are the mean over seeds, bands one standard deviation."),
@@ -83,8 +83,10 @@ def swept_rates(report_dir: Path | None) -> list[str]:
     import pandas as pd
 
     runs = pd.read_csv(report_dir / "runs.csv")
-    columns = {"dropout.p": "p", **{f"dropout.{c}.p": f"{c}_p" for c in ("recurrent", "cell_update", "weight_hh",
-                                                                          "zoneout_c")}}
+    columns = {
+        "dropout.p": "p",
+        **{f"dropout.{c}.p": f"{c}_p" for c in ("recurrent", "cell_update", "weight_hh", "zoneout_c")},
+    }
     return [key for key in RATE_KEYS if columns[key] in runs and runs[columns[key]].nunique() > 1]
 
 
@@ -93,26 +95,40 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--group", required=True, help="the sweep's name: its W&B group")
     p.add_argument("--project", default="zr_ablate")
     p.add_argument("--entity", default=None, help="W&B entity (needed with --save)")
-    p.add_argument("--report", type=Path, default=None,
-                   help="a report folder (python -m zr_ablate.report): its table goes into the W&B Report, its "
-                        "runs.csv says which rate the sweep varies")
+    p.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="a report folder (python -m zr_ablate.report): its table goes into the W&B Report, its "
+        "runs.csv says which rate the sweep varies",
+    )
     p.add_argument("--save", action="store_true", help="create the view and the Report on W&B (needs a network)")
     args = p.parse_args(argv)
     if args.save and not args.entity:
         p.error("--save needs --entity (the W&B user or team that owns the project)")
     if args.report is not None and not (args.report / "results.md").is_file():
-        sys.exit(f"zr_ablate.dashboard: error: {args.report} holds no results.md; pass a folder written by "
-                 f"python -m zr_ablate.report")
+        sys.exit(
+            f"zr_ablate.dashboard: error: {args.report} holds no results.md; pass a folder written by "
+            f"python -m zr_ablate.report"
+        )
     rates = swept_rates(args.report)
-    table = (args.report / "perplexity.md").read_text() if args.report and (args.report / "perplexity.md").is_file() \
+    table = (
+        (args.report / "perplexity.md").read_text()
+        if args.report and (args.report / "perplexity.md").is_file()
         else None
+    )
     entity = args.entity or "ENTITY"
-    view, doc = workspace(entity, args.project, args.group, rates), report(entity, args.project, args.group, rates, table)
+    view, doc = (
+        workspace(entity, args.project, args.group, rates),
+        report(entity, args.project, args.group, rates, table),
+    )
     if not args.save:
         print(json.dumps(view._to_model().model_dump(mode="json", by_alias=True, exclude_none=True), indent=1))
-        print(f"built offline: a workspace view ({len(view.sections[0].panels)} panels) and a Report "
-              f"({len(doc.blocks)} blocks) for {args.project}/{args.group}; --save --entity E creates them on W&B",
-              file=sys.stderr)
+        print(
+            f"built offline: a workspace view ({len(view.sections[0].panels)} panels) and a Report "
+            f"({len(doc.blocks)} blocks) for {args.project}/{args.group}; --save --entity E creates them on W&B",
+            file=sys.stderr,
+        )
         return
     view.save()
     doc.save()

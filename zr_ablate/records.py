@@ -55,7 +55,7 @@ NEUTRAL_KEYS = [
     *("model.lstm_impl", "model.loop_kernel", "data.dir", "data.cache_dir", "data.download_timeout"),
     *(f"data.urls.{split}" for split in ("train", "valid", "test")),
     *(f"data.sha256.ptb.{split}.txt" for split in ("train", "valid", "test")),
-    *(f"logger.{key}" for key in ("mode", "project", "entity", "log_every_n_steps", "init_timeout")),
+    *(f"logger.{key}" for key in ("mode", "project", "entity", "log_every_n_steps", "init_timeout", "quiet")),
     *("trainer.accelerator", "trainer.devices", "trainer.enable_progress_bar"),
 ]
 ON_STALE = ("stop", "rerun", "keep")

@@ -93,6 +93,7 @@ class LoggerConf:  # values: conf/logger/wandb.yaml
     entity: Optional[str] = None  # noqa: UP045
     log_every_n_steps: int = MISSING
     init_timeout: float = MISSING
+    quiet: bool = True  # W&B's banners and run-history blocks off; logger.quiet=false shows them
 
 
 @dataclass

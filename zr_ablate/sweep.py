@@ -122,5 +122,9 @@ class SweepGuard(Callback):
                 failed.append(job.name)
         line = ", ".join(f"{counts[s]} {s}" for s in (COMPLETED, DIVERGED, FAILED, SKIPPED))
         print(f"sweep {config.sweep} ({sweep}): {line}" + (f"; failed: {'; '.join(failed)}" if failed else ""))
+        from .report.tables import compact  # pandas, only now
+        from .results import load_sweep
+
+        print(compact(load_sweep(sweep)[0]))
         if failed:
             sys.exit(1)

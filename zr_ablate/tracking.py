@@ -61,8 +61,9 @@ def start_run(
     tags: list[str],
     config: dict,
     job_dir: str,
-    init_timeout: float = 90.0,
+    init_timeout: float = 30.0,
     run_id: str | None = None,
+    quiet: bool = True,
 ):
     """Start this job's W&B run and wrap it for Lightning; None when disabled.
 
@@ -91,7 +92,7 @@ def start_run(
     if mode == "online":
         log.info("W&B: starting the run online (waiting up to %.0f s for W&B; logger.init_timeout)", init_timeout)
     try:
-        run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=init_timeout), **kwargs)
+        run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=init_timeout, silent=quiet), **kwargs)
     except Exception as e:  # no network, server down: keep the job, keep the record
         if mode != "online":
             raise

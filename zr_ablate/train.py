@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
 
 from .clock import sync
 from .model import count_parameters
@@ -162,7 +162,7 @@ def run_job(
         checkpoint = ModelCheckpoint(
             dirpath=job / CHECKPOINTS, filename="last", save_top_k=1, enable_version_counter=False
         )  # one file, overwritten each epoch
-        callbacks = [recorder, checkpoint]
+        callbacks = [recorder, checkpoint] + ([RichProgressBar()] if trainer_kwargs.get("enable_progress_bar") else [])
         trainer = pl.Trainer(
             default_root_dir=str(job),
             callbacks=callbacks,

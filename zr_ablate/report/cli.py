@@ -22,7 +22,7 @@ from ..records import COMPLETED
 from ..results import NoRunsError
 from .figures import figures
 from .output import keep_runs, load, log_to_wandb, markdown, write_table
-from .tables import as_variants, swept, tables
+from .tables import as_variants, compact, swept, tables
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -63,4 +63,4 @@ def main(argv: list[str] | None = None) -> None:
     (out / "results.md").write_text(markdown(name, args.source, command, view, markdown_tables, figs))
     if args.wandb:
         log_to_wandb(name, {k: pair[0] for k, pair in numbers.items()} | {"runs": runs}, figs, out)
-    print(f"report: {out / 'results.md'}")
+    print(f"report: {out / 'results.md'}\n{compact(runs)}")

@@ -52,21 +52,24 @@ def tables(frames: dict[str, pd.DataFrame], split: str) -> dict[str, tuple[pd.Da
         k90=("k90", lambda ks: "/".join(sorted(set(ks), key=lambda k: float("inf") if k == "whole" else int(k)))),
     )
     gain = _sorted(gain.reset_index())
-    gain_shown = pd.DataFrame({
-        "size": gain["size"],
-        "placement": gain["placement"],
-        "seeds": gain["runs"],
-        "ppl, 1 token of context": _mean_sd(gain["ppl_k1_mean"], gain["ppl_k1_sd"]),
-        "ppl, whole stream": _mean_sd(gain["ppl_whole_mean"], gain["ppl_whole_sd"]),
-        "memory gain": _mean_sd(gain["gain_mean"], gain["gain_sd"]),
-        "k for 90% of it": gain["k90"],
-    })
+    gain_shown = pd.DataFrame(
+        {
+            "size": gain["size"],
+            "placement": gain["placement"],
+            "seeds": gain["runs"],
+            "ppl, 1 token of context": _mean_sd(gain["ppl_k1_mean"], gain["ppl_k1_sd"]),
+            "ppl, whole stream": _mean_sd(gain["ppl_whole_mean"], gain["ppl_whole_sd"]),
+            "memory gain": _mean_sd(gain["gain_mean"], gain["gain_sd"]),
+            "k for 90% of it": gain["k90"],
+        }
+    )
     probe = frames["probe"][frames["probe"]["split"] == split]
     ks = _ks(probe)
     stats = probe.groupby(["size", "placement", "k"])["ppl"].agg(["mean", "std"]).reset_index()
     wide = _sorted(stats.pivot_table(index=["size", "placement"], columns="k", values="mean").reset_index())
     sd = stats.pivot_table(index=["size", "placement"], columns="k", values="std").reindex(
-        pd.MultiIndex.from_frame(wide[["size", "placement"]]))
+        pd.MultiIndex.from_frame(wide[["size", "placement"]])
+    )
     shown = wide[["size", "placement"]].copy()
     for k in ks:
         shown[f"k={k}"] = _mean_sd(wide[k], sd[k].reset_index(drop=True))
@@ -85,29 +88,60 @@ def figures(frames: dict[str, pd.DataFrame], split: str, palette: dict, out: Pat
         whole = frames["probe"].query("split == @split and k == 'whole' and size == @size")
         for placement, value in whole.groupby("placement")["ppl"].mean().items():
             ax.axhline(value, color=palette.get(placement), linestyle=":", linewidth=1)
-        ax.set(xscale="log", yscale="log", xlabel="context: state reset every k tokens", title=f"model size: {size}",
-               ylabel=f"{split} perplexity")
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="context: state reset every k tokens",
+            title=f"model size: {size}",
+            ylabel=f"{split} perplexity",
+        )
     ppl = _save(fig, out, f"memory_{split}", f"Perplexity against the context the model may use ({split})")
     positions = frames["positions"][frames["positions"]["split"] == split]
-    grid = sns.relplot(positions, x="position", y="nll", hue="placement", col="size", kind="line", palette=palette,
-                       errorbar="sd", height=3.5, aspect=1.4, facet_kws={"sharey": False})
+    grid = sns.relplot(
+        positions,
+        x="position",
+        y="nll",
+        hue="placement",
+        col="size",
+        kind="line",
+        palette=palette,
+        errorbar="sd",
+        height=3.5,
+        aspect=1.4,
+        facet_kws={"sharey": False},
+    )
     grid.set(xscale="log").set_axis_labels("position in a chunk (tokens of context so far)", "mean NLL (nats)")
     pos = _save(grid.figure, out, f"positions_{split}", f"Loss at each position of a chunk ({split})")
     return [
-        (ppl, f"{split.capitalize()} perplexity with the state reset every k tokens (dotted: the whole stream, "
-              f"state carried). Bands: ±1 sd over seeds. A placement whose curve keeps falling with k uses long "
-              f"context."),
-        (pos, f"Mean {split} loss at each position of the longest chunks: how fast the prediction improves as "
-              f"context accumulates."),
+        (
+            ppl,
+            f"{split.capitalize()} perplexity with the state reset every k tokens (dotted: the whole stream, "
+            f"state carried). Bands: ±1 sd over seeds. A placement whose curve keeps falling with k uses long "
+            f"context.",
+        ),
+        (
+            pos,
+            f"Mean {split} loss at each position of the longest chunks: how fast the prediction improves as "
+            f"context accumulates.",
+        ),
     ]
 
 
 def markdown(tables_md: dict[str, str], figs: list[tuple[Path, str]], split: str) -> str:
-    lines = ["## Memory: how much context each placement uses", "",
-             "`python -m zr_ablate.probe` on the final weights, dropout off: the split is cut into k-token chunks "
-             "that each start from the zero state, so no prediction sees more than k tokens (`whole`: the state "
-             "carried over the stream, the test protocol). Memory gain = perplexity with 1 token of context "
-             "minus with the whole stream; k90 = the smallest k that earns 90% of it (per seed).", "",
-             tables_md[f"memory_{split}"], "", tables_md[f"reset_{split}"], ""]
-    lines += [f"![{caption}]({png.name})\n\n{caption} ([PDF]({png.with_suffix('.pdf').name}))\n" for png, caption in figs]
+    lines = [
+        "## Memory: how much context each placement uses",
+        "",
+        "`python -m zr_ablate.probe` on the final weights, dropout off: the split is cut into k-token chunks "
+        "that each start from the zero state, so no prediction sees more than k tokens (`whole`: the state "
+        "carried over the stream, the test protocol). Memory gain = perplexity with 1 token of context "
+        "minus with the whole stream; k90 = the smallest k that earns 90% of it (per seed).",
+        "",
+        tables_md[f"memory_{split}"],
+        "",
+        tables_md[f"reset_{split}"],
+        "",
+    ]
+    lines += [
+        f"![{caption}]({png.name})\n\n{caption} ([PDF]({png.with_suffix('.pdf').name}))\n" for png, caption in figs
+    ]
     return "\n".join(lines)

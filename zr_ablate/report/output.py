@@ -24,6 +24,7 @@ PROTOCOLS = {
 def write_table(out: Path, name: str, numbers: pd.DataFrame, formatted: pd.DataFrame) -> str:
     """name.csv (numbers) and name.tex (formatted); returns the Markdown version."""
     numbers.to_csv(out / f"{name}.csv", index=False)
+    (out / f"{name}.md").write_text(markdown_table(formatted) + "\n")  # e.g. for the W&B Report (dashboard.py)
     tex = formatted.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
     (out / f"{name}.tex").write_text(
         "% needs \\usepackage{booktabs}\n" + tex.to_latex(hrules=True).replace("±", r"$\pm$")

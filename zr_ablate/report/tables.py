@@ -201,3 +201,23 @@ def tables(runs: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
     )
     status_shown = _rates_as_given(status, rates).rename(columns=key_names).map(_cell)
     return {"perplexity": (ppl, ppl_shown), "gap": (gap, gap_shown), "status": (status, status_shown)}
+
+
+def compact(runs: pd.DataFrame) -> str:
+    """One row per job (size, placement, seed, status, best validation, test, the published test value where
+    one is set beside it): what the end of a sweep and of a report print in the terminal."""
+    view = _sorted(as_variants(runs), KEYS + ["seed"])
+    rows = beside(view[["size", "placement", "seed", "status", "best_val_ppl", "test_ppl"]])
+    return markdown_table(
+        pd.DataFrame(
+            {
+                "size": rows["size"],
+                "placement": rows["placement"],
+                "seed": rows["seed"].map(lambda v: "" if pd.isna(v) else f"{v:g}"),
+                "status": rows["status"],
+                "best val": rows["best_val_ppl"].map(_cell),
+                "test": rows["test_ppl"].map(_cell),
+                "published test": rows["published_test_ppl"].map(_cell),
+            }
+        )
+    )
