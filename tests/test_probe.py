@@ -104,6 +104,16 @@ def test_probe_of_a_trained_job_matches_its_test_perplexity(tmp_path, ptb_dir):
     assert set(memory.split) == {"test", "valid"} and (memory.ppl_k1 > memory.ppl_whole).all()
     positions = pd.read_csv(tmp_path / "s" / "probe" / "positions.csv")
     assert positions.groupby("split").position.max().tolist() == [20, 20]
+    # the report shows it, and a report kept with --keep-runs regenerates it from its runs/
+    from zr_ablate.report.cli import main as report
+
+    report([str(tmp_path / "s"), "--out", str(tmp_path / "r"), "--keep-runs"])
+    assert "## Memory: how much context each placement uses" in (tmp_path / "r" / "results.md").read_text()
+    assert (tmp_path / "r" / "memory_test.png").is_file() and (tmp_path / "r" / "positions_test.png").is_file()
+    gain = pd.read_csv(tmp_path / "r" / "memory_test.csv")
+    assert gain.gain_mean.item() == pytest.approx(memory[memory.split == "test"].memory_gain.item())
+    report([str(tmp_path / "r" / "runs"), "--out", str(tmp_path / "again")])
+    assert (tmp_path / "again" / "memory_test.csv").read_text() == (tmp_path / "r" / "memory_test.csv").read_text()
 
 
 def test_a_sweep_without_checkpoints_says_what_to_do(tmp_path):

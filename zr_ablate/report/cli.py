@@ -20,7 +20,8 @@ from pathlib import Path
 
 from ..records import COMPLETED
 from ..results import NoRunsError
-from .figures import figures
+from . import memory
+from .figures import colours, figures
 from .output import keep_runs, load, log_to_wandb, markdown, write_table
 from .tables import as_variants, compact, swept, tables
 
@@ -60,7 +61,18 @@ def main(argv: list[str] | None = None) -> None:
     done, done_curves = view[view["status"] == COMPLETED], view_curves[view_curves["status"] == COMPLETED]
     figs = figures(done, done_curves, numbers["perplexity"][0], out, swept(view)) if len(done) else []
     command = shlex.join(["python", "-m", "zr_ablate.report", *(sys.argv[1:] if argv is None else argv)])
-    (out / "results.md").write_text(markdown(name, args.source, command, view, markdown_tables, figs))
+    text = markdown(name, args.source, command, view, markdown_tables, figs)
+    probe = None if args.source.startswith("wandb:") else memory.load(Path(args.source))
+    if probe is not None:  # python -m zr_ablate.probe ran on this sweep: how much context each placement uses
+        probe_numbers = memory.tables(probe, "test")
+        probe_tables = {key: write_table(out, key, *pair) for key, pair in probe_numbers.items()}
+        probe_figs = memory.figures(probe, "test", colours(probe["memory"]["placement"]), out)
+        text += "\n" + memory.markdown(probe_tables, probe_figs, "test")
+        numbers |= probe_numbers
+        figs = figs + probe_figs
+        if args.keep_runs:
+            memory.keep(Path(args.source), out / "runs")
+    (out / "results.md").write_text(text)
     if args.wandb:
         log_to_wandb(name, {k: pair[0] for k, pair in numbers.items()} | {"runs": runs}, figs, out)
     print(f"report: {out / 'results.md'}\n{compact(runs)}")

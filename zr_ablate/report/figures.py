@@ -26,6 +26,12 @@ RATE_AXIS = "dropout probability p"
 PUBLISHED = dict(color="crimson", linestyle="--", linewidth=2.5, zorder=4)
 
 
+def colours(placements) -> dict:
+    """A colour per placement, the same in every figure of a report (the probe's too)."""
+    ordered = _ordered(placements)
+    return dict(zip(ordered, sns.color_palette("colorblind", len(ordered))))
+
+
 def _log_if_wide(axes, values: pd.Series) -> None:
     # Early-epoch perplexities can be 10x the final ones; a log axis keeps the end of training readable.
     if values.max() > 5 * values.min():
@@ -281,7 +287,7 @@ def figures(
     """The figures of completed runs, saved as PNG and PDF; (PNG path, caption) for each. Three; where a
     sweep varies a probability (`rates`, see swept), curves per value of it and a fourth, sensitivity."""
     placements = _ordered(done["placement"])
-    palette = dict(zip(placements, sns.color_palette("colorblind", len(placements))))  # same in every figure
+    palette = colours(placements)
     seeds = done.groupby(KEYS + list(rates))["seed"].nunique().max()
     band = (
         f"line: mean over {seeds} seeds, band: ±1 sd"

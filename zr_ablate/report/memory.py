@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 import seaborn as sns
+from matplotlib.ticker import ScalarFormatter
 
-from .figures import _save, plt
+from .figures import _log_if_wide, _save, plt
 from .tables import _mean_sd, _ordered, _sorted
 
 PROBE = "probe"  # the probe's folder beside the job folders
@@ -65,15 +66,13 @@ def tables(frames: dict[str, pd.DataFrame], split: str) -> dict[str, tuple[pd.Da
     )
     probe = frames["probe"][frames["probe"]["split"] == split]
     ks = _ks(probe)
-    stats = probe.groupby(["size", "placement", "k"])["ppl"].agg(["mean", "std"]).reset_index()
-    wide = _sorted(stats.pivot_table(index=["size", "placement"], columns="k", values="mean").reset_index())
-    sd = stats.pivot_table(index=["size", "placement"], columns="k", values="std").reindex(
-        pd.MultiIndex.from_frame(wide[["size", "placement"]])
-    )
-    shown = wide[["size", "placement"]].copy()
+    stats = probe.groupby(["size", "placement", "k"])["ppl"].agg(["mean", "std"])
+    mean = _sorted(stats["mean"].unstack("k")[ks].reset_index())
+    sd = stats["std"].unstack("k")[ks].reindex(pd.MultiIndex.from_frame(mean[["size", "placement"]]))
+    shown = mean[["size", "placement"]].copy()
     for k in ks:
-        shown[f"k={k}"] = _mean_sd(wide[k], sd[k].reset_index(drop=True))
-    return {f"memory_{split}": (gain, gain_shown), f"reset_{split}": (wide[["size", "placement", *ks]], shown)}
+        shown[f"k={k}"] = _mean_sd(mean[k], sd[k].reset_index(drop=True))
+    return {f"memory_{split}": (gain, gain_shown), f"reset_{split}": (mean, shown)}
 
 
 def figures(frames: dict[str, pd.DataFrame], split: str, palette: dict, out: Path) -> list[tuple[Path, str]]:
@@ -90,11 +89,12 @@ def figures(frames: dict[str, pd.DataFrame], split: str, palette: dict, out: Pat
             ax.axhline(value, color=palette.get(placement), linestyle=":", linewidth=1)
         ax.set(
             xscale="log",
-            yscale="log",
             xlabel="context: state reset every k tokens",
             title=f"model size: {size}",
             ylabel=f"{split} perplexity",
         )
+        ax.xaxis.set_major_formatter(ScalarFormatter())  # 1, 10, 100 rather than 10^0, 10^1, 10^2
+        _log_if_wide([ax], data["ppl"])
     ppl = _save(fig, out, f"memory_{split}", f"Perplexity against the context the model may use ({split})")
     positions = frames["positions"][frames["positions"]["split"] == split]
     grid = sns.relplot(
