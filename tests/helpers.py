@@ -30,26 +30,34 @@ def _at(mask, t: int, off: float):
     return off if mask is None else mask[t if mask.size(0) > 1 else 0]
 
 
+def _gate_inputs(v, mask, features: int) -> list:
+    """The copy of v [B, F] each gate i, f, g, o sees: v * mask for a tied mask [B, F] (or none), v times
+    its own quarter of an untied mask [B, 4F]."""
+    if not torch.is_tensor(mask) or mask.size(-1) == features:
+        return [v * mask] * 4
+    return [v * m for m in mask.chunk(4, dim=-1)]
+
+
 def reference(core, x: torch.Tensor, state, masks: dict):
-    """An LSTM written from the equations, step by step, applying exactly the masks given (DroppedLSTM's
-    last_masks layout; a key that is absent is no mask): the embedding mask on x, between layers, h_{t-1}
-    where it enters the gates, the cell update g_t, W_hh (DropConnect), zoneout's d blending old and new c
-    and h (h from the new cell), and the output mask. Returns the output [T, B, H] and h, c [L, B, H]."""
+    """An LSTM written from the equations, step by step and gate by gate, applying exactly the masks given
+    (DroppedLSTM's last_masks layout; a key that is absent is no mask): the embedding mask on x, between
+    layers, h_{t-1} where it enters the gates (each tied, one mask for all four gates, or untied, [.., 4F]:
+    one per gate), the cell update g_t, W_hh (DropConnect), zoneout's d blending old and new c and h (h
+    from the new cell), and the output mask. Returns the output [T, B, H] and h, c [L, B, H]."""
     h0, c0 = state
-    if masks.get("embedding") is not None:
-        x = x * masks["embedding"]
     hs, cs = [], []
     for li, layer in enumerate(core.layers):
-        if li > 0 and _nth(masks, "between", li - 1) is not None:
-            x = x * _nth(masks, "between", li - 1)
+        x_mask = masks.get("embedding") if li == 0 else _nth(masks, "between", li - 1)
         w_mask = _nth(masks, "weight_hh", li)
         w_hh = layer.weight_hh_l0 if w_mask is None else layer.weight_hh_l0 * w_mask
+        w_ih, w_hh = layer.weight_ih_l0.chunk(4), w_hh.chunk(4)  # per gate: [H, I], [H, H]
+        bias = (layer.bias_ih_l0 + layer.bias_hh_l0).chunk(4)
         r, g_mask, d_c, d_h = (_nth(masks, k, li) for k in ("recurrent", "cell_update", "zoneout_c", "zoneout_h"))
         h, c, outs = h0[li], c0[li], []
         for t in range(x.size(0)):
-            h_in = h * _at(r, t, 1.0)
-            gates = x[t] @ layer.weight_ih_l0.T + layer.bias_ih_l0 + h_in @ w_hh.T + layer.bias_hh_l0
-            i, f, g, o = gates.chunk(4, 1)
+            xs = _gate_inputs(x[t], _at(x_mask, t, 1.0), x.size(-1))
+            hs_in = _gate_inputs(h, _at(r, t, 1.0), h.size(-1))
+            i, f, g, o = (xs[k] @ w_ih[k].T + hs_in[k] @ w_hh[k].T + bias[k] for k in range(4))
             c_new = f.sigmoid() * c + i.sigmoid() * g.tanh() * _at(g_mask, t, 1.0)
             h_new = o.sigmoid() * c_new.tanh()
             c = _at(d_c, t, 0.0) * c + (1 - _at(d_c, t, 0.0)) * c_new

@@ -74,3 +74,14 @@ def test_changed_settings_leave_out_what_cannot_change_the_numbers():
     }
     assert changed_settings(old, new) == ["data.bptt: 35 -> 20", "model.hidden: 650 -> 200"]
     assert changed_settings({}, new) == []  # a job with no record yet
+
+
+def test_gates_must_be_tied_or_untied_and_untied_only_where_a_connection_feeds_the_gates():
+    with pytest.raises(ValueError, match="gates must be one of"):
+        Connection(0.5, "sequence", "per-gate")
+    with pytest.raises(ValueError, match="dropout.output.gates=untied: only embedding, between, recurrent"):
+        DropoutSpec(output=Connection(0.5, "sequence", "untied"))
+    spec = compose_spec("dropout=gal", "model=medium")
+    assert spec.needs_step_loop and spec.recurrent.untied and not spec.output.untied
+    # untied embedding alone (no recurrent mask) also needs the loop: the fused kernel takes one input
+    assert DropoutSpec(embedding=Connection(0.5, "sequence", "untied")).needs_step_loop

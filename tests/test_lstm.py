@@ -21,9 +21,15 @@ def spec(kind: str, p: float = 0.5) -> DropoutSpec:
     return DropoutSpec(name=kind, embedding=c, between=c, recurrent=rec, output=c)
 
 
+def untied(p: float = 0.5) -> DropoutSpec:
+    """Gal & Ghahramani's untied variational dropout: a sequence mask per gate on every gate input."""
+    c = Connection(p, "sequence", "untied")
+    return DropoutSpec(name="gal_untied", embedding=c, between=c, recurrent=c, output=Connection(p, "sequence"))
+
+
 def make(kind: str, impl: str = "auto", seed: int = 0) -> DroppedLSTM:
     torch.manual_seed(seed)
-    core = DroppedLSTM(H, H, L, spec(kind), impl=impl)
+    core = DroppedLSTM(H, H, L, untied() if kind == "untied" else spec(kind), impl=impl)
     for p in core.parameters():
         nn.init.uniform_(p, -0.3, 0.3)
     return core
@@ -61,6 +67,10 @@ FAST_CASES = {
         zoneout_h=torch.full((1, 1, 1), 0.1, dtype=torch.float64),
     ),
     "dropped W_hh": lambda g: dict(w_hh=_bits(0.5, 4 * H, H, g=g) * 2),
+    # Untied (Gal's code): a mask per gate, [.., B, 4H] on h_{t-1} and [.., B, 4I] on the input.
+    "untied recurrent per sequence": lambda g: dict(recurrent=_bits(0.5, 1, B, 4 * H, g=g) * 2),
+    "untied recurrent per step": lambda g: dict(recurrent=_bits(0.5, T, B, 4 * H, g=g) * 2),
+    "untied input": lambda g: dict(input_mask=_bits(0.5, 1, B, 4 * H, g=g) * 2),
     "all at once": lambda g: dict(
         recurrent=_bits(0.5, 1, B, H, g=g) * 2,
         cell_update=_bits(0.7, T, B, H, g=g) / 0.7,
@@ -111,7 +121,7 @@ def test_fast_loop_equals_the_reference_loop_in_outputs_and_every_gradient(case,
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
 
 
-@pytest.mark.parametrize("kind", ["naive", "variational"])
+@pytest.mark.parametrize("kind", ["naive", "variational", "untied"])
 def test_the_core_draws_the_same_masks_and_numbers_on_the_fast_and_the_reference_loop(kind):
     x, state = inputs()
     results = []
@@ -126,7 +136,7 @@ def test_the_core_draws_the_same_masks_and_numbers_on_the_fast_and_the_reference
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
 
 
-@pytest.mark.parametrize("kind", ["none", "naive", "zaremba", "variational"])
+@pytest.mark.parametrize("kind", ["none", "naive", "zaremba", "variational", "untied"])
 def test_outputs_are_exactly_the_recorded_masks_applied_to_a_plain_lstm(kind):
     """Whatever the placement, train-mode output = plain LSTM + the masks the core says it used.
     So the recorded masks are the only randomness, and they sit where they are recorded."""
@@ -179,6 +189,24 @@ def test_variational_mask_is_fixed_over_the_window_per_example_and_new_each_wind
         assert any(not torch.equal(m[0, 0], m[0, b]) for b in range(1, B))  # differs across examples
     core(x, state)
     assert not torch.equal(first["recurrent"][0], core.last_masks["recurrent"][0])  # new window, new mask
+
+
+def test_untied_masks_are_one_per_gate_and_per_sequence():
+    """Untied: each gate's copy of x and of h_{t-1} has its own mask ([1, B, 4F], quarters i, f, g, o),
+    held over the window; the fused kernel cannot apply them, so the core takes the loop."""
+    core = make("untied")
+    assert core.spec.needs_step_loop and core.path(True) == "loop"
+    core.train()
+    core.record_masks = True
+    core(*inputs())
+    m = core.last_masks
+    for mask in [m["embedding"], m["between"][0]] + m["recurrent"]:
+        assert mask.shape == (1, B, 4 * H)
+        quarters = mask[0].chunk(4, dim=-1)
+        assert any(not torch.equal(quarters[0], q) for q in quarters[1:])  # the gates' masks differ
+    assert m["output"].shape == (1, B, H)  # the softmax's input is not a gate: one mask
+    with pytest.raises(ValueError, match="use impl auto, loop or reference"):
+        DroppedLSTM(H, H, L, untied(), impl="fused")
 
 
 def test_variational_output_uses_one_mask_at_every_step():

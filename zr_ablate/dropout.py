@@ -31,6 +31,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 MASK_KINDS = ("step", "sequence")
+GATES = ("tied", "untied")
+# The connections that feed the four gates. Tied (the default): one mask, the same for every gate's copy of
+# the input or of h_{t-1}. Untied: an independent mask per gate ([.., B, 4F], gate order i, f, g, o), as Gal
+# & Ghahramani's code draws them; the layer then takes its input unmasked and masks each gate's copy itself.
+GATED = ("embedding", "between", "recurrent")
 # Masks applied inside the time loop: while any is on in training, the fused LSTM kernel cannot be used.
 IN_LOOP = ("recurrent", "cell_update", "zoneout_c", "zoneout_h")
 ZONEOUT = ("zoneout_c", "zoneout_h")
@@ -40,12 +45,19 @@ ZONEOUT = ("zoneout_c", "zoneout_h")
 class Connection:
     p: float = 0.0
     mask: str = "step"
+    gates: str = "tied"
 
     def __post_init__(self):
         if not isinstance(self.p, (int, float)) or not 0.0 <= self.p < 1.0:
             raise ValueError(f"dropout probability must be in [0, 1), got {self.p!r}")
         if self.mask not in MASK_KINDS:
             raise ValueError(f"dropout mask must be one of {MASK_KINDS}, got {self.mask!r}")
+        if self.gates not in GATES:
+            raise ValueError(f"dropout gates must be one of {GATES}, got {self.gates!r}")
+
+    @property
+    def untied(self) -> bool:
+        return self.active and self.gates == "untied"
 
     @property
     def active(self) -> bool:
@@ -75,6 +87,9 @@ class DropoutSpec:
             raise ValueError(
                 "dropout.weight_hh: DropConnect draws one W_hh mask per window, so its mask must be sequence"
             )
+        for f in fields(self):
+            if f.name != "name" and getattr(self, f.name).gates == "untied" and f.name not in GATED:
+                raise ValueError(f"dropout.{f.name}.gates=untied: only {', '.join(GATED)} feed the gates")
 
     @classmethod
     def from_dict(cls, d: dict) -> DropoutSpec:
@@ -91,7 +106,7 @@ class DropoutSpec:
             value = dict(value)
             bad = set(value) - {f.name for f in fields(Connection)}
             if bad:
-                raise ValueError(f"dropout.{key} has unknown key(s) {sorted(bad)}; use p and mask")
+                raise ValueError(f"dropout.{key} has unknown key(s) {sorted(bad)}; use p, mask and gates")
             try:
                 conns[key] = Connection(**{"mask": defaults[key].mask, **value})
             except ValueError as e:
@@ -100,9 +115,10 @@ class DropoutSpec:
 
     @property
     def needs_step_loop(self) -> bool:
-        """Masks on h_{t-1}, g_t or zoneout live inside the time loop: the fused kernel cannot apply them.
-        (Zoneout also needs the loop at evaluation, where it takes its expectation.)"""
-        return any(getattr(self, k).active for k in IN_LOOP)
+        """Masks on h_{t-1}, g_t or zoneout live inside the time loop, and an untied input mask inside the
+        layer's input projection: the fused kernel can apply none of them. (Zoneout also needs the loop at
+        evaluation, where it takes its expectation.)"""
+        return any(getattr(self, k).active for k in IN_LOOP) or self.embedding.untied or self.between.untied
 
 
 CONNECTIONS = [f.name for f in fields(DropoutSpec) if f.name != "name"]  # in the order of the table above

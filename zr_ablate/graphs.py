@@ -22,15 +22,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-IN_GRAPH = ("between", "recurrent", "cell_update", "zoneout_c", "zoneout_h", "weight_hh")  # per-layer masks
+# The masks `DroppedLSTM.run_layers` uses: the embedding mask (one tensor) and lists of per-layer masks.
+IN_GRAPH = ("embedding", "between", "recurrent", "cell_update", "zoneout_c", "zoneout_h", "weight_hh")
+
+
+def _as_list(masks: dict, key: str) -> list:
+    return [masks[key]] if key == "embedding" else masks[key]
 
 
 def flatten(masks: dict) -> tuple[list[tuple[str, int]], list[torch.Tensor]]:
-    """The per-layer masks the layers use -> (layout, tensors): layout[i] = (connection, index) of tensors[i].
+    """The masks the layers use -> (layout, tensors): layout[i] = (connection, index) of tensors[i].
     None masks are left out; which are None is fixed by the DropoutSpec, so the layout is too."""
     layout, tensors = [], []
     for key in IN_GRAPH:
-        for i, m in enumerate(masks[key]):
+        for i, m in enumerate(_as_list(masks, key)):
             if m is not None:
                 layout.append((key, i))
                 tensors.append(m)
@@ -38,9 +43,11 @@ def flatten(masks: dict) -> tuple[list[tuple[str, int]], list[torch.Tensor]]:
 
 
 def unflatten(layout: list[tuple[str, int]], tensors, layers: int) -> dict:
-    masks = {key: [None] * (layers - 1 if key == "between" else layers) for key in IN_GRAPH}
+    sizes = {"embedding": 1, "between": layers - 1}
+    masks = {key: [None] * sizes.get(key, layers) for key in IN_GRAPH}
     for (key, i), m in zip(layout, tensors):
         masks[key][i] = m
+    masks["embedding"] = masks["embedding"][0]
     return masks
 
 

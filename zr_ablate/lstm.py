@@ -26,7 +26,7 @@ from torch import nn
 
 from .dropout import IN_LOOP, ZONEOUT, DropoutSpec
 from .graphs import GraphedLayers
-from .lstm_loop import input_gates, lstm_layer_fast
+from .lstm_loop import input_gates, lstm_layer_fast, recurrent_term
 from .masks import mask_at, sample_mask, weight_mask, zoneout_mask
 
 IMPLS = ("auto", "fused", "loop", "reference")
@@ -44,6 +44,7 @@ def lstm_layer_loop(
     c: torch.Tensor,
     layer: nn.LSTM,
     w_hh: torch.Tensor | None = None,
+    input_mask: torch.Tensor | None = None,
     recurrent: torch.Tensor | None = None,
     cell_update: torch.Tensor | None = None,
     zoneout_c: torch.Tensor | None = None,
@@ -54,18 +55,20 @@ def lstm_layer_loop(
     expectation at evaluation).
 
     x [T, B, I]; h, c [B, H]; w_hh [4H, H] replaces the layer's weight_hh_l0 (DropConnect).
-    recurrent masks h_{t-1} where it enters the gates, not the carried h (Gal's formulation).
+    input_mask [T or 1, B, 4I]: untied dropout on x, one mask per gate's copy (a tied mask is applied to x
+    before the layer instead).
+    recurrent masks h_{t-1} where it enters the gates, not the carried h (Gal's formulation); [.., B, 4H]
+    when untied, one mask per gate's copy of h_{t-1}.
     cell_update masks g_t only: c_t = f*c_{t-1} + i*(g_t*m) (Semeniuta et al.), so c_{t-1} is never masked.
     zoneout_c/h: c_t = d*c_{t-1} + (1-d)*c_new, h_t = d*h_{t-1} + (1-d)*o*tanh(c_new) (Krueger et al.: h
     is computed from the new cell before zoneout); the zoned h is the layer's output and the carried state.
     Returns outputs [T, B, H] and the final h, c [B, H]. Gate order is PyTorch's: i, f, g, o.
     """
-    w_hh_t = (layer.weight_hh_l0 if w_hh is None else w_hh).t()
-    gates_x = input_gates(x, layer)  # [T, B, 4H]
+    w = layer.weight_hh_l0 if w_hh is None else w_hh
+    gates_x = input_gates(x, layer, input_mask)  # [T, B, 4H]
     outputs = []
     for t in range(x.size(0)):
-        h_in = h if recurrent is None else h * mask_at(recurrent, t)
-        i, f, g, o = torch.addmm(gates_x[t], h_in, w_hh_t).chunk(4, dim=1)
+        i, f, g, o = (gates_x[t] + recurrent_term(h, mask_at(recurrent, t), w)).chunk(4, dim=1)
         g = torch.tanh(g) if cell_update is None else torch.tanh(g) * mask_at(cell_update, t)
         c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * g
         h_new = torch.sigmoid(o) * torch.tanh(c_new)
@@ -144,9 +147,10 @@ class DroppedLSTM(nn.Module):
         self.loop_kernel = loop_kernel
         if impl == "fused" and dropout.needs_step_loop:
             active = [k for k in IN_LOOP if getattr(dropout, k).active]
+            active += [f"{k} untied" for k in ("embedding", "between") if getattr(dropout, k).untied]
             raise ValueError(
-                f"placement {dropout.name!r} masks h_(t-1), g_t or zones out the state inside the "
-                f"time loop ({', '.join(active)}), which the fused LSTM cannot do; use impl auto, "
+                f"placement {dropout.name!r} masks h_(t-1), g_t, zones out the state or masks each gate's "
+                f"input on its own ({', '.join(active)}), which the fused LSTM cannot do; use impl auto, "
                 f"loop or reference"
             )
         self.spec, self.impl, self.hidden_size = dropout, impl, hidden_size
@@ -193,21 +197,29 @@ class DroppedLSTM(nn.Module):
         return masks
 
     def run_layers(self, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, masks: dict):
-        """x [T, B, I] (embedding mask applied), h0, c0 [L, B, H] -> top outputs [T, B, H] (before the
-        output mask), h, c [L, B, H]. Uses masks["between"], the in-loop masks and masks["weight_hh"]."""
+        """x [T, B, I] (the embedded words), h0, c0 [L, B, H] -> top outputs [T, B, H] (before the
+        output mask), h, c [L, B, H]. Uses every mask of `masks` but word and output: a layer's input mask
+        (embedding for layer 1, between after) multiplies x here when tied and goes into the layer's input
+        projection when untied."""
         hs, cs = [], []
         for i, layer in enumerate(self.layers):
-            if i > 0:
-                x = _masked(x, masks["between"][i - 1])
+            conn, mask = (
+                (self.spec.embedding, masks["embedding"]) if i == 0 else (self.spec.between, masks["between"][i - 1])
+            )
+            input_mask = mask if conn.untied else None
+            if not conn.untied:
+                x = _masked(x, mask)
             in_loop = {k: masks[k][i] for k in IN_LOOP}
             w_mask = masks["weight_hh"][i]
             w_hh = None if w_mask is None else layer.weight_hh_l0 * w_mask
-            path = self.path(any(m is not None for m in in_loop.values()))
+            path = self.path(input_mask is not None or any(m is not None for m in in_loop.values()))
             if path == "fused":
                 x, h, c = lstm_layer_fused(x, h0[i], c0[i], layer, w_hh)
+            elif path == "reference":
+                x, h, c = lstm_layer_loop(x, h0[i], c0[i], layer, w_hh, input_mask, **in_loop)
             else:
-                layer_fn = lstm_layer_loop if path == "reference" else loop_layer(self.loop_kernel, x.is_cuda)
-                x, h, c = layer_fn(x, h0[i], c0[i], layer, w_hh, **in_loop)
+                layer_fn = loop_layer(self.loop_kernel, x.is_cuda)
+                x, h, c = layer_fn(x, h0[i], c0[i], layer, w_hh, input_mask, **in_loop)
             hs.append(h)
             cs.append(c)
         return x, torch.stack(hs), torch.stack(cs)
@@ -216,14 +228,13 @@ class DroppedLSTM(nn.Module):
         """Capture/replay a CUDA graph: training with gradients on CUDA, on a placement that takes the loop."""
         if not (self.cuda_graph and self.training and x.is_cuda and torch.is_grad_enabled()):
             return False
-        return self.path(any(m is not None for k in IN_LOOP for m in masks[k])) == "loop"
+        return self.path(self.spec.needs_step_loop) == "loop"
 
     def forward(self, x: torch.Tensor, state: State, masks: dict | None = None) -> tuple[torch.Tensor, State]:
         """x [T, B, I], state (h, c) [L, B, H] -> outputs [T, B, H] (output mask applied), new state.
         masks: from sample_masks (drawn here when not given)."""
         h0, c0 = state
         masks = self.sample_masks(x) if masks is None else masks
-        x = _masked(x, masks["embedding"])
         if self._graph_applies(x, masks):
             if self._graphed is None:
                 self._graphed = GraphedLayers(self, x, h0, c0, masks)

@@ -26,13 +26,37 @@ import torch
 from .masks import mask_at
 
 
-def input_gates(x: torch.Tensor, layer) -> torch.Tensor:
+def input_gates(x: torch.Tensor, layer, input_mask: torch.Tensor | None = None) -> torch.Tensor:
     """x [T, B, I] -> x @ W_ih^T + b_ih + b_hh [T, B, 4H]: one [T*B, I] @ [I, 4H] matmul for the window,
-    under autograd, since the input side does not depend on the recurrence."""
-    steps, batch, _ = x.shape
-    return torch.addmm(layer.bias_ih_l0 + layer.bias_hh_l0, x.reshape(steps * batch, -1), layer.weight_ih_l0.t()).view(
-        steps, batch, -1
-    )
+    under autograd, since the input side does not depend on the recurrence. input_mask ([T or 1, B, 4I],
+    untied dropout): each gate's copy of x gets its own mask, so each gate's block of W_ih its own input."""
+    steps, batch, features = x.shape
+    bias = layer.bias_ih_l0 + layer.bias_hh_l0
+    if input_mask is None:
+        return torch.addmm(bias, x.reshape(steps * batch, -1), layer.weight_ih_l0.t()).view(steps, batch, -1)
+    per_gate = x[:, :, None, :] * input_mask.view(input_mask.size(0), batch, 4, features)  # [T, B, 4, I]
+    weight = layer.weight_ih_l0.view(4, -1, features)  # [4, H, I]
+    return torch.einsum("tbgi,ghi->tbgh", per_gate, weight).reshape(steps, batch, -1) + bias
+
+
+def recurrent_term(h: torch.Tensor, r: torch.Tensor | None, w_hh: torch.Tensor) -> torch.Tensor:
+    """h [B, H] through W_hh [4H, H] with its recurrent mask r: None, [B, H] (tied: one mask for all gates)
+    or [B, 4H] (untied: each gate's copy of h masked on its own) -> [B, 4H]."""
+    if r is None or r.size(-1) == h.size(-1):
+        return (h if r is None else h * r) @ w_hh.t()
+    batch, hid = h.shape
+    per_gate = (h[:, None, :] * r.view(batch, 4, hid)).transpose(0, 1)  # [4, B, H]
+    return torch.bmm(per_gate, w_hh.view(4, hid, hid).transpose(1, 2)).transpose(0, 1).reshape(batch, 4 * hid)
+
+
+def recurrent_grad(grad_gates: torch.Tensor, r: torch.Tensor | None, w_hh: torch.Tensor) -> torch.Tensor:
+    """The gradient reaching h [B, H] from d pre-activation [B, 4H] through recurrent_term."""
+    if r is None or r.size(-1) == w_hh.size(1):
+        dh = grad_gates @ w_hh
+        return dh if r is None else dh * r
+    batch, hid = grad_gates.size(0), w_hh.size(1)
+    per_gate = torch.einsum("bgk,gkh->bgh", grad_gates.view(batch, 4, hid), w_hh.view(4, hid, hid))
+    return (per_gate * r.view(batch, 4, hid)).sum(1)
 
 
 class Saved(NamedTuple):
@@ -69,7 +93,10 @@ class LoopLSTM(torch.autograd.Function):
         for t in range(steps):
             r, m = mask_at(recurrent, t), mask_at(cell_update, t)
             g = gates[t]
-            torch.addmm(gates_x[t], h if r is None else h * r, w_t, out=g)
+            if r is None or r.size(-1) == hid:
+                torch.addmm(gates_x[t], h if r is None else h * r, w_t, out=g)
+            else:  # untied: a mask per gate's copy of h
+                torch.add(gates_x[t], recurrent_term(h, r, w_hh), out=g)
             g[:, : 2 * hid].sigmoid_()
             g[:, 2 * hid : 3 * hid].tanh_()
             g[:, 3 * hid :].sigmoid_()
@@ -120,9 +147,7 @@ class LoopLSTM(torch.autograd.Function):
             torch.mul(k3[t, :, 3], dh_new, out=g3[t, :, 3])
             dc_prev = dc_new * f[t]
             dc = dc_prev if zc is None else dc_prev + dc * zc
-            dh = grad_gates[t] @ w_hh  # [B, 4H] @ [4H, H]
-            if r is not None:
-                dh = dh * r
+            dh = recurrent_grad(grad_gates[t], r, w_hh)  # [B, 4H] @ [4H, H], masked
             if zh is not None:
                 dh = dh + dh_t * zh
         return grad_gates, dh, dc, weight_grad(grad_gates, h0, out, recurrent), None, None, None, None
@@ -132,11 +157,15 @@ def weight_grad(
     grad_gates: torch.Tensor, h0: torch.Tensor, out: torch.Tensor, recurrent: torch.Tensor | None
 ) -> torch.Tensor:
     """The W_hh gradient of a whole window in one matmul after the backward walk:
-    grad_gates [T, B, 4H], h0 [B, H], out [T, B, H] -> [4H, T*B] @ [T*B, H] = [4H, H]."""
+    grad_gates [T, B, 4H], h0 [B, H], out [T, B, H] -> [4H, T*B] @ [T*B, H] = [4H, H] (untied recurrent
+    masks: each gate's block from its own masked copy of h, one batched matmul)."""
     h_in = torch.cat([h0[None], out[:-1]])  # h_{t-1} as it entered each step's matmul: [T, B, H]
-    if recurrent is not None:
-        h_in = h_in * recurrent
-    return grad_gates.flatten(0, 1).t() @ h_in.flatten(0, 1)
+    if recurrent is None or recurrent.size(-1) == h_in.size(-1):
+        h_in = h_in if recurrent is None else h_in * recurrent
+        return grad_gates.flatten(0, 1).t() @ h_in.flatten(0, 1)
+    steps, batch, hid = h_in.shape
+    per_gate = h_in[:, :, None, :] * recurrent.view(recurrent.size(0), batch, 4, hid)  # [T, B, 4, H]
+    return torch.einsum("tbgk,tbgh->gkh", grad_gates.view(steps, batch, 4, hid), per_gate).reshape(4 * hid, hid)
 
 
 def lstm_layer_fast(
@@ -145,6 +174,7 @@ def lstm_layer_fast(
     c: torch.Tensor,
     layer,
     w_hh: torch.Tensor | None = None,
+    input_mask: torch.Tensor | None = None,
     recurrent: torch.Tensor | None = None,
     cell_update: torch.Tensor | None = None,
     zoneout_c: torch.Tensor | None = None,
@@ -152,4 +182,5 @@ def lstm_layer_fast(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Drop-in for lstm.lstm_layer_loop (same arguments and returns) on the LoopLSTM Function."""
     w = layer.weight_hh_l0 if w_hh is None else w_hh
-    return LoopLSTM.apply(input_gates(x, layer), h, c, w, recurrent, cell_update, zoneout_c, zoneout_h)
+    gates_x = input_gates(x, layer, input_mask)
+    return LoopLSTM.apply(gates_x, h, c, w, recurrent, cell_update, zoneout_c, zoneout_h)

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .lstm_loop import Saved, input_gates, weight_grad
+from .lstm_loop import Saved, input_gates, recurrent_grad, recurrent_term, weight_grad
 from .masks import mask_at
 
 BLOCK = 256
@@ -165,7 +165,7 @@ def _backward_step(
 def _full(mask: torch.Tensor | None, batch: int, hid: int) -> torch.Tensor | None:
     """[T, B, H] or [1, B, H] masks as they are; zoneout's evaluation expectation [1, 1, 1] spread to [1, B, H],
     so that every step's mask is a contiguous [B, H] block the kernels index like the state."""
-    if mask is None or mask.shape[1:] == (batch, hid):
+    if mask is None or mask.shape != (1, 1, 1):  # untied recurrent masks are [.., B, 4H]
         return mask
     return mask.expand(1, batch, hid).contiguous()
 
@@ -179,7 +179,8 @@ class TritonLoopLSTM(torch.autograd.Function):
         hid = four_h // 4
         n = batch * hid
         masks = [_full(mk, batch, hid) for mk in (recurrent, cell_update, zoneout_c, zoneout_h)]
-        recurrent, cell_update, zoneout_c, zoneout_h = masks
+        untied = _untied(masks[0], hid)  # [.., B, 4H]: the masked matmul runs in PyTorch, not in the kernel
+        recurrent, cell_update, zoneout_c, zoneout_h = None if untied is not None else masks[0], *masks[1:]
         flags = dict(
             HAS_M=cell_update is not None,
             HAS_ZC=zoneout_c is not None,
@@ -200,7 +201,10 @@ class TritonLoopLSTM(torch.autograd.Function):
         grid = (triton.cdiv(n, BLOCK),)
         for t in range(steps):
             h_prev = h0 if t == 0 else out[t - 1]
-            torch.addmm(gates_x[t], h_prev if masked is None else masked[t % 2], w_t, out=pre)
+            if untied is not None:
+                torch.add(gates_x[t], recurrent_term(h_prev, mask_at(untied, t), w_hh), out=pre)
+            else:
+                torch.addmm(gates_x[t], h_prev if masked is None else masked[t % 2], w_t, out=pre)
             r_next = mask_at(recurrent, t + 1) if recurrent is not None and t + 1 < steps else None
             _forward_step[grid](
                 pre,
@@ -225,9 +229,11 @@ class TritonLoopLSTM(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, grad_h, grad_c):
         s = Saved(*ctx.saved_tensors)
-        recurrent, cell_update, zoneout_c, zoneout_h = s.recurrent, s.cell_update, s.zoneout_c, s.zoneout_h
         steps, batch, four_h = s.gates.shape
         n = batch * four_h // 4
+        untied = _untied(s.recurrent, four_h // 4)
+        recurrent = None if untied is not None else s.recurrent
+        cell_update, zoneout_c, zoneout_h = s.cell_update, s.zoneout_c, s.zoneout_h
         flags = dict(
             HAS_M=cell_update is not None,
             HAS_ZC=zoneout_c is not None,
@@ -261,11 +267,19 @@ class TritonLoopLSTM(torch.autograd.Function):
                 four_h // 4,
                 **flags,
             )
-            torch.mm(grad_gates[t], s.w_hh, out=dh_mm)  # [B, 4H] @ [4H, H]
+            if untied is not None:  # through each gate's masked copy of h_{t-1}
+                dh_mm = recurrent_grad(grad_gates[t], mask_at(untied, t), s.w_hh)
+            else:
+                torch.mm(grad_gates[t], s.w_hh, out=dh_mm)  # [B, 4H] @ [4H, H]
         dh0 = dh_mm if recurrent is None else dh_mm * mask_at(recurrent, 0)
         if zoneout_h is not None:
             dh0 = dh0 + carry
-        return grad_gates, dh0, dc, weight_grad(grad_gates, s.h0, s.out, recurrent), None, None, None, None
+        return grad_gates, dh0, dc, weight_grad(grad_gates, s.h0, s.out, s.recurrent), None, None, None, None
+
+
+def _untied(recurrent: torch.Tensor | None, hid: int) -> torch.Tensor | None:
+    """The recurrent mask when it is untied ([.., B, 4H], a mask per gate), else None."""
+    return recurrent if recurrent is not None and recurrent.size(-1) != hid else None
 
 
 def _arg(t: torch.Tensor | None, dummy: torch.Tensor) -> torch.Tensor:
@@ -273,13 +287,24 @@ def _arg(t: torch.Tensor | None, dummy: torch.Tensor) -> torch.Tensor:
     return dummy if t is None else t
 
 
-def lstm_layer_triton(x, h, c, layer, w_hh=None, recurrent=None, cell_update=None, zoneout_c=None, zoneout_h=None):
+def lstm_layer_triton(
+    x, h, c, layer, w_hh=None, input_mask=None, recurrent=None, cell_update=None, zoneout_c=None, zoneout_h=None
+):
     """Drop-in for lstm.lstm_layer_loop on the Triton kernels. CUDA tensors, or CPU ones under
-    TRITON_INTERPRET=1 (Triton's interpreter, for tests)."""
+    TRITON_INTERPRET=1 (Triton's interpreter, for tests). An untied input mask is applied in the input
+    projection; untied recurrent masks in the per-step matmul, which then runs in PyTorch (a batched matmul
+    per gate) and leaves the kernels only the gate arithmetic."""
     if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError("model.loop_kernel=triton needs a CUDA GPU; use loop_kernel auto or torch on the CPU")
 
     w = layer.weight_hh_l0 if w_hh is None else w_hh
     return TritonLoopLSTM.apply(
-        input_gates(x, layer), h.contiguous(), c.contiguous(), w, recurrent, cell_update, zoneout_c, zoneout_h
+        input_gates(x, layer, input_mask),
+        h.contiguous(),
+        c.contiguous(),
+        w,
+        recurrent,
+        cell_update,
+        zoneout_c,
+        zoneout_h,
     )

@@ -19,13 +19,14 @@ def _bernoulli(prob: float, shape: tuple, like: torch.Tensor) -> torch.Tensor:
 def sample_mask(conn: Connection, steps: int, batch: int, features: int, like: torch.Tensor) -> torch.Tensor | None:
     """Inverted-dropout mask (0 or 1/(1-p)) for one window, or None when the connection is off.
 
-    step -> [steps, batch, features]; sequence -> [1, batch, features] (broadcasts over steps).
+    step -> [steps, batch, features]; sequence -> [1, batch, features] (broadcasts over steps). Untied
+    (gates="untied"): 4 x features, one mask per gate in the order i, f, g, o.
     """
     if not conn.active:
         return None
     rows = steps if conn.mask == "step" else 1
     keep = 1.0 - conn.p
-    return _bernoulli(keep, (rows, batch, features), like) / keep
+    return _bernoulli(keep, (rows, batch, features * (4 if conn.untied else 1)), like) / keep
 
 
 def mask_at(mask: torch.Tensor | None, t: int) -> torch.Tensor | None:

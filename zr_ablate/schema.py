@@ -24,6 +24,7 @@ from .records import ON_STALE, register_resolvers
 class ConnectionConf:
     p: float = 0.0
     mask: str = "step"
+    gates: str = "tied"  # untied: one mask per gate (embedding, between, recurrent only)
 
 
 def _off(mask: str = "step"):
@@ -79,6 +80,7 @@ class OptimConf:
     lr_decay: float = MISSING
     decay_after: int = MISSING
     clip: float = 5.0
+    weight_decay: float = 0.0  # Gal's: each parameter times (1 - weight_decay) after every SGD step
 
 
 @dataclass
