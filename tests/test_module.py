@@ -13,7 +13,7 @@ from zr_ablate.data import PTBDataModule
 from zr_ablate.dropout import DropoutSpec
 from zr_ablate.model import LSTMLanguageModel
 from zr_ablate.module import LMModule
-from zr_ablate.step import TrainStep
+from zr_ablate.step import SGD, TrainStep
 
 
 def tiny(ptb_dir, test_protocol="paper", bptt=5, train_tokens=3000):
@@ -160,3 +160,25 @@ def test_gradients_are_clipped_to_global_norm(ptb_dir):
 def test_bad_optimisation_settings_are_rejected():
     with pytest.raises(ValueError, match="lr_decay>=1"):
         LMModule(torch.nn.Linear(2, 2), lr=1.0, lr_decay=0.5, decay_after=1, clip=5.0)
+    with pytest.raises(ValueError, match="0<=weight_decay<1"):
+        LMModule(torch.nn.Linear(2, 2), lr=1.0, lr_decay=1.2, decay_after=1, clip=5.0, weight_decay=1.0)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_weight_decay_shrinks_every_parameter_after_the_sgd_step_as_gals_code(weight_decay):
+    """Gal's bp(): p <- p - lr * g, then p <- p - wd * p. Not lr * wd (torch's SGD weight_decay adds wd * p to
+    the gradient, so it would be scaled by the lr); at 0 it is plain SGD."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(3, 2)
+    before = [p.detach().clone() for p in layer.parameters()]
+    layer(torch.randn(4, 3)).square().sum().backward()
+    grads = [p.grad.clone() for p in layer.parameters()]
+    SGD(layer.parameters(), lr=0.5, weight_decay=weight_decay).step()
+    for p, p0, g in zip(layer.parameters(), before, grads):
+        torch.testing.assert_close(p.detach(), (p0 - 0.5 * g) * (1 - weight_decay))
+
+
+def test_the_module_trains_with_the_weight_decaying_sgd():
+    module = LMModule(torch.nn.Linear(2, 2), lr=1.0, lr_decay=1.2, decay_after=1, clip=5.0, weight_decay=1e-7)
+    opt = module.configure_optimizers()
+    assert isinstance(opt, SGD) and opt.shrink == 1e-7

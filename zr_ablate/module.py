@@ -25,7 +25,7 @@ import torchmetrics
 from torch import nn
 
 from .mc import MCDropoutEval
-from .step import TrainStep
+from .step import SGD, TrainStep
 
 # ModuleDict keys cannot be "train" (nn.Module.train exists), so stages are named by their split.
 STAGES = ("fit", "val", "test", "mc_test")  # mc_test: MC-dropout evaluation of the test split
@@ -64,23 +64,27 @@ class LMModule(pl.LightningModule):
         lr_decay: float,
         decay_after: int,
         clip: float,
+        weight_decay: float = 0.0,
         mc_samples: int = 0,
         check_every: int = 50,
         cuda_graph: bool = False,
     ):
         """lr_decay: divide the lr by this at the end of every epoch after the first `decay_after` (paper:
         2 / 1.2 / 1.15 after 5 / 7 / 15, the timing of Zaremba's main.lua; the TF tutorial's is one
-        earlier). clip: max global gradient norm (5 / 5 / 10). mc_samples: K stochastic passes of
-        MC-dropout evaluation on the test split, logged as mc_test_ppl beside test_ppl (0 = off).
+        earlier). clip: max global gradient norm (5 / 5 / 10). weight_decay: shrink every parameter by
+        (1 - weight_decay) after each SGD step, as Gal's code does (`step.SGD`; 0 in Zaremba's).
+        mc_samples: K stochastic passes of MC-dropout evaluation on the test split, logged as mc_test_ppl
+        beside test_ppl (0 = off).
         check_every: training steps between divergence checks (each one host-GPU sync). cuda_graph: on
         CUDA, replay each full training window as one CUDA graph (`step.TrainStep`)."""
         super().__init__()
-        self.check_settings(lr, lr_decay, decay_after, clip)
+        self.check_settings(lr, lr_decay, decay_after, clip, weight_decay)
         if check_every < 1:
             raise ValueError(f"check_every_n_steps must be >= 1, got {check_every}")
         self.check_every = check_every
         self.model = model
         self.lr, self.lr_decay, self.decay_after, self.clip = lr, lr_decay, decay_after, clip
+        self.weight_decay = weight_decay
         self.ppl = nn.ModuleDict({s: TokenPerplexity() for s in STAGES})
         self._state: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}
         self.mc = MCDropoutEval(mc_samples)
@@ -88,11 +92,11 @@ class LMModule(pl.LightningModule):
         self.train_step = TrainStep(model, clip, cuda_graph)
 
     @staticmethod
-    def check_settings(lr: float, lr_decay: float, decay_after: int, clip: float) -> None:
-        if lr <= 0 or lr_decay < 1 or decay_after < 0 or clip <= 0:
+    def check_settings(lr: float, lr_decay: float, decay_after: int, clip: float, weight_decay: float = 0.0) -> None:
+        if lr <= 0 or lr_decay < 1 or decay_after < 0 or clip <= 0 or not 0 <= weight_decay < 1:
             raise ValueError(
-                f"bad optimisation settings: lr={lr} lr_decay={lr_decay} "
-                f"decay_after={decay_after} clip={clip}; need lr>0, lr_decay>=1, clip>0"
+                f"bad optimisation settings: lr={lr} lr_decay={lr_decay} decay_after={decay_after} "
+                f"clip={clip} weight_decay={weight_decay}; need lr>0, lr_decay>=1, clip>0, 0<=weight_decay<1"
             )
 
     # --- one window --------------------------------------------------------------------------------
@@ -113,7 +117,7 @@ class LMModule(pl.LightningModule):
         log_now = self._logging_step()  # before the optimiser step advances global_step
         state = self._state.get("fit") or self.model.init_state(x.size(0))
         nll, self._state["fit"], grad_norm = self.train_step(x, y, state)  # masks, forward, backward, clip
-        self.optimizers().step()  # SGD at this epoch's lr
+        self.optimizers().step()  # SGD at this epoch's lr (then Gal's weight decay, if any)
         tokens = y.numel()
         self.ppl["fit"].update(nll, tokens)
         if (batch_idx + 1) % self.check_every == 0:
@@ -201,7 +205,7 @@ class LMModule(pl.LightningModule):
 
     # --- optimisation -------------------------------------------------------------------------------
     def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=self.lr)
+        return SGD(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
     def lr_at(self, epoch: int) -> float:
         """Epoch e (0-based) trains with lr / lr_decay ** max(0, e + 1 - decay_after)."""

@@ -28,6 +28,25 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 State = tuple[torch.Tensor, torch.Tensor]
 
 
+class SGD(torch.optim.SGD):
+    """Plain SGD, then, when weight_decay > 0, every parameter shrunk by the factor (1 - weight_decay) after
+    the update, as Gal & Ghahramani's code does it (BayesianRNN LM_code/main_new_dropout_SOTA_v3.lua, bp():
+    `paramx:add(-params.weight_decay, paramx)` after `paramx:add(paramdx:mul(-params.lr))`): not scaled by
+    the lr and not clipped with the gradient, unlike torch.optim.SGD's weight_decay."""
+
+    def __init__(self, params, lr: float, weight_decay: float = 0.0):
+        super().__init__(params, lr=lr)
+        self.shrink = weight_decay
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = super().step(closure)
+        if self.shrink:
+            for group in self.param_groups:
+                torch._foreach_mul_(group["params"], 1.0 - self.shrink)
+        return loss
+
+
 class TrainStep:
     def __init__(self, model: torch.nn.Module, clip: float, cuda_graph: bool = False):
         self.model, self.clip, self.cuda_graph = model, clip, cuda_graph

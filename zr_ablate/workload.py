@@ -16,6 +16,7 @@ from .clock import timed
 from .lstm import loop_layer
 from .lstm_loop import lstm_layer_fast
 from .model import LSTMLanguageModel
+from .step import SGD
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -114,7 +115,7 @@ class PlainLoop:
     def __init__(self, model: LSTMLanguageModel, cfg: DictConfig):
         self.model, self.state = model, None
         self.step = build.train_step(cfg, model)
-        self.opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr)
+        self.opt = SGD(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.model.train()
