@@ -278,6 +278,39 @@ def test_mc_averages_probabilities_over_passes_that_each_carry_their_own_state(p
         MCDropoutEval(-1)
 
 
+def test_mc_holds_each_pass_masks_over_the_whole_stream_with_word_dropout_off(ptb_dir):
+    """Gal's MC test: pass k draws its sequence masks once and keeps them in every window of the stream
+    (step masks stay fresh per window); word dropout is off; different passes draw different masks."""
+    held = Connection(0.5, "sequence")
+    spec = DropoutSpec(
+        word=Connection(0.3, "sequence"),
+        embedding=Connection(0.5, "sequence", "untied"),
+        between=Connection(0.5),  # step masks: fresh every window
+        recurrent=Connection(0.3, "sequence", "untied"),
+        output=held,
+    )
+    dm, module = tiny_module(ptb_dir, spec, mc_samples=2)
+    model, mc = module.model.eval(), module.mc
+    seen = [[], []]  # per pass, the masks of each window
+    with torch.no_grad():
+        for _, (x, y) in zip(range(3), dm.test_dataloader()):
+            mc.nll(model, x, y)
+            for k in range(2):
+                seen[k].append(mc.masks[k])
+    for k in range(2):
+        first = seen[k][0]
+        assert first["word"] is None
+        assert first["embedding"].shape == (1, 1, 4 * 16)  # untied, one per gate; the test stream is 1 column
+        for later in seen[k][1:]:
+            for key in ("embedding", "output"):
+                assert torch.equal(later[key], first[key])
+            assert all(torch.equal(a, b) for a, b in zip(later["recurrent"], first["recurrent"]))
+            assert not torch.equal(later["between"][0], first["between"][0])
+    assert not torch.equal(seen[0][0]["embedding"], seen[1][0]["embedding"])
+    mc.reset()
+    assert mc.masks == [None, None]
+
+
 # ---- end to end -----------------------------------------------------------------------------------------
 
 

@@ -3,10 +3,17 @@
 Per predicted token, p(y) = mean_k softmax(logits_k)[y] and NLL = -log p(y), summed into the perplexity as
 usual. This averages probabilities (the ensemble's prediction), not log-probabilities or perplexities.
 
-State across windows: each pass k carries its own (h, c) over the whole split, so MC evaluation equals
-running the split K times with every stochastic mask on (as in training, fresh masks per window) and
-averaging the K probabilities of each token. A pass's state is made by its own masks; carrying one pass's
-state (or the mean state) into all K would give the others a context none of them produced.
+Masks and state, as Gal's code runs it (BayesianRNN LM_code/main_new_dropout_SOTA_v3.lua, run_MC_test:
+`sample_noise` once per pass, then the whole test stream under that noise, with `noise_x` set to 1):
+- one mask set per pass, held for the whole split: a connection with sequence masks keeps the mask pass k
+  drew at its first window in every later window (so does DropConnect's W_hh mask); step masks are fresh
+  per step by definition and are drawn per window as in training;
+- word dropout is off: a pass sees every word;
+- each pass k carries its own (h, c) over the whole split. A pass's state is made by its own masks;
+  carrying one pass's state (or the mean state) into all K would give the others a context none of them
+  produced.
+So MC evaluation equals running the split K times, each under one draw of the network, and averaging the
+K probabilities of each token.
 """
 
 from __future__ import annotations
@@ -25,8 +32,20 @@ class MCDropoutEval:
         self.reset()
 
     def reset(self) -> None:
-        """Every pass starts the split from the zero state."""
+        """Every pass starts the split from the zero state and draws its masks anew."""
         self.states: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * self.samples
+        self.masks: list[dict | None] = [None] * self.samples  # pass k's masks of the last window (its held ones)
+
+    def _masks(self, model: nn.Module, k: int, tokens: torch.Tensor) -> dict:
+        """Pass k's masks for the window tokens [T, B]: its held sequence masks, fresh step masks, no word
+        dropout. (model.sample_masks draws every mask, so the random stream advances as in training.)"""
+        fresh = model.sample_masks(tokens)
+        held = self.masks[k]
+        spec = model.lstm.spec
+        if held is not None:
+            fresh |= {key: held[key] for key in fresh if key != "word" and getattr(spec, key).mask == "sequence"}
+        self.masks[k] = fresh | {"word": None}
+        return self.masks[k]
 
     def nll(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x, y [B, T] (one window) -> the NLL of y under the K-pass average, summed over the window."""
@@ -35,7 +54,8 @@ class MCDropoutEval:
         try:
             log_p = []  # K x [T, B]: log-probability of each target under pass k
             for k, state in enumerate(self.states):
-                logits, (h, c) = model(x.t(), model.init_state(x.size(0)) if state is None else state)
+                state = model.init_state(x.size(0)) if state is None else state
+                logits, (h, c) = model(x.t(), state, self._masks(model, k, x.t()))
                 self.states[k] = (h.detach(), c.detach())
                 log_p.append(logits.log_softmax(-1).gather(-1, y.t().unsqueeze(-1)).squeeze(-1))
         finally:
