@@ -16,8 +16,8 @@ from omegaconf import OmegaConf
 from tests.conftest import REPO
 from tests.helpers import read_run
 from zr_ablate.dropout import CONNECTIONS
+from zr_ablate.recipes import recipes
 from zr_ablate.records import EPOCH_FIELDS
-from zr_ablate.reference import beside, published
 from zr_ablate.results import RUN_COLUMNS, load_sweep, runs_from_wandb
 
 pytestmark = pytest.mark.slow  # its fixtures train sweeps in subprocesses
@@ -151,7 +151,7 @@ def test_table_means_are_those_of_the_completed_runs(out, completed):
     )
     assert list(expected["runs"]) == [2, 2]
     pd.testing.assert_frame_equal(table[expected.columns].sort_index(), expected.sort_index(), check_dtype=False)
-    assert (table["published_source"] == "no published value at this size").all()
+    assert table["published_source"].str.startswith("no published run with this recipe; nearest: ").all()
     gap = pd.read_csv(out / "gap.csv").set_index("placement")
     train = completed.groupby("placement")["final_train_ppl"].mean()
     assert gap["gap"].to_dict() == pytest.approx((expected["val_ppl_mean"] - train).to_dict())
@@ -220,26 +220,6 @@ def test_wandb_runs_give_the_same_frames_as_the_sweep_folder(sweep):
     pd.testing.assert_frame_equal(
         w_curves.drop(columns=not_in_wandb), curves.drop(columns=not_in_wandb), check_dtype=False
     )
-
-
-def test_published_value_is_zaremba_first_then_gal():
-    cells = pd.DataFrame(
-        {"size": ["medium", "medium", "medium", "tiny"], "placement": ["zaremba", "variational", "naive", "zaremba"]}
-    )
-    got = beside(cells)
-    table = published()
-    zaremba = table[table["source"].str.startswith("Zaremba 2014") & (table["row"] == "Medium regularized LSTM")]
-    gal = table[
-        table["source"].str.startswith("Gal")
-        & (table["row"] == "Variational (tied weights)")
-        & (table["size"] == "medium")
-    ]
-    assert got["published_test_ppl"].iloc[0] == zaremba["test_ppl"].item()
-    assert got["published_test_ppl"].iloc[1] == gal["test_ppl"].item()
-    assert got["published_source"].iloc[2:].tolist() == [
-        "no published value for this placement",
-        "no published value at this size",
-    ]
 
 
 def test_wandb_flag_logs_an_aggregate_run_offline(sweep, tmp_path):
@@ -352,7 +332,8 @@ def swept_sweep(sweep, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def variant_sweep(sweep, tmp_path_factory) -> Path:
-    """zaremba plain, +tied and +tied+word0.1; a medium variational with MC-dropout test perplexities."""
+    """zaremba plain, +tied and +tied+word0.1; Gal's medium recipe (gal, with word dropout) with MC-dropout
+    test perplexities."""
     out = tmp_path_factory.mktemp("variants") / "variants"
     source = sweep / "dropout=zaremba,model=tiny,seed=1"
     fabricate(source, out / "dropout=zaremba", {})
@@ -362,15 +343,49 @@ def variant_sweep(sweep, tmp_path_factory) -> Path:
         out / "dropout.word.p=0.1,dropout=zaremba,model.tie_weights=true",
         {"model.tie_weights": True, "dropout.word.p": 0.1},
     )
+    gal = recipes()["gal_medium_untied"]["settings"]  # every setting of Gal's medium recipe
     for seed, mc in ((1, 80.0), (2, 82.0)):
         fabricate(
             source,
-            out / f"dropout=variational,model=medium,seed={seed}",
-            {"dropout.name": "variational", "model.name": "medium", "seed": seed, "eval.mc_samples": 10},
+            out / f"paper=gal_medium,seed={seed}",
+            {"dropout.name": "gal", "model.name": "medium", "seed": seed, "eval.mc_samples": 10, **gal},
             mc_test_ppl=mc,
             mc_samples=10,
         )
     return out
+
+
+@pytest.fixture(scope="module")
+def claimed_sweep(sweep, tmp_path_factory) -> Path:
+    """The tiny sweep's jobs relabelled model.name=medium (a claim, not the recipe), and the same jobs given
+    every setting of Zaremba's medium recipe (a true match, numbers aside)."""
+    out = tmp_path_factory.mktemp("claimed") / "claimed"
+    zaremba = recipes()["zaremba_medium"]["settings"]
+    for seed in (1, 2):
+        for placement in ("none", "zaremba"):
+            source = sweep / f"dropout={placement},model=tiny,seed={seed}"
+            fabricate(source, out / f"dropout={placement},model.name=medium,seed={seed}", {"model.name": "medium"})
+        source = sweep / f"dropout=zaremba,model=tiny,seed={seed}"
+        fabricate(
+            source,
+            out / f"paper=medium,seed={seed}",
+            {"model.name": "medium", "dropout.name": "zaremba_true", **zaremba},
+        )
+    return out
+
+
+def test_a_tiny_run_claiming_medium_gets_no_published_number_only_a_recipe_match_does(claimed_sweep, tmp_path):
+    out = in_process_report(claimed_sweep, tmp_path)
+    table = pd.read_csv(out / "perplexity.csv").set_index("placement")
+    published = ["published_val_ppl", "published_test_ppl", "test_minus_published"]
+    assert table.loc[["none", "zaremba"], published].isna().all().all()
+    for note in table.loc[["none", "zaremba"], "published_source"]:
+        assert note.startswith("no published run with this recipe; nearest: ") and "model.hidden" in note
+    true = table.loc["zaremba_true"]
+    assert (true["published_val_ppl"], true["published_test_ppl"]) == (86.2, 82.7)
+    assert true["published_source"].startswith("Zaremba 2014") and true["runs"] == 2
+    md = (out / "results.md").read_text()
+    assert md.count("| 82.7 |") == 1  # once, in the true match's row of the perplexity table
 
 
 def in_process_report(sweep: Path, out: Path) -> Path:
@@ -387,16 +402,16 @@ def test_variant_marks_tied_embeddings_and_word_dropout(variant_sweep, tmp_path)
     assert jobs.loc["dropout=zaremba", "variant"] == "zaremba"
     assert jobs.loc["dropout=zaremba,model.tie_weights=true", "variant"] == "zaremba+tied"
     assert jobs.loc["dropout.word.p=0.1,dropout=zaremba,model.tie_weights=true", "variant"] == "zaremba+tied+word0.1"
-    assert set(runs["placement"]) == {"zaremba", "variational"}  # the plain preset name stays
+    assert set(runs["placement"]) == {"zaremba", "gal"}  # the plain preset name stays
     assert (runs["p"] == 0.5).all() and jobs.loc["dropout=zaremba", "word_p"] == 0.0
     table = pd.read_csv(in_process_report(variant_sweep, tmp_path) / "perplexity.csv")
-    assert table["placement"].tolist() == ["variational", "zaremba", "zaremba+tied", "zaremba+tied+word0.1"]
+    assert table["placement"].tolist() == ["gal+word0.2", "zaremba", "zaremba+tied", "zaremba+tied+word0.1"]
     assert "p" not in table  # nothing varies p within a variant: no p column, one row each
     assert "`+tied` ties the input and output embeddings" in (tmp_path / "results.md").read_text()
 
 
 def test_mc_column_sits_beside_gals_mc_value(variant_sweep, tmp_path):
-    job = "dropout=variational,model=medium,seed=2"
+    job = "paper=gal_medium,seed=2"
     runs, _ = load_sweep(variant_sweep)
     assert runs.set_index("job").loc[job, ["mc_test_ppl", "mc_samples"]].tolist() == [82.0, 10]
     logged = fake_wandb_run(variant_sweep / job, flat_config=True)
@@ -404,10 +419,10 @@ def test_mc_column_sits_beside_gals_mc_value(variant_sweep, tmp_path):
     assert runs_from_wandb([logged])[0].loc[0, ["mc_test_ppl", "mc_samples"]].tolist() == [82.0, 10]
     out = in_process_report(variant_sweep, tmp_path)
     table = pd.read_csv(out / "perplexity.csv").set_index(["size", "placement"])
-    mc = table.loc[("medium", "variational")]
+    mc = table.loc[("medium", "gal+word0.2")]
     assert (mc["mc_test_ppl_mean"], mc["mc_samples"], mc["published_mc_test_ppl"]) == (81.0, 10, 78.6)
     assert mc["published_mc_samples"] == 1000 and "Variational (untied weights, MC)" in mc["published_mc_source"]
-    assert table[["mc_test_ppl_mean", "published_mc_test_ppl"]].drop(("medium", "variational")).isna().all().all()
+    assert table[["mc_test_ppl_mean", "published_mc_test_ppl"]].drop(("medium", "gal+word0.2")).isna().all().all()
     md = (out / "results.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| size | placement"))
     assert "| MC test ppl | MC passes |" in header and "| published MC test |" in header
@@ -417,23 +432,6 @@ def test_mc_column_sits_beside_gals_mc_value(variant_sweep, tmp_path):
 def test_no_mc_column_without_mc_runs(out):
     assert not any("mc" in c for c in pd.read_csv(out / "perplexity.csv").columns)
     assert "MC test" not in (out / "results.md").read_text()
-
-
-def test_published_matches_tied_embeddings_and_leaves_other_recipes_out():
-    got = beside(
-        pd.DataFrame(
-            {
-                "size": ["large", "small", "medium", "medium", "medium"],
-                "placement": ["zaremba+tied", "none+tied", "semeniuta", "zoneout", "weight_drop"],
-            }
-        )
-    )
-    assert got["published_test_ppl"].iloc[:2].tolist() == [74.3, 112.4]
-    assert got["published_source"].iloc[0].startswith("Press & Wolf 2016")
-    assert got["published_test_ppl"].iloc[2:].isna().all()
-    assert set(got["published_source"].iloc[2:]) == {
-        "published values use a different training recipe (Flipout Table 3)"
-    }
 
 
 def test_swept_p_gets_one_row_per_value_and_a_sensitivity_figure(swept_sweep, tmp_path):

@@ -1,8 +1,10 @@
 """Published PTB word-level perplexities, to set beside our own runs.
 
 published_ptb.csv is a copy of the project's shared/reference/published_ptb.csv (numbers transcribed from
-the papers named in its `source`, `table` and `row` columns; see shared/reference/README.md). Its
-`placement` column uses this project's names (none, naive, zaremba, variational, ...).
+the papers named in its `source`, `table` and `row` columns; see shared/reference/README.md) plus a
+`recipe` column naming each row's training recipe in published_recipes.yaml. Its `placement` column uses
+this project's names (none, naive, zaremba, variational, ...) but only the recipe decides what is set
+beside a run: a run at another rate, size, schedule or epoch count gets no published number.
 """
 
 from __future__ import annotations
@@ -12,69 +14,68 @@ from importlib.resources import files
 
 import pandas as pd
 
+from .recipes import recipes
+
 PAPER_SIZES = ("small", "medium", "large")
-# Published rows trained with another recipe than Zaremba's (optimiser, batch, epochs): never set beside
-# ours as like for like; a cell that only they fill says so instead. source prefix -> short name.
-OTHER_RECIPES = {"Wen et al. 2018 Flipout": "Flipout"}  # SGD lr 30, batch 40, 100 epochs for every row
+RECIPE = ["recipe", "recipe_note"]  # what beside() needs of a cell besides size and placement
 
 
 def published() -> pd.DataFrame:
-    """Every published row: source, table, row, size, placement, val_ppl, test_ppl, eval, notes."""
+    """Every published row: source, table, row, size, placement, val_ppl, test_ppl, eval, notes, recipe (the
+    id in published_recipes.yaml of the recipe that produced it; empty where we cannot express it)."""
     with files(__package__).joinpath("published_ptb.csv").open() as f:
         return pd.read_csv(f)
-
-
-def _from(table: pd.DataFrame, source: str) -> pd.DataFrame:
-    return table[table["source"].str.startswith(source)]
-
-
-def comparable() -> pd.DataFrame:
-    """One published row per (size, placement) that our runs reproduce.
-
-    Zaremba 2014 Table 1 first; else Gal & Ghahramani 2016 with standard (dropout-off) evaluation, their
-    "tied weights" row, since our `variational` shares one h_{t-1} mask across the four gates as theirs does;
-    else Press & Wolf 2016's tied embeddings, whose `<placement>+tied_embeddings` is our variant
-    `<placement>+tied` (model.tie_weights=true).
-    """
-    table = published()
-    zaremba = _from(table, "Zaremba 2014")
-    gal = _from(table, "Gal & Ghahramani 2016")
-    press = _from(table, "Press & Wolf 2016")
-    return pd.concat(
-        [
-            zaremba[zaremba["table"] == "Table 1"],
-            gal[(gal["eval"] == "standard") & (gal["row"] == "Variational (tied weights)")],
-            press.assign(placement=press["placement"].str.replace("+tied_embeddings", "+tied", regex=False)),
-        ]
-    ).drop_duplicates(["size", "placement"])
 
 
 def _source(ref: pd.DataFrame) -> pd.Series:
     return ref["source"] + ", " + ref["table"] + ": " + ref["row"]
 
 
-def beside(cells: pd.DataFrame) -> pd.DataFrame:
-    """Add published_val_ppl, published_test_ppl and published_source to a frame keyed by size, placement."""
-    ref = comparable().rename(columns={"val_ppl": "published_val_ppl", "test_ppl": "published_test_ppl"})
-    ref["published_source"] = _source(ref)
-    out = cells.merge(
-        ref[["size", "placement", "published_val_ppl", "published_test_ppl", "published_source"]],
-        on=["size", "placement"],
-        how="left",
-    )
-    # Say why a cell is empty: a row from another recipe, no row for this placement, or (our demo/tiny
-    # profiles: smaller models, less data) none at this size.
+def _rows(evaluation: str) -> pd.DataFrame:
+    """The published rows of one evaluation (standard or mc_dropout) that have a recipe, one per recipe."""
     table = published()
-    recipe = table["source"].map(lambda s: next((n for k, n in OTHER_RECIPES.items() if s.startswith(k)), None))
-    other = table[recipe.notna()].assign(
-        note="published values use a different training recipe (" + recipe + " " + table["table"] + ")"
+    return table[(table["eval"] == evaluation) & table["recipe"].notna()].drop_duplicates("recipe")
+
+
+def cell_recipe(recipes: pd.Series) -> str | None:
+    """The recipe of a cell's runs: theirs if they all follow the same one, else None."""
+    values = recipes.unique()
+    return values[0] if len(values) == 1 and isinstance(values[0], str) else None
+
+
+def cell_note(notes: pd.Series) -> str:
+    """Why a cell has no recipe: its runs' note if they agree, else that they follow different settings."""
+    values = notes.dropna().unique()
+    return values[0] if len(values) == 1 else "its runs differ in their settings"
+
+
+def _other_recipes(cells: pd.DataFrame) -> pd.Series:
+    """Per cell, the published rows for its size and placement whose recipe we cannot express (e.g. Wen et
+    al.'s Flipout table: SGD lr 30, batch 40, 100 epochs), named, so that a reader knows they exist."""
+    table = published()
+    other = table[table["recipe"].isna()]
+    other = other.assign(other=other["source"].str.split(" \\(").str[0] + " " + other["table"])
+    named = other.groupby(["size", "placement"])["other"].agg(lambda v: ", ".join(dict.fromkeys(v))).reset_index()
+    return cells[["size", "placement"]].merge(named, how="left")["other"]
+
+
+def beside(cells: pd.DataFrame) -> pd.DataFrame:
+    """Add published_val_ppl, published_test_ppl and published_source to a frame of cells (size, placement,
+    recipe, recipe_note): a published row is set beside a cell only when the cell's runs follow that row's
+    recipe exactly (zr_ablate/recipes.py). An empty cell's published_source says why: the nearest recipe and
+    what differs, and any published row for the placement that came from a recipe we cannot express."""
+    ref = _rows("standard")
+    assumed = ref["recipe"].map(lambda r: ", ".join(recipes()[r]["assumed"]))
+    source = _source(ref) + assumed.map(lambda a: f" (recipe assumes {a}: see the README's Recipes)" if a else "")
+    ref = ref.assign(published_source=source).rename(
+        columns={"val_ppl": "published_val_ppl", "test_ppl": "published_test_ppl"}
     )
-    other = other[["size", "placement", "note"]].drop_duplicates(["size", "placement"])
-    why = out[["size", "placement"]].merge(other, how="left")["note"]
-    why = why.fillna(
-        out["size"]
-        .isin(PAPER_SIZES)
-        .map({True: "no published value for this placement", False: "no published value at this size"})
+    out = cells.merge(
+        ref[["recipe", "published_val_ppl", "published_test_ppl", "published_source"]], on="recipe", how="left"
+    )
+    other = _other_recipes(out)
+    why = out["recipe_note"].fillna("no recorded config") + other.map(
+        lambda o: f"; published under another training recipe: {o}" if isinstance(o, str) else ""
     )
     out["published_source"] = out["published_source"].fillna(why)
     return out
@@ -82,16 +83,15 @@ def beside(cells: pd.DataFrame) -> pd.DataFrame:
 
 def mc_beside(cells: pd.DataFrame) -> pd.DataFrame:
     """Add published_mc_test_ppl, published_mc_samples and published_mc_source (Gal & Ghahramani 2016's
-    MC-dropout rows, the only published MC numbers; for `variational`) to a frame keyed by size, placement."""
-    gal = _from(published(), "Gal & Ghahramani 2016")
-    ref = gal[gal["eval"] == "mc_dropout"].drop_duplicates(["size", "placement"])
+    MC-dropout rows, the only published MC numbers) to cells whose runs follow those rows' recipe."""
+    ref = _rows("mc_dropout")
     ref = ref.assign(
         published_mc_test_ppl=ref["test_ppl"],
         published_mc_source=_source(ref),
         published_mc_samples=[int(re.search(r"(\d+) stochastic passes", n).group(1)) for n in ref["notes"]],
     )
     return cells.merge(
-        ref[["size", "placement", "published_mc_test_ppl", "published_mc_samples", "published_mc_source"]],
-        on=["size", "placement"],
+        ref[["recipe", "published_mc_test_ppl", "published_mc_samples", "published_mc_source"]],
+        on="recipe",
         how="left",
     )

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .dropout import CONNECTIONS
+from .recipes import match
 from .records import (
     COMPLETED,
     EPOCH_FIELDS,
@@ -37,7 +38,9 @@ RATES = [f"{c}_p" for c in CONNECTIONS]
 # placement: the preset's name; variant: the same plus a marker for each setting that changes the method
 # beyond the preset (e.g. zaremba+tied+word0.1); p: the preset's shared probability, config dropout.p.
 IDENTITY = ["job", "placement", "size", "seed", "status", "variant", "p", *RATES]
-RUN_COLUMNS = IDENTITY + RECORD_FIELDS
+# recipe: the published recipe the run's settings follow exactly (recipes.py), or empty; recipe_note: its
+# name, or the nearest recipe and what differs.
+RUN_COLUMNS = IDENTITY + ["recipe", "recipe_note"] + RECORD_FIELDS
 CURVE_COLUMNS = IDENTITY + EPOCH_FIELDS
 # W&B run state -> our status, for runs whose summary does not say how the job ended.
 WANDB_STATES = {"finished": COMPLETED, "crashed": FAILED, "failed": FAILED, "killed": FAILED, "running": RUNNING}
@@ -74,6 +77,7 @@ def _row(job: str, config: dict, record: dict, status: str) -> dict:
     if fields["mc_test_ppl"] is not None and fields["mc_samples"] is None:  # e.g. a W&B summary
         fields["mc_samples"] = flat.get("eval.mc_samples")
     tied, word_p = bool(flat.get("model.tie_weights")), rates["word_p"] or 0.0
+    recipe, recipe_note = match(flat) if flat else (None, "no recorded config")
     return {
         "job": job,
         "placement": placement,
@@ -83,6 +87,8 @@ def _row(job: str, config: dict, record: dict, status: str) -> dict:
         "variant": variant(placement, tied, word_p),
         "p": flat.get("dropout.p"),
         **rates,
+        "recipe": recipe,
+        "recipe_note": recipe_note,
         **fields,
     }
 

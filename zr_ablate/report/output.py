@@ -63,8 +63,10 @@ def _notes(runs: pd.DataFrame) -> list[str]:
     if has_mc(runs):
         notes.append(
             "MC test: the test split under MC-dropout evaluation (every dropout mask on, the softmax "
-            "averaged over 'MC passes' stochastic passes; Gal & Ghahramani 2016). Published MC: Gal & "
-            "Ghahramani 2016 Table 1, Variational (untied weights, MC), the only published MC numbers."
+            "averaged over 'MC passes' stochastic passes, each holding one draw of the sequence masks over the "
+            "whole test stream, word dropout off; Gal & Ghahramani 2016). Published MC: Gal & Ghahramani "
+            "2016 Table 1, Variational (untied weights, MC), the only published MC numbers, beside runs of "
+            "that recipe."
         )
     return notes
 
@@ -95,8 +97,11 @@ def markdown(
         "## Perplexity per placement",
         "",
         "Validation: the last epoch's; test: the final weights, with the protocol above. Mean ± sd over "
-        "completed seeds. Published numbers: Zaremba et al. 2014 Table 1, else Gal & Ghahramani 2016 "
-        "(standard evaluation); 'test - published' is our mean minus the published test value.",
+        "completed seeds. A published number (standard evaluation) stands beside a row only when its runs "
+        "follow that number's training recipe on every setting (zr_ablate/published_recipes.yaml: size, "
+        "init, unroll, batch, each dropout rate and mask, lr schedule, clip, weight decay, epochs, tying, "
+        "test protocol); otherwise 'published source' names the nearest recipe and what differs. 'test - "
+        "published' is our mean minus the published test value.",
         *_notes(runs),
         "",
         tables["perplexity"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ..records import COMPLETED, STATUSES
-from ..reference import beside, mc_beside
+from ..reference import RECIPE, beside, cell_note, cell_recipe, mc_beside
 from ..results import RATES
 
 # Paper sizes, then our CPU profiles; placements in the README's order, then the later methods. Anything
@@ -93,6 +93,8 @@ def perplexity_table(done: pd.DataFrame, keys: list[str] = KEYS, mc: bool = Fals
             val_ppl_sd=("final_val_ppl", "std"),
             test_ppl_mean=("test_ppl", "mean"),
             test_ppl_sd=("test_ppl", "std"),
+            recipe=("recipe", cell_recipe),
+            recipe_note=("recipe_note", cell_note),
             **(mc_columns if mc else {}),
         )
         .reset_index()
@@ -207,7 +209,7 @@ def compact(runs: pd.DataFrame) -> str:
     """One row per job (size, placement, seed, status, best validation, test, the published test value where
     one is set beside it): what the end of a sweep and of a report print in the terminal."""
     view = _sorted(as_variants(runs), KEYS + ["seed"])
-    rows = beside(view[["size", "placement", "seed", "status", "best_val_ppl", "test_ppl"]])
+    rows = beside(view[["size", "placement", "seed", "status", "best_val_ppl", "test_ppl", *RECIPE]])
     return markdown_table(
         pd.DataFrame(
             {
