@@ -165,3 +165,28 @@ def test_make_demo_ends_in_a_report_on_a_quiet_console(tmp_path, ptb_dir):
     for noise in ("Tip:", "LeafSpec", "srun", "wandb:", "Run summary", "does not have many workers"):
         assert noise not in console, noise
     assert console.count("epoch 1:") == 4
+
+
+def test_gals_presets_train_on_tiny_sizes_with_their_recipe_recorded(tmp_path, ptb_dir):
+    """paper=gal_medium and gal_large (untied masks, word dropout, weight decay, MC test) at tiny sizes: each
+    job completes with an MC test perplexity, records Gal's settings, and (being tiny) follows no recipe."""
+    from zr_ablate.results import load_sweep
+
+    run(
+        tmp_path,
+        "paper=gal_medium,gal_large",
+        "trainer.max_epochs=1",
+        "eval.mc_samples=2",
+        f"data.dir={ptb_dir}",
+        "sweep=gal",
+        multirun=True,
+    )
+    for paper, word_p, after in (("gal_medium", 0.2, 1), ("gal_large", 0.3, 11)):
+        [job] = (tmp_path / "gal").glob(f"*paper={paper},*")
+        result = json.loads((job / "result.json").read_text())
+        assert result["status"] == "completed" and result["mc_test_ppl"] > 1 and result["mc_samples"] == 2
+        config = result["config"]
+        assert config["optim"]["weight_decay"] == 1e-7 and config["optim"]["decay_after"] == after
+        assert config["dropout"]["word"]["p"] == word_p and config["dropout"]["recurrent"]["gates"] == "untied"
+    runs, _ = load_sweep(tmp_path / "gal")
+    assert runs["recipe"].isna().all() and runs["recipe_note"].str.contains("nearest: Gal & Ghahramani").all()
