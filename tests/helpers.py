@@ -1,5 +1,5 @@
 """What several test modules share: one reference LSTM covering every connection, small core inputs, a
-quiet Lightning Trainer, and reading a W&B offline run back."""
+quiet Lightning Trainer, run.py in a subprocess, and reading a W&B offline run back."""
 
 import json
 import subprocess
@@ -11,6 +11,27 @@ import torch
 
 T, B, H, L = 6, 5, 8, 2  # the recurrent core's tests: steps, batch, hidden, layers
 WANDB_CLI = str(Path(sys.executable).parent / "wandb")
+REPO = Path(__file__).resolve().parents[1]
+BASE = ["model=tiny", "trainer.enable_progress_bar=false", "threads=1"]  # run.py's settings in sweep tests
+
+
+def cmd(out: Path, ptb_dir, *args, multirun=False) -> list[str]:
+    """run.py on the tiny profile, writing under `out`."""
+    return [
+        sys.executable,
+        "run.py",
+        *(["-m"] if multirun else []),
+        f"out_root={out}",
+        f"data.dir={ptb_dir}",
+        *BASE,
+        *args,
+    ]
+
+
+def run(out, ptb_dir, *args, multirun=False, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        cmd(out, ptb_dir, *args, multirun=multirun), cwd=REPO, capture_output=True, text=True, timeout=600, env=env
+    )
 
 
 def inputs(seed: int = 1):

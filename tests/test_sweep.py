@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,30 +14,9 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from tests.conftest import REPO
-from tests.helpers import WANDB_CLI
+from tests.helpers import WANDB_CLI, cmd, run
 
 pytestmark = pytest.mark.slow  # whole sweeps in subprocesses
-
-BASE = ["model=tiny", "trainer.enable_progress_bar=false", "threads=1"]
-
-
-def cmd(out: Path, ptb_dir, *args, multirun=False):
-    return [
-        sys.executable,
-        "run.py",
-        *(["-m"] if multirun else []),
-        f"out_root={out}",
-        f"data.dir={ptb_dir}",
-        *BASE,
-        *args,
-    ]
-
-
-def run(out, ptb_dir, *args, multirun=False):
-    return subprocess.run(
-        cmd(out, ptb_dir, *args, multirun=multirun), cwd=REPO, capture_output=True, text=True, timeout=600
-    )
-
 
 # A tiny model on 20k training tokens: 1,000 windows an epoch, a few seconds, long enough to kill mid-epoch.
 RESUMABLE = [

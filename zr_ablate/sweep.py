@@ -6,7 +6,8 @@
   one line before any job trains, naming the job; and stops, with on_stale=stop, if a job's folder holds
   a record made with other settings (records.changed_settings);
 - on_multirun_end: one summary line, completed / diverged / failed / skipped, and a non-zero exit if any
-  job failed. Jobs that ran now are those whose .hydra/ files Hydra wrote after the sweep started.
+  job failed. Jobs of this command are those whose .hydra/ files Hydra wrote after the sweep started, or
+  whose record the launcher wrote then (a SLURM job cancelled before it started: zr_ablate/slurm.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .records import (
     SKIPPED,
     RecordError,
     changed_settings,
+    is_job_folder,
     job_name,
     read_result,
     stale_line,
@@ -105,10 +107,12 @@ class SweepGuard(Callback):
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
         counts, failed = Counter(), []
-        for hydra_dir in sorted(sweep.glob("*/.hydra")):
-            if (hydra_dir / "overrides.yaml").stat().st_mtime < self.started:
-                continue  # a job of an earlier command in the same sweep folder
-            job, path = hydra_dir.parent, hydra_dir.parent / RESULT
+        for job in sorted(filter(is_job_folder, sweep.iterdir())):
+            path, launched = job / RESULT, job / ".hydra" / "overrides.yaml"
+            # A job of this command: Hydra wrote its .hydra/ now, or (SLURM ended it before it started) the
+            # launcher recorded it now; else a job of an earlier command in the same sweep folder.
+            if max((p.stat().st_mtime for p in (launched, path) if p.exists()), default=0) < self.started:
+                continue
             try:
                 status = (read_result(job) or {}).get("status", FAILED)
             except RecordError:
