@@ -21,6 +21,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from .dropout import CONNECTIONS
+from .records import flat
 from .schema import Config
 
 SHOWN_DIFFERENCES = 4  # keys named in a "nearest recipe" note before "+N more"
@@ -30,16 +31,6 @@ SHOWN_DIFFERENCES = 4  # keys named in a "nearest recipe" note before "+N more"
 def _data() -> dict:
     with files(__package__).joinpath("published_recipes.yaml").open() as f:
         return yaml.safe_load(f)
-
-
-def _flat(node: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            out |= _flat(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _dropout(flat: dict) -> dict:
@@ -62,7 +53,7 @@ def _resolved(rid: str) -> tuple[dict, dict]:
     base's."""
     spec = _data()["recipes"][rid]
     plain, dropout = _resolved(spec["extends"]) if "extends" in spec else (_data()["defaults"], {})
-    own = _flat(spec.get("settings", {}))
+    own = flat(spec.get("settings", {}))
     own_dropout = {k: v for k, v in own.items() if k.startswith("dropout.")}
     return plain | {k: v for k, v in own.items() if k not in own_dropout}, own_dropout or dropout
 
@@ -92,7 +83,7 @@ RECIPE_KEYS = list(_data()["defaults"])  # the non-dropout keys; the dropout one
 def _schema_defaults() -> dict:
     """Today's default of every key, for records written before a key existed (weight_decay, gates)."""
     config = OmegaConf.to_container(OmegaConf.structured(Config), throw_on_missing=False)
-    return {k: (None if v == "???" else v) for k, v in _flat(config).items()}
+    return {k: (None if v == "???" else v) for k, v in flat(config).items()}
 
 
 def settings_of(flat: dict) -> dict:

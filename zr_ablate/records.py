@@ -72,11 +72,12 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("zr_neutral_keys", lambda: list(NEUTRAL_KEYS), replace=True)
 
 
-def _flat(config: dict, prefix: str = "") -> dict:
+def flat(config: dict, prefix: str = "") -> dict:
+    """{"dropout": {"name": ..}} -> {"dropout.name": ..}; keys already dotted stay as they are."""
     out = {}
     for key, value in config.items():
         if isinstance(value, dict):
-            out |= _flat(value, f"{prefix}{key}.")
+            out |= flat(value, f"{prefix}{key}.")
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -86,7 +87,7 @@ def changed_settings(recorded: dict, current: dict) -> list[str]:
     """The settings that differ between the config a job recorded and the one it would run with now, as
     `key: old -> new`, leaving out NEUTRAL_KEYS and keys one side does not have (a record older than a
     setting, or a setting since removed)."""
-    old, new = _flat(recorded), _flat(current)
+    old, new = flat(recorded), flat(current)
     return [
         f"{k}: {old[k]!r} -> {new[k]!r}"
         for k in sorted(old.keys() & new.keys())

@@ -28,6 +28,7 @@ from .records import (
     RUNNING,
     UNREADABLE,
     RecordError,
+    flat,
     is_job_folder,
     read_result,
 )
@@ -50,17 +51,6 @@ class NoRunsError(FileNotFoundError):
     """The source holds no run records; the message says what to pass instead."""
 
 
-def _flat(config: dict, prefix: str = "") -> dict:
-    """{"dropout": {"name": ..}} and {"dropout.name": ..} both -> {"dropout.name": ..}."""
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out |= _flat(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def variant(placement: str | None, tied: bool, word_p: float) -> str | None:
     """The placement plus +tied (tied input and output embeddings) and +word<p> (word-type dropout)."""
     if placement is None:
@@ -69,23 +59,23 @@ def variant(placement: str | None, tied: bool, word_p: float) -> str | None:
 
 
 def _row(job: str, config: dict, record: dict, status: str) -> dict:
-    flat = _flat(config)
-    placement = flat.get("dropout.name")
+    settings = flat(config)
+    placement = settings.get("dropout.name")
     # A connection a (pre-)preset does not name is off; a job without any config has no rates at all.
-    rates = {f"{c}_p": flat.get(f"dropout.{c}.p", 0.0 if placement else None) for c in CONNECTIONS}
+    rates = {f"{c}_p": settings.get(f"dropout.{c}.p", 0.0 if placement else None) for c in CONNECTIONS}
     fields = {k: record.get(k) for k in RECORD_FIELDS}
     if fields["mc_test_ppl"] is not None and fields["mc_samples"] is None:  # e.g. a W&B summary
-        fields["mc_samples"] = flat.get("eval.mc_samples")
-    tied, word_p = bool(flat.get("model.tie_weights")), rates["word_p"] or 0.0
-    recipe, recipe_note = match(flat) if flat else (None, "no recorded config")
+        fields["mc_samples"] = settings.get("eval.mc_samples")
+    tied, word_p = bool(settings.get("model.tie_weights")), rates["word_p"] or 0.0
+    recipe, recipe_note = match(settings) if settings else (None, "no recorded config")
     return {
         "job": job,
         "placement": placement,
-        "size": flat.get("model.name"),
-        "seed": flat.get("seed"),
+        "size": settings.get("model.name"),
+        "seed": settings.get("seed"),
         "status": status,
         "variant": variant(placement, tied, word_p),
-        "p": flat.get("dropout.p"),
+        "p": settings.get("dropout.p"),
         **rates,
         "recipe": recipe,
         "recipe_note": recipe_note,
