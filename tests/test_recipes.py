@@ -11,14 +11,14 @@ from omegaconf import OmegaConf
 import zr_ablate.schema  # noqa: F401  registers the config schema that conf/config.yaml starts from
 from tests.conftest import REPO
 from zr_ablate.recipes import markdown, match, recipes
+from zr_ablate.records import flat
 from zr_ablate.reference import beside, mc_beside
-from zr_ablate.results import _flat
 
 
 def config(*overrides) -> dict:
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=list(overrides))
-    return _flat(OmegaConf.to_container(cfg, resolve=True))
+    return flat(OmegaConf.to_container(cfg, resolve=True))
 
 
 @pytest.mark.parametrize(
