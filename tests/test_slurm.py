@@ -153,3 +153,25 @@ def test_the_resource_check_names_only_the_settings_to_lower():
     split = resource_problem("ci", Node(32, 400, 1), [Node(64, 8, 0), Node(2, 500, 4)])
     assert split and "a smaller request" in split
     assert "takes jobs" in resource_problem("gpu", Node(1, 1, 0), [])
+
+
+def test_a_job_recorded_only_by_the_launcher_counts_in_the_summary(tmp_path, capsys):
+    """A SLURM job cancelled while pending has no .hydra/, only the failed record the launcher wrote: the
+    sweep summary still counts it (and exits non-zero); an older folder of an earlier command does not."""
+    from omegaconf import OmegaConf
+
+    from zr_ablate.records import write_json_atomic
+    from zr_ablate.sweep import SweepGuard
+
+    old = tmp_path / "dropout=none"
+    old.mkdir()
+    write_json_atomic(old / "result.json", {"status": "failed"})
+    os.utime(old / "result.json", (0, 0))
+    guard = SweepGuard("zr_ablate.build.check")
+    pending = tmp_path / "dropout=zaremba"
+    pending.mkdir()
+    write_json_atomic(pending / "result.json", {"status": "failed", "error": "SLURM job 7_1 ended CANCELLED"})
+    with pytest.raises(SystemExit) as e:
+        guard.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "sweep": "s"}))
+    assert e.value.code == 1
+    assert "0 completed, 0 diverged, 1 failed, 0 skipped; failed: dropout=zaremba" in capsys.readouterr().out

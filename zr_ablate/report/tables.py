@@ -145,7 +145,9 @@ def _rates_as_given(table: pd.DataFrame, rates: list[str]) -> pd.DataFrame:
 
 
 def markdown_table(df: pd.DataFrame) -> str:
-    rows = [list(df.columns), ["---"] * len(df.columns), *df.astype(str).values.tolist()]
+    # Missing values as blanks (pandas 3's astype(str) keeps NaN as NaN, e.g. a record with no config).
+    cells = [["" if pd.isna(v) else str(v) for v in row] for row in df.values.tolist()]
+    rows = [list(map(str, df.columns)), ["---"] * len(df.columns), *cells]
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
