@@ -98,8 +98,8 @@ def test_bad_settings_fail_at_start_with_one_line(tmp_path, ptb_dir, args, messa
 
 
 def test_unknown_placement_is_rejected_by_name(tmp_path, ptb_dir):
-    proc = run(tmp_path, f"data.dir={ptb_dir}", "dropout=gal", check=False)
-    assert proc.returncode != 0 and "Could not find 'dropout/gal'" in proc.stderr
+    proc = run(tmp_path, f"data.dir={ptb_dir}", "dropout=gaal", check=False)
+    assert proc.returncode != 0 and "Could not find 'dropout/gaal'" in proc.stderr
     assert "Available options" in proc.stderr and "zaremba" in proc.stderr
 
 
