@@ -224,7 +224,7 @@ class DroppedLSTM(nn.Module):
             cs.append(c)
         return x, torch.stack(hs), torch.stack(cs)
 
-    def _graph_applies(self, x: torch.Tensor, masks: dict) -> bool:
+    def _graph_applies(self, x: torch.Tensor) -> bool:
         """Capture/replay a CUDA graph: training with gradients on CUDA, on a placement that takes the loop."""
         if not (self.cuda_graph and self.training and x.is_cuda and torch.is_grad_enabled()):
             return False
@@ -235,7 +235,7 @@ class DroppedLSTM(nn.Module):
         masks: from sample_masks (drawn here when not given)."""
         h0, c0 = state
         masks = self.sample_masks(x) if masks is None else masks
-        if self._graph_applies(x, masks):
+        if self._graph_applies(x):
             if self._graphed is None:
                 self._graphed = GraphedLayers(self, x, h0, c0, masks)
             out, h, c = self._graphed(x, h0, c0, masks)

@@ -39,10 +39,15 @@ def input_gates(x: torch.Tensor, layer, input_mask: torch.Tensor | None = None) 
     return torch.einsum("tbgi,ghi->tbgh", per_gate, weight).reshape(steps, batch, -1) + bias
 
 
+def untied(mask: torch.Tensor | None, hid: int) -> bool:
+    """Whether a recurrent mask is untied: [.., B, 4H], one per gate's copy of h_{t-1} (tied: [.., B, H])."""
+    return mask is not None and mask.size(-1) != hid
+
+
 def recurrent_term(h: torch.Tensor, r: torch.Tensor | None, w_hh: torch.Tensor) -> torch.Tensor:
     """h [B, H] through W_hh [4H, H] with its recurrent mask r: None, [B, H] (tied: one mask for all gates)
     or [B, 4H] (untied: each gate's copy of h masked on its own) -> [B, 4H]."""
-    if r is None or r.size(-1) == h.size(-1):
+    if not untied(r, h.size(-1)):
         return (h if r is None else h * r) @ w_hh.t()
     batch, hid = h.shape
     per_gate = (h[:, None, :] * r.view(batch, 4, hid)).transpose(0, 1)  # [4, B, H]
@@ -51,7 +56,7 @@ def recurrent_term(h: torch.Tensor, r: torch.Tensor | None, w_hh: torch.Tensor) 
 
 def recurrent_grad(grad_gates: torch.Tensor, r: torch.Tensor | None, w_hh: torch.Tensor) -> torch.Tensor:
     """The gradient reaching h [B, H] from d pre-activation [B, 4H] through recurrent_term."""
-    if r is None or r.size(-1) == w_hh.size(1):
+    if not untied(r, w_hh.size(1)):
         dh = grad_gates @ w_hh
         return dh if r is None else dh * r
     batch, hid = grad_gates.size(0), w_hh.size(1)
@@ -93,7 +98,7 @@ class LoopLSTM(torch.autograd.Function):
         for t in range(steps):
             r, m = mask_at(recurrent, t), mask_at(cell_update, t)
             g = gates[t]
-            if r is None or r.size(-1) == hid:
+            if not untied(r, hid):
                 torch.addmm(gates_x[t], h if r is None else h * r, w_t, out=g)
             else:  # untied: a mask per gate's copy of h
                 torch.add(gates_x[t], recurrent_term(h, r, w_hh), out=g)
@@ -160,7 +165,7 @@ def weight_grad(
     grad_gates [T, B, 4H], h0 [B, H], out [T, B, H] -> [4H, T*B] @ [T*B, H] = [4H, H] (untied recurrent
     masks: each gate's block from its own masked copy of h, one batched matmul)."""
     h_in = torch.cat([h0[None], out[:-1]])  # h_{t-1} as it entered each step's matmul: [T, B, H]
-    if recurrent is None or recurrent.size(-1) == h_in.size(-1):
+    if not untied(recurrent, h_in.size(-1)):
         h_in = h_in if recurrent is None else h_in * recurrent
         return grad_gates.flatten(0, 1).t() @ h_in.flatten(0, 1)
     steps, batch, hid = h_in.shape

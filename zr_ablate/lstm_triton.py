@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .lstm_loop import Saved, input_gates, recurrent_grad, recurrent_term, weight_grad
+from .lstm_loop import Saved, input_gates, recurrent_grad, recurrent_term, untied, weight_grad
 from .masks import mask_at
 
 BLOCK = 256
@@ -179,15 +179,9 @@ class TritonLoopLSTM(torch.autograd.Function):
         hid = four_h // 4
         n = batch * hid
         masks = [_full(mk, batch, hid) for mk in (recurrent, cell_update, zoneout_c, zoneout_h)]
-        untied = _untied(masks[0], hid)  # [.., B, 4H]: the masked matmul runs in PyTorch, not in the kernel
-        recurrent, cell_update, zoneout_c, zoneout_h = None if untied is not None else masks[0], *masks[1:]
-        flags = dict(
-            HAS_M=cell_update is not None,
-            HAS_ZC=zoneout_c is not None,
-            HAS_ZH=zoneout_h is not None,
-            HAS_R=recurrent is not None,
-            BLOCK=BLOCK,
-        )
+        per_gate = _untied(masks[0], hid)  # [.., B, 4H]: the masked matmul runs in PyTorch, not in the kernel
+        recurrent, cell_update, zoneout_c, zoneout_h = None if per_gate is not None else masks[0], *masks[1:]
+        flags = _flags(recurrent, cell_update, zoneout_c, zoneout_h)
         w_t = w_hh.t()
         pre = gates_x.new_empty(batch, four_h)
         gates = torch.empty_like(gates_x)
@@ -201,8 +195,8 @@ class TritonLoopLSTM(torch.autograd.Function):
         grid = (triton.cdiv(n, BLOCK),)
         for t in range(steps):
             h_prev = h0 if t == 0 else out[t - 1]
-            if untied is not None:
-                torch.add(gates_x[t], recurrent_term(h_prev, mask_at(untied, t), w_hh), out=pre)
+            if per_gate is not None:
+                torch.add(gates_x[t], recurrent_term(h_prev, mask_at(per_gate, t), w_hh), out=pre)
             else:
                 torch.addmm(gates_x[t], h_prev if masked is None else masked[t % 2], w_t, out=pre)
             r_next = mask_at(recurrent, t + 1) if recurrent is not None and t + 1 < steps else None
@@ -231,16 +225,10 @@ class TritonLoopLSTM(torch.autograd.Function):
         s = Saved(*ctx.saved_tensors)
         steps, batch, four_h = s.gates.shape
         n = batch * four_h // 4
-        untied = _untied(s.recurrent, four_h // 4)
-        recurrent = None if untied is not None else s.recurrent
+        per_gate = _untied(s.recurrent, four_h // 4)
+        recurrent = None if per_gate is not None else s.recurrent
         cell_update, zoneout_c, zoneout_h = s.cell_update, s.zoneout_c, s.zoneout_h
-        flags = dict(
-            HAS_M=cell_update is not None,
-            HAS_ZC=zoneout_c is not None,
-            HAS_ZH=zoneout_h is not None,
-            HAS_R=recurrent is not None,
-            BLOCK=BLOCK,
-        )
+        flags = _flags(recurrent, cell_update, zoneout_c, zoneout_h)
         grid = (triton.cdiv(n, BLOCK),)
         grad_out = grad_out.contiguous()
         grad_gates = torch.empty_like(s.gates)
@@ -267,8 +255,8 @@ class TritonLoopLSTM(torch.autograd.Function):
                 four_h // 4,
                 **flags,
             )
-            if untied is not None:  # through each gate's masked copy of h_{t-1}
-                dh_mm = recurrent_grad(grad_gates[t], mask_at(untied, t), s.w_hh)
+            if per_gate is not None:  # through each gate's masked copy of h_{t-1}
+                dh_mm = recurrent_grad(grad_gates[t], mask_at(per_gate, t), s.w_hh)
             else:
                 torch.mm(grad_gates[t], s.w_hh, out=dh_mm)  # [B, 4H] @ [4H, H]
         dh0 = dh_mm if recurrent is None else dh_mm * mask_at(recurrent, 0)
@@ -279,7 +267,18 @@ class TritonLoopLSTM(torch.autograd.Function):
 
 def _untied(recurrent: torch.Tensor | None, hid: int) -> torch.Tensor | None:
     """The recurrent mask when it is untied ([.., B, 4H], a mask per gate), else None."""
-    return recurrent if recurrent is not None and recurrent.size(-1) != hid else None
+    return recurrent if untied(recurrent, hid) else None
+
+
+def _flags(recurrent, cell_update, zoneout_c, zoneout_h) -> dict:
+    """The kernels' compile-time switches: which masks a window has (the kernel masks only a tied h_{t-1})."""
+    return dict(
+        HAS_M=cell_update is not None,
+        HAS_ZC=zoneout_c is not None,
+        HAS_ZH=zoneout_h is not None,
+        HAS_R=recurrent is not None,
+        BLOCK=BLOCK,
+    )
 
 
 def _arg(t: torch.Tensor | None, dummy: torch.Tensor) -> torch.Tensor:
