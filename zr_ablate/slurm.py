@@ -19,14 +19,13 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from unittest import mock
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as HydraSlurmLauncher
-from omegaconf import OmegaConf
 
-from .records import FAILED, RESULT, job_name, read_result, write_json_atomic
+from .records import FAILED, RESULT, read_result, write_json_atomic
+from .sweep import job_record
 
 log = logging.getLogger(__name__)
 # sinfo's compact node states (%t) in which a node will not take new jobs.
@@ -136,11 +135,9 @@ class SlurmLauncher(HydraSlurmLauncher):
         """Record the job as failed (its folder made if it never started) and return what run.py returns
         for a failed job in a sweep, so that Hydra waits for the rest."""
         overrides = list(job.submission().args[0])
-        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
-        folder = Path(cfg.hydra.sweep.dir) / job_name(cfg.hydra.job.override_dirname)
+        folder, settings = job_record(self.hydra_context.config_loader.load_sweep_config(self.config, overrides))
         folder.mkdir(parents=True, exist_ok=True)
-        settings = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-        record = read_result(folder) or {"config": OmegaConf.to_container(settings, resolve=True)}
+        record = read_result(folder) or {"config": settings}
         record.update(status=FAILED, error=f"SLURM job {job.job_id} ended {job.state}: {reason(error)}")
         write_json_atomic(folder / RESULT, record)
         log.error("job failed: %s (%s)", folder, record["error"])

@@ -52,15 +52,22 @@ def writable_or_exit(folder: Path) -> None:
         )
 
 
-def stale_settings(job) -> str | None:
-    """With on_stale=stop, the line that stops the sweep if the job's folder holds a record made with other
-    settings; run.py takes the same decision again for a single job."""
+def job_record(job) -> tuple[Path, dict]:
+    """A job's config as composed for a sweep (with its hydra node) -> its folder and the settings its
+    result.json records (everything but hydra, resolved)."""
     from omegaconf import OmegaConf
 
     folder = Path(job.hydra.sweep.dir) / job_name(job.hydra.job.override_dirname)
-    previous = read_result(folder) or {}
     settings = OmegaConf.masked_copy(job, [k for k in job if k != "hydra"])
-    changed = changed_settings(previous.get("config") or {}, OmegaConf.to_container(settings, resolve=True))
+    return folder, OmegaConf.to_container(settings, resolve=True)
+
+
+def stale_settings(job) -> str | None:
+    """With on_stale=stop, the line that stops the sweep if the job's folder holds a record made with other
+    settings; run.py takes the same decision again for a single job."""
+    folder, settings = job_record(job)
+    previous = read_result(folder) or {}
+    changed = changed_settings(previous.get("config") or {}, settings)
     return stale_line(folder, changed) if changed and job.on_stale == "stop" else None
 
 
