@@ -33,16 +33,16 @@ def _data() -> dict:
         return yaml.safe_load(f)
 
 
-def _dropout(flat: dict) -> dict:
+def _dropout(settings: dict) -> dict:
     """The dropout part of a recipe from flat settings: per connection, p and, where p > 0, the mask kind
     and gates; a connection that is off is only p = 0 (its mask kind does not change the run)."""
     out = {}
     for c in CONNECTIONS:
-        p = flat.get(f"dropout.{c}.p") or 0.0  # a string (an unresolved interpolation) matches no recipe
+        p = settings.get(f"dropout.{c}.p") or 0.0  # a string (an unresolved interpolation) matches no recipe
         out[f"dropout.{c}.p"] = p
         if not isinstance(p, (int, float)) or p > 0:
-            out[f"dropout.{c}.mask"] = flat.get(f"dropout.{c}.mask")
-            out[f"dropout.{c}.gates"] = flat.get(f"dropout.{c}.gates") or "tied"
+            out[f"dropout.{c}.mask"] = settings.get(f"dropout.{c}.mask")
+            out[f"dropout.{c}.gates"] = settings.get(f"dropout.{c}.gates") or "tied"
     return out
 
 
@@ -86,9 +86,9 @@ def _schema_defaults() -> dict:
     return {k: (None if v == "???" else v) for k, v in flat(config).items()}
 
 
-def settings_of(flat: dict) -> dict:
+def settings_of(config: dict) -> dict:
     """A run's recipe settings from its flat config ({"optim.lr": 1.0, ...})."""
-    full = _schema_defaults() | {k: v for k, v in flat.items()}
+    full = _schema_defaults() | config
     return {k: full.get(k) for k in RECIPE_KEYS} | _dropout(full)
 
 
@@ -105,10 +105,10 @@ def differences(run: dict, recipe: dict) -> list[str]:
     return [k for k in dict.fromkeys([*run, *recipe]) if not _equal(run.get(k), recipe.get(k))]
 
 
-def match(flat: dict) -> tuple[str | None, str]:
+def match(config: dict) -> tuple[str | None, str]:
     """(id of the recipe a run's flat config follows, or None; a note): the note names the recipe, or the
     nearest one and what differs from it."""
-    run = settings_of(flat)
+    run = settings_of(config)
     diffs = {rid: differences(run, r["settings"]) for rid, r in recipes().items()}
     nearest = min(diffs, key=lambda rid: len(diffs[rid]))  # the first listed on a tie
     if not diffs[nearest]:
