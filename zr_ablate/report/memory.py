@@ -35,8 +35,13 @@ def keep(source: Path, runs: Path) -> None:
         shutil.copytree(source / PROBE, runs / PROBE, dirs_exist_ok=True)
 
 
+def _by_k(ks) -> list[str]:
+    """Reset intervals in order, "whole" (the state never reset) last."""
+    return sorted(set(ks), key=lambda k: float("inf") if k == "whole" else int(k))
+
+
 def _ks(frame: pd.DataFrame) -> list[str]:
-    return sorted(frame["k"].unique(), key=lambda k: float("inf") if k == "whole" else int(k))
+    return _by_k(frame["k"])
 
 
 def tables(frames: dict[str, pd.DataFrame], split: str) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
@@ -50,7 +55,7 @@ def tables(frames: dict[str, pd.DataFrame], split: str) -> dict[str, tuple[pd.Da
         ppl_whole_sd=("ppl_whole", "std"),
         gain_mean=("memory_gain", "mean"),
         gain_sd=("memory_gain", "std"),
-        k90=("k90", lambda ks: "/".join(sorted(set(ks), key=lambda k: float("inf") if k == "whole" else int(k)))),
+        k90=("k90", lambda ks: "/".join(_by_k(ks))),
     )
     gain = _sorted(gain.reset_index())
     gain_shown = pd.DataFrame(
