@@ -97,10 +97,9 @@ class DropoutSpec:
         d = dict(d)
         name = d.pop("name", "custom")
         d.pop("p", None)  # the shared default that the presets interpolate into each connection
-        defaults = {f.name: f.default_factory() for f in fields(cls) if f.name != "name"}
-        unknown = set(d) - set(defaults)
+        unknown = set(d) - set(CONNECTIONS)
         if unknown:
-            raise ValueError(f"unknown dropout connection(s) {sorted(unknown)}; known: {list(defaults)}")
+            raise ValueError(f"unknown dropout connection(s) {sorted(unknown)}; known: {CONNECTIONS}")
         conns = {}
         for key, value in d.items():
             value = dict(value)
@@ -108,7 +107,7 @@ class DropoutSpec:
             if bad:
                 raise ValueError(f"dropout.{key} has unknown key(s) {sorted(bad)}; use p, mask and gates")
             try:
-                conns[key] = Connection(**{"mask": defaults[key].mask, **value})
+                conns[key] = Connection(**{"mask": DEFAULT_MASKS[key], **value})
             except ValueError as e:
                 raise ValueError(f"dropout.{key}: {e}") from None
         return cls(name=name, **conns)
@@ -122,3 +121,5 @@ class DropoutSpec:
 
 
 CONNECTIONS = [f.name for f in fields(DropoutSpec) if f.name != "name"]  # in the order of the table above
+# The mask kind a connection takes when its config gives only p (zr_ablate.schema's defaults too).
+DEFAULT_MASKS = {f.name: f.default_factory().mask for f in fields(DropoutSpec) if f.name != "name"}

@@ -11,39 +11,33 @@ Ranges: `check_ranges`, run by build.check for every job of a sweep before any j
 run.py for a single job), names the key and what it must be.
 """
 
-from dataclasses import dataclass, field
-from typing import Any, Dict, Optional  # noqa: UP035  OmegaConf reads these typing forms
+from dataclasses import dataclass, field, fields, make_dataclass
+from typing import Any, Dict, Optional, get_type_hints  # noqa: UP035  OmegaConf reads these typing forms
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from .dropout import CONNECTIONS, DEFAULT_MASKS, Connection
 from .records import ON_STALE, register_resolvers
 
+# The dropout node's types, generated from zr_ablate.dropout (the runtime spec, frozen and validated there),
+# so a connection or a connection setting is added in dropout.py alone. A connection: p, mask, gates.
+ConnectionConf = make_dataclass(
+    "ConnectionConf",
+    [(f.name, get_type_hints(Connection)[f.name], f.default) for f in fields(Connection)],
+)
 
-@dataclass
-class ConnectionConf:
-    p: float = 0.0
-    mask: str = "step"
-    gates: str = "tied"  # untied: one mask per gate (embedding, between, recurrent only)
 
-
-def _off(mask: str = "step"):
+def _connection(mask: str):
     return field(default_factory=lambda: ConnectionConf(0.0, mask))
 
 
-@dataclass
-class DropoutConf:  # zr_ablate.dropout.DropoutSpec's connections, each off unless the preset turns it on
-    name: str = "custom"
-    p: float = 0.0  # the presets' shared rate, interpolated into the connections they use
-    word: ConnectionConf = _off("sequence")
-    embedding: ConnectionConf = _off()
-    between: ConnectionConf = _off()
-    recurrent: ConnectionConf = _off()
-    cell_update: ConnectionConf = _off()
-    weight_hh: ConnectionConf = _off("sequence")
-    zoneout_c: ConnectionConf = _off()
-    zoneout_h: ConnectionConf = _off()
-    output: ConnectionConf = _off()
+# Every connection of DropoutSpec, off (with the spec's default mask kind) unless the preset turns it on.
+DropoutConf = make_dataclass(
+    "DropoutConf",
+    [("name", str, "custom"), ("p", float, 0.0)]  # p: the presets' shared rate, interpolated into connections
+    + [(c, ConnectionConf, _connection(DEFAULT_MASKS[c])) for c in CONNECTIONS],
+)
 
 
 @dataclass
