@@ -44,29 +44,9 @@ def test_memory_probe_counts_the_per_step_masks_naive_keeps_for_backward():
 @pytest.mark.slow  # a fresh process per row
 def test_bench_end_to_end_writes_consistent_tables(tmp_path, capsys):
     out = tmp_path / "bench.json"
+    settings = "--placements naive zaremba --reference --repeats 2 --steps 1 --warmup 1 --threads 1"
     bench.main(
-        [
-            "--sizes",
-            SIZE,
-            "--placements",
-            "naive",
-            "zaremba",
-            "--reference",
-            "--repeats",
-            "2",
-            "--steps",
-            "1",
-            "--warmup",
-            "1",
-            "--lightning",
-            "zaremba",
-            "--lightning-steps",
-            "2",
-            "--threads",
-            "1",
-            "--out",
-            str(out),
-        ]
+        ["--sizes", SIZE, *settings.split(), "--lightning", "zaremba", "--lightning-steps", "2", "--out", str(out)]
     )
     report = json.loads(out.read_text())
     rows = {(r["placement"], r["impl"]): r for r in report["placements"]}

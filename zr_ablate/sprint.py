@@ -52,37 +52,13 @@ def bench_command(args, out: Path, checks: dict) -> list[str]:
     """The placement table in the best passed mode, the other passed graph mode beside it for the looped
     placements, and the fused placements on the fast loop; concurrency is measured after `choose`."""
     modes = checks["modes"]
-    cmd = [
-        sys.executable,
-        "-m",
-        "zr_ablate.bench",
-        "--out",
-        str(out),
-        "--overrides",
-        f"cuda_graph={modes[0]}",
-        "--concurrency",
-    ]
-    if args.dry:
+    cmd = [sys.executable, "-m", "zr_ablate.bench", "--out", str(out), "--overrides", f"cuda_graph={modes[0]}"]
+    cmd.append("--concurrency")  # with no counts: measured after `choose`, by sprint itself
+    if args.dry:  # one quick pass of every table on the CPU, to exercise the plumbing
         return cmd + [
-            "--device",
-            "cpu",
-            "--sizes",
-            args.size,
-            "--placements",
+            *f"--device cpu --sizes {args.size} --placements".split(),
             *ORDER,
-            "--repeats",
-            "1",
-            "--steps",
-            "1",
-            "--warmup",
-            "1",
-            "--lightning",
-            "zaremba",
-            "--lightning-steps",
-            "2",
-            "--no-memory",
-            "--threads",
-            "1",
+            *"--repeats 1 --steps 1 --warmup 1 --lightning zaremba --lightning-steps 2 --no-memory --threads 1".split(),
         ]
     variants = (
         ["loop"]
@@ -90,29 +66,10 @@ def bench_command(args, out: Path, checks: dict) -> list[str]:
         + (["torch"] if checks["triton"] else [])
     )
     return cmd + [
-        "--device",
-        "cuda",
-        "--sizes",
-        args.size,
-        "large",
-        "--variants",
+        *f"--device cuda --sizes {args.size} large --variants".split(),
         *variants,
-        "--variant-sizes",
-        args.size,
-        "--repeats",
-        "2",
-        "--steps",
-        "3",
-        "--warmup",
-        "2",
-        "--no-memory",
-        "--lightning",
-        "zaremba",
-        "variational",
-        "--lightning-steps",
-        "8",
-        "--lightning-sizes",
-        args.size,
+        *f"--variant-sizes {args.size} --repeats 2 --steps 3 --warmup 2 --no-memory".split(),
+        *f"--lightning zaremba variational --lightning-steps 8 --lightning-sizes {args.size}".split(),
     ]
 
 
