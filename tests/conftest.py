@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 # Without a GPU, Triton kernels (zr_ablate.lstm_triton) run in Triton's CPU interpreter. Triton reads this
@@ -13,11 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 if not os.environ.get("CUDA_VISIBLE_DEVICES") and not Path("/dev/nvidia0").exists():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 PTB_DIR = Path(os.environ.get("ZR_ABLATE_PTB_DIR", REPO.parent / "shared" / "data" / "ptb")).resolve()
-SHA256 = {
-    "ptb.train.txt": "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf",
-    "ptb.valid.txt": "c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2",
-    "ptb.test.txt": "dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0",
-}
+SHA256 = dict(OmegaConf.load(REPO / "conf" / "data" / "ptb.yaml").sha256)  # the files' checksums, from the config
 
 
 @pytest.fixture(scope="session")

@@ -1,17 +1,21 @@
 """What several test modules share: one reference LSTM covering every connection, small core inputs, a
-quiet Lightning Trainer, run.py in a subprocess, and reading a W&B offline run back."""
+tiny language model on a PTB slice, run.py in a subprocess, and reading a W&B offline run back."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
+
+from tests.conftest import REPO, SHA256
+from zr_ablate.data import PTBDataModule
+from zr_ablate.dropout import DropoutSpec
+from zr_ablate.model import LSTMLanguageModel
+from zr_ablate.module import LMModule
 
 T, B, H, L = 6, 5, 8, 2  # the recurrent core's tests: steps, batch, hidden, layers
 WANDB_CLI = str(Path(sys.executable).parent / "wandb")
-REPO = Path(__file__).resolve().parents[1]
 BASE = ["model=tiny", "trainer.enable_progress_bar=false", "threads=1"]  # run.py's settings in sweep tests
 
 
@@ -92,17 +96,20 @@ def reference(core, x: torch.Tensor, state, masks: dict):
     return x, torch.stack(hs), torch.stack(cs)
 
 
-def trainer(**kw) -> pl.Trainer:
-    """One epoch, nothing written, nothing printed."""
-    args = dict(
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    return pl.Trainer(**(args | kw))
+def ptb_slice(ptb_dir, **shape) -> PTBDataModule:
+    """The local PTB files (no download), batch 4 and the paper's test protocol unless `shape` says otherwise."""
+    shape = {"batch_size": 4, "eval_batch_size": 4, "test_protocol": "paper"} | shape
+    return PTBDataModule(str(ptb_dir), "unused", {}, SHA256, **shape)
+
+
+def tiny_lm(ptb_dir, spec: DropoutSpec | None = None, mc_samples: int = 0, **shape) -> tuple[PTBDataModule, LMModule]:
+    """A set-up PTB slice (bptt 5, 3000 training and 600 evaluation tokens unless `shape` says otherwise)
+    and a seeded 2x16 LSTM language model on it under the paper's SGD schedule."""
+    dm = ptb_slice(ptb_dir, **({"bptt": 5, "train_tokens": 3000, "eval_tokens": 600} | shape))
+    dm.setup()
+    torch.manual_seed(0)
+    model = LSTMLanguageModel(len(dm.vocab), 16, 2, spec or DropoutSpec(), init_scale=0.1)
+    return dm, LMModule(model, lr=1.0, lr_decay=2.0, decay_after=1, clip=5.0, mc_samples=mc_samples)
 
 
 def read_run(job: Path) -> dict:

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from tests.conftest import SHA256
+from tests.helpers import ptb_slice
 from zr_ablate.data import (
     DataError,
-    PTBDataModule,
     Vocabulary,
     WindowDataset,
     batchify,
@@ -133,18 +133,7 @@ def test_concurrent_jobs_share_one_cache_safely(tmp_path, file_urls):
 
 
 def test_datamodule_slices_train_but_keeps_full_vocab(ptb_dir):
-    dm = PTBDataModule(
-        str(ptb_dir),
-        "unused",
-        {},
-        SHA256,
-        batch_size=4,
-        bptt=7,
-        eval_batch_size=3,
-        test_protocol="paper",
-        train_tokens=1000,
-        eval_tokens=500,
-    )
+    dm = ptb_slice(ptb_dir, bptt=7, eval_batch_size=3, train_tokens=1000, eval_tokens=500)
     dm.setup()
     assert len(dm.vocab) == 10_000
     x, y = next(iter(dm.train_dataloader()))
@@ -154,6 +143,6 @@ def test_datamodule_slices_train_but_keeps_full_vocab(ptb_dir):
 
 
 def test_unroll_longer_than_data_is_rejected(ptb_dir):
-    dm = PTBDataModule(str(ptb_dir), "unused", {}, SHA256, batch_size=20, bptt=35, train_tokens=500)
+    dm = ptb_slice(ptb_dir, batch_size=20, bptt=35, train_tokens=500)
     with pytest.raises(ValueError, match="unroll 35 is longer"):
         dm.setup()

@@ -4,10 +4,10 @@ Test names carry what they vouch for (test_step_graph_*, test_layers_graph_*, te
 sprint reads to decide what it may train with."""
 
 import pytest
-import pytorch_lightning as pl
 import torch
 
 from zr_ablate.build import apply_precision, model
+from zr_ablate.train import quiet_trainer
 from zr_ablate.workload import PlainLoop, settings
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -107,16 +107,7 @@ def fit(ptb_dir, *overrides: str):
     cfg = settings("tiny", "variational", "auto", (f"data.dir={ptb_dir}", "trainer.max_epochs=1", *overrides))
     torch.manual_seed(0)
     module, data = build(cfg)
-    trainer = pl.Trainer(
-        accelerator="gpu",
-        devices=1,
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = quiet_trainer(accelerator="gpu", devices=1)
     torch.manual_seed(1)
     trainer.fit(module, datamodule=data)
     return module, trainer.callback_metrics

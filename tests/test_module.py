@@ -7,32 +7,10 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import SHA256
-from tests.helpers import trainer
-from zr_ablate.data import PTBDataModule
-from zr_ablate.dropout import DropoutSpec
-from zr_ablate.model import LSTMLanguageModel
+from tests.helpers import tiny_lm
 from zr_ablate.module import LMModule
 from zr_ablate.step import SGD, TrainStep
-
-
-def tiny(ptb_dir, test_protocol="paper", bptt=5, train_tokens=3000):
-    dm = PTBDataModule(
-        str(ptb_dir),
-        "unused",
-        {},
-        SHA256,
-        batch_size=4,
-        bptt=bptt,
-        eval_batch_size=4,
-        test_protocol=test_protocol,
-        train_tokens=train_tokens,
-        eval_tokens=600,
-    )
-    dm.setup()
-    torch.manual_seed(0)
-    model = LSTMLanguageModel(len(dm.vocab), 16, 2, DropoutSpec(), init_scale=0.1)
-    return dm, LMModule(model, lr=1.0, lr_decay=2.0, decay_after=1, clip=5.0)
+from zr_ablate.train import quiet_trainer
 
 
 def manual_ppl(model, stream: torch.Tensor, batch: int, bptt: int) -> float:
@@ -52,7 +30,7 @@ def manual_ppl(model, stream: torch.Tensor, batch: int, bptt: int) -> float:
 
 def test_training_loss_is_summed_over_steps_and_averaged_over_batch(ptb_dir):
     """The step back-propagates sum NLL / B = T x the per-token mean: its gradients are T times the mean's."""
-    dm, module = tiny(ptb_dir)
+    dm, module = tiny_lm(ptb_dir)
     x, y = next(iter(dm.train_dataloader()))
     step = TrainStep(module.model, clip=1e9)  # no clipping
     nll, _, _ = step(x, y, module.model.init_state(4))
@@ -66,32 +44,32 @@ def test_training_loss_is_summed_over_steps_and_averaged_over_batch(ptb_dir):
 
 
 def test_validation_perplexity_is_token_weighted_over_the_split(ptb_dir):
-    dm, module = tiny(ptb_dir)
-    out = trainer().validate(module, datamodule=dm, verbose=False)[0]
+    dm, module = tiny_lm(ptb_dir)
+    out = quiet_trainer().validate(module, datamodule=dm, verbose=False)[0]
     assert out["val_ppl"] == pytest.approx(manual_ppl(module.model, dm.tokens["valid"], 4, 5), rel=1e-5)
     assert out["val_ppl"] == pytest.approx(math.exp(out["val_loss"]), rel=1e-4)
 
 
 def test_paper_test_protocol_equals_one_step_at_a_time(ptb_dir):
-    dm, module = tiny(ptb_dir, test_protocol="paper", bptt=5)
-    out = trainer().test(module, datamodule=dm, verbose=False)[0]
+    dm, module = tiny_lm(ptb_dir, test_protocol="paper", bptt=5)
+    out = quiet_trainer().test(module, datamodule=dm, verbose=False)[0]
     one_step = manual_ppl(module.model, dm.tokens["test"], batch=1, bptt=1)
     assert out["test_ppl"] == pytest.approx(one_step, rel=1e-5)
-    dm_fast, _ = tiny(ptb_dir, test_protocol="fast")
-    fast = trainer().test(module, datamodule=dm_fast, verbose=False)[0]["test_ppl"]
+    dm_fast, _ = tiny_lm(ptb_dir, test_protocol="fast")
+    fast = quiet_trainer().test(module, datamodule=dm_fast, verbose=False)[0]["test_ppl"]
     assert fast == pytest.approx(manual_ppl(module.model, dm.tokens["test"], batch=4, bptt=5), rel=1e-5)
     assert fast != pytest.approx(one_step, rel=1e-6)  # the protocols really differ
 
 
 def _train_losses(ptb_dir, **trainer_kw):
-    dm, module = tiny(ptb_dir)
+    dm, module = tiny_lm(ptb_dir)
     losses = []
 
     class Record(pl.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             losses.append(outputs["loss"].item())
 
-    trainer(callbacks=[Record()], **trainer_kw).fit(module, datamodule=dm)
+    quiet_trainer(callbacks=[Record()], **trainer_kw).fit(module, datamodule=dm)
     return losses, module
 
 
@@ -103,7 +81,7 @@ def test_validation_mid_epoch_does_not_disturb_the_training_state(ptb_dir):
 
 
 def test_state_is_carried_across_windows_and_reset_each_epoch(ptb_dir):
-    dm, module = tiny(ptb_dir)
+    dm, module = tiny_lm(ptb_dir)
     module.train()
     loader = iter(dm.train_dataloader())
     w1, w2 = next(loader), next(loader)
@@ -145,7 +123,7 @@ def test_paper_profiles_decay_on_zaremba_main_lua_timing(size, after):
 def test_gradients_are_clipped_to_global_norm(ptb_dir):
     """One clip over all parameters together, after the whole window's backward; the step reports the norm
     before clipping."""
-    dm, module = tiny(ptb_dir)
+    dm, module = tiny_lm(ptb_dir)
     x, y = next(iter(dm.train_dataloader()))
     raw = TrainStep(module.model, clip=1e9)
     raw(x, y, module.model.init_state(4))

@@ -10,14 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import REPO, SHA256
-from tests.helpers import B, H, L, T, inputs, reference, trainer
-from zr_ablate.data import PTBDataModule
+from tests.conftest import REPO
+from tests.helpers import B, H, L, T, inputs, reference, tiny_lm
 from zr_ablate.dropout import Connection, DropoutSpec
 from zr_ablate.lstm import DroppedLSTM
 from zr_ablate.mc import MCDropoutEval
 from zr_ablate.model import LSTMLanguageModel, count_parameters
-from zr_ablate.module import LMModule
+from zr_ablate.train import quiet_trainer
 
 NEW_PRESETS = ["semeniuta", "weight_drop", "zoneout"]
 
@@ -229,34 +228,15 @@ def test_tied_embedding_and_decoder_are_one_tensor():
 # ---- MC-dropout evaluation ------------------------------------------------------------------------------
 
 
-def tiny_module(ptb_dir, spec: DropoutSpec, mc_samples: int):
-    dm = PTBDataModule(
-        str(ptb_dir),
-        "unused",
-        {},
-        SHA256,
-        batch_size=4,
-        bptt=5,
-        eval_batch_size=4,
-        test_protocol="paper",
-        train_tokens=3000,
-        eval_tokens=300,
-    )
-    dm.setup()
-    torch.manual_seed(0)
-    model = LSTMLanguageModel(len(dm.vocab), 16, 2, spec, init_scale=0.1)
-    return dm, LMModule(model, lr=1.0, lr_decay=2.0, decay_after=1, clip=5.0, mc_samples=mc_samples)
-
-
 def test_mc_with_one_pass_and_no_dropout_equals_standard_evaluation(ptb_dir):
-    dm, module = tiny_module(ptb_dir, DropoutSpec(), mc_samples=1)
-    out = trainer().test(module, datamodule=dm, verbose=False)[0]
+    dm, module = tiny_lm(ptb_dir, DropoutSpec(), mc_samples=1, eval_tokens=300)
+    out = quiet_trainer().test(module, datamodule=dm, verbose=False)[0]
     assert out["mc_test_ppl"] == pytest.approx(out["test_ppl"], rel=1e-6)
 
 
 def test_mc_averages_probabilities_over_passes_that_each_carry_their_own_state(ptb_dir):
     spec = DropoutSpec(embedding=Connection(0.5), zoneout_h=Connection(0.2))
-    dm, module = tiny_module(ptb_dir, spec, mc_samples=3)
+    dm, module = tiny_lm(ptb_dir, spec, mc_samples=3, eval_tokens=300)
     model = module.model.eval()
     windows = [w for _, w in zip(range(2), dm.test_dataloader())]
     mc = module.mc
@@ -289,7 +269,7 @@ def test_mc_holds_each_pass_masks_over_the_whole_stream_with_word_dropout_off(pt
         recurrent=Connection(0.3, "sequence", "untied"),
         output=held,
     )
-    dm, module = tiny_module(ptb_dir, spec, mc_samples=2)
+    dm, module = tiny_lm(ptb_dir, spec, mc_samples=2, eval_tokens=300)
     model, mc = module.model.eval(), module.mc
     seen = [[], []]  # per pass, the masks of each window
     with torch.no_grad():

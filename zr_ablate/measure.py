@@ -14,6 +14,7 @@ import torch
 
 from . import build
 from .clock import sync, timed
+from .train import quiet_trainer
 from .workload import (
     PlainLoop,
     build_model,
@@ -172,18 +173,8 @@ def bench_lightning(size: str, placement: str, device: torch.device, args) -> di
 
         module = build.lm_module(cfg, build_model(cfg, device))
         clock = _StepClock(device)
-        trainer = pl.Trainer(
-            accelerator="gpu" if device.type == "cuda" else "cpu",
-            devices=1,
-            max_epochs=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_val_batches=0,
-            num_sanity_val_steps=0,
-            callbacks=[clock],
-        )
+        accelerator = "gpu" if device.type == "cuda" else "cpu"
+        trainer = quiet_trainer(accelerator=accelerator, devices=1, limit_val_batches=0, callbacks=[clock])
         loader = torch.utils.data.DataLoader(wins, batch_size=None, shuffle=False)
         fit_wall.append(timed(lambda: trainer.fit(module, train_dataloaders=loader), device))
         lightning.append(batch * bptt / _step_seconds(clock.marks, args.warmup))

@@ -1,7 +1,8 @@
 """One training job: fit, test, and the records a sweep is judged by (epochs.csv, result.json).
 
 `run_job` takes built objects (data module, Lightning module, trainer settings); run.py builds them from
-the Hydra config, so nothing here reads the global config.
+the Hydra config, so nothing here reads the global config. `quiet_trainer` is the bare Trainer the bench
+and the tests fit with: no records, nothing printed.
 """
 
 from __future__ import annotations
@@ -203,3 +204,17 @@ def run_job(
         )
         write_json_atomic(job / RESULT, result)
     return result
+
+
+def quiet_trainer(**kw) -> pl.Trainer:
+    """One epoch with nothing written or printed: no logger, checkpoint, progress bar, model summary or
+    sanity validation. `kw` adds Trainer arguments or overrides these."""
+    quiet = dict(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    return pl.Trainer(**(quiet | kw))
