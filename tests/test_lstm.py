@@ -7,7 +7,7 @@ from torch import nn
 from tests.helpers import B, H, L, T, inputs, reference
 from zr_ablate.dropout import Connection, DropoutSpec
 from zr_ablate.lstm import DroppedLSTM, lstm_layer_loop
-from zr_ablate.lstm_loop import lstm_layer_fast
+from zr_ablate.lstm_loop import LayerMasks, lstm_layer_fast
 from zr_ablate.masks import sample_mask
 
 
@@ -113,7 +113,7 @@ def test_fast_loop_equals_the_reference_loop_in_outputs_and_every_gradient(case,
         layer.zero_grad()
         x, h0, c0 = (v.clone().requires_grad_(True) for v in (x0, h00, c00))
         w_hh = None if w_mask is None else layer.weight_hh_l0 * w_mask
-        out, h, c = fn(x, h0, c0, layer, w_hh, **masks)
+        out, h, c = fn(x, h0, c0, layer, w_hh, LayerMasks(**masks))
         # A loss that reaches every output: each step's h, and the final h and c on their own.
         sum((v * w).sum() for v, w in zip((out, h, c), weights)).backward()
         results.append([out, h, c, x.grad, h0.grad, c0.grad] + [p.grad.clone() for p in layer.parameters()])

@@ -26,7 +26,7 @@ from torch import nn
 
 from .dropout import IN_LOOP, ZONEOUT, DropoutSpec
 from .graphs import GraphedLayers
-from .lstm_loop import input_gates, lstm_layer_fast, recurrent_term
+from .lstm_loop import NO_MASKS, LayerMasks, input_gates, lstm_layer_fast, recurrent_term
 from .masks import mask_at, sample_mask, weight_mask, zoneout_mask
 
 IMPLS = ("auto", "fused", "loop", "reference")
@@ -39,33 +39,16 @@ def _masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 def lstm_layer_loop(
-    x: torch.Tensor,
-    h: torch.Tensor,
-    c: torch.Tensor,
-    layer: nn.LSTM,
-    w_hh: torch.Tensor | None = None,
-    input_mask: torch.Tensor | None = None,
-    recurrent: torch.Tensor | None = None,
-    cell_update: torch.Tensor | None = None,
-    zoneout_c: torch.Tensor | None = None,
-    zoneout_h: torch.Tensor | None = None,
+    x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, layer: nn.LSTM, w_hh=None, masks: LayerMasks = NO_MASKS
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The reference LSTM layer, step by step under autograd, with the in-loop masks of dropout.py (each
-    None, [T, B, H] fresh per step or [1, B, H] the same every step; zoneout's may be [1, 1, 1], its
-    expectation at evaluation).
-
-    x [T, B, I]; h, c [B, H]; w_hh [4H, H] replaces the layer's weight_hh_l0 (DropConnect).
-    input_mask [T or 1, B, 4I]: untied dropout on x, one mask per gate's copy (a tied mask is applied to x
-    before the layer instead).
-    recurrent masks h_{t-1} where it enters the gates, not the carried h (Gal's formulation); [.., B, 4H]
-    when untied, one mask per gate's copy of h_{t-1}.
-    cell_update masks g_t only: c_t = f*c_{t-1} + i*(g_t*m) (Semeniuta et al.), so c_{t-1} is never masked.
-    zoneout_c/h: c_t = d*c_{t-1} + (1-d)*c_new, h_t = d*h_{t-1} + (1-d)*o*tanh(c_new) (Krueger et al.: h
-    is computed from the new cell before zoneout); the zoned h is the layer's output and the carried state.
-    Returns outputs [T, B, H] and the final h, c [B, H]. Gate order is PyTorch's: i, f, g, o.
+    """The reference LSTM layer, step by step under autograd, with the masks of one window (their shapes
+    and where each one falls: lstm_loop.LayerMasks). x [T, B, I]; h, c [B, H]; w_hh [4H, H] replaces the
+    layer's weight_hh_l0 (DropConnect). Returns outputs [T, B, H] and the final h, c [B, H]. Gate order is
+    PyTorch's: i, f, g, o.
     """
+    recurrent, cell_update, zoneout_c, zoneout_h = masks.in_loop
     w = layer.weight_hh_l0 if w_hh is None else w_hh
-    gates_x = input_gates(x, layer, input_mask)  # [T, B, 4H]
+    gates_x = input_gates(x, layer, masks.input_mask)  # [T, B, 4H]
     outputs = []
     for t in range(x.size(0)):
         i, f, g, o = (gates_x[t] + recurrent_term(h, mask_at(recurrent, t), w)).chunk(4, dim=1)
@@ -206,20 +189,19 @@ class DroppedLSTM(nn.Module):
             conn, mask = (
                 (self.spec.embedding, masks["embedding"]) if i == 0 else (self.spec.between, masks["between"][i - 1])
             )
-            input_mask = mask if conn.untied else None
             if not conn.untied:
                 x = _masked(x, mask)
-            in_loop = {k: masks[k][i] for k in IN_LOOP}
+            layer_masks = LayerMasks(mask if conn.untied else None, **{k: masks[k][i] for k in IN_LOOP})
             w_mask = masks["weight_hh"][i]
             w_hh = None if w_mask is None else layer.weight_hh_l0 * w_mask
-            path = self.path(input_mask is not None or any(m is not None for m in in_loop.values()))
+            path = self.path(any(m is not None for m in layer_masks))
             if path == "fused":
                 x, h, c = lstm_layer_fused(x, h0[i], c0[i], layer, w_hh)
             elif path == "reference":
-                x, h, c = lstm_layer_loop(x, h0[i], c0[i], layer, w_hh, input_mask, **in_loop)
+                x, h, c = lstm_layer_loop(x, h0[i], c0[i], layer, w_hh, layer_masks)
             else:
                 layer_fn = loop_layer(self.loop_kernel, x.is_cuda)
-                x, h, c = layer_fn(x, h0[i], c0[i], layer, w_hh, input_mask, **in_loop)
+                x, h, c = layer_fn(x, h0[i], c0[i], layer, w_hh, layer_masks)
             hs.append(h)
             cs.append(c)
         return x, torch.stack(hs), torch.stack(cs)

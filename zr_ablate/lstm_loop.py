@@ -26,6 +26,36 @@ import torch
 from .masks import mask_at
 
 
+class LayerMasks(NamedTuple):
+    """One layer's masks for one window, each None (off) or as dropout.py shapes them: [T, B, F] fresh per
+    step, [1, B, F] the same every step; zoneout's may be [1, 1, 1], its expectation at evaluation.
+
+    input_mask   [.., B, 4I] untied dropout on x, one mask per gate's copy (a tied mask is applied to x
+                 before the layer instead, outside the layer functions)
+    recurrent    h_{t-1} where it enters the gates, not the carried h (Gal's formulation); [.., B, 4H]
+                 when untied, one mask per gate's copy of h_{t-1}
+    cell_update  g_t only: c_t = f*c_{t-1} + i*(g_t*m) (Semeniuta et al.), so c_{t-1} is never masked
+    zoneout_c/h  c_t = d*c_{t-1} + (1-d)*c_new, h_t = d*h_{t-1} + (1-d)*o*tanh(c_new) (Krueger et al.: h
+                 from the new cell before zoneout); the zoned h is the layer's output and carried state
+    Every layer function (lstm.lstm_layer_loop, lstm_layer_fast below, lstm_triton.lstm_layer_triton)
+    takes (x [T, B, I], h, c [B, H], layer, w_hh [4H, H] or None, LayerMasks) and returns the outputs
+    [T, B, H] and the final h, c [B, H]; w_hh replaces the layer's weight_hh_l0 (DropConnect)."""
+
+    input_mask: torch.Tensor | None = None
+    recurrent: torch.Tensor | None = None
+    cell_update: torch.Tensor | None = None
+    zoneout_c: torch.Tensor | None = None
+    zoneout_h: torch.Tensor | None = None
+
+    @property
+    def in_loop(self) -> tuple:
+        """The masks the loop Functions take, in their argument order: recurrent, cell_update, zoneout_c/h."""
+        return self.recurrent, self.cell_update, self.zoneout_c, self.zoneout_h
+
+
+NO_MASKS = LayerMasks()
+
+
 def input_gates(x: torch.Tensor, layer, input_mask: torch.Tensor | None = None) -> torch.Tensor:
     """x [T, B, I] -> x @ W_ih^T + b_ih + b_hh [T, B, 4H]: one [T*B, I] @ [I, 4H] matmul for the window,
     under autograd, since the input side does not depend on the recurrence. input_mask ([T or 1, B, 4I],
@@ -173,19 +203,7 @@ def weight_grad(
     return torch.einsum("tbgk,tbgh->gkh", grad_gates.view(steps, batch, 4, hid), per_gate).reshape(4 * hid, hid)
 
 
-def lstm_layer_fast(
-    x: torch.Tensor,
-    h: torch.Tensor,
-    c: torch.Tensor,
-    layer,
-    w_hh: torch.Tensor | None = None,
-    input_mask: torch.Tensor | None = None,
-    recurrent: torch.Tensor | None = None,
-    cell_update: torch.Tensor | None = None,
-    zoneout_c: torch.Tensor | None = None,
-    zoneout_h: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Drop-in for lstm.lstm_layer_loop (same arguments and returns) on the LoopLSTM Function."""
+def lstm_layer_fast(x, h, c, layer, w_hh=None, masks: LayerMasks = NO_MASKS):
+    """Drop-in for lstm.lstm_layer_loop (same arguments and returns; LayerMasks) on the LoopLSTM Function."""
     w = layer.weight_hh_l0 if w_hh is None else w_hh
-    gates_x = input_gates(x, layer, input_mask)
-    return LoopLSTM.apply(gates_x, h, c, w, recurrent, cell_update, zoneout_c, zoneout_h)
+    return LoopLSTM.apply(input_gates(x, layer, masks.input_mask), h, c, w, *masks.in_loop)

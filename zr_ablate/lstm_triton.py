@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .lstm_loop import Saved, input_gates, recurrent_grad, recurrent_term, untied, weight_grad
+from .lstm_loop import NO_MASKS, LayerMasks, Saved, input_gates, recurrent_grad, recurrent_term, untied, weight_grad
 from .masks import mask_at
 
 BLOCK = 256
@@ -286,24 +286,15 @@ def _arg(t: torch.Tensor | None, dummy: torch.Tensor) -> torch.Tensor:
     return dummy if t is None else t
 
 
-def lstm_layer_triton(
-    x, h, c, layer, w_hh=None, input_mask=None, recurrent=None, cell_update=None, zoneout_c=None, zoneout_h=None
-):
-    """Drop-in for lstm.lstm_layer_loop on the Triton kernels. CUDA tensors, or CPU ones under
-    TRITON_INTERPRET=1 (Triton's interpreter, for tests). An untied input mask is applied in the input
-    projection; untied recurrent masks in the per-step matmul, which then runs in PyTorch (a batched matmul
-    per gate) and leaves the kernels only the gate arithmetic."""
+def lstm_layer_triton(x, h, c, layer, w_hh=None, masks: LayerMasks = NO_MASKS):
+    """Drop-in for lstm.lstm_layer_loop (same arguments and returns; lstm_loop.LayerMasks) on the Triton
+    kernels. CUDA tensors, or CPU ones under TRITON_INTERPRET=1 (Triton's interpreter, for tests). An
+    untied input mask is applied in the input projection; untied recurrent masks in the per-step matmul,
+    which then runs in PyTorch (a batched matmul per gate) and leaves the kernels only the gate arithmetic."""
     if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError("model.loop_kernel=triton needs a CUDA GPU; use loop_kernel auto or torch on the CPU")
 
     w = layer.weight_hh_l0 if w_hh is None else w_hh
     return TritonLoopLSTM.apply(
-        input_gates(x, layer, input_mask),
-        h.contiguous(),
-        c.contiguous(),
-        w,
-        recurrent,
-        cell_update,
-        zoneout_c,
-        zoneout_h,
+        input_gates(x, layer, masks.input_mask), h.contiguous(), c.contiguous(), w, *masks.in_loop
     )
