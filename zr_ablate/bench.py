@@ -38,46 +38,38 @@ from .measure import bench_lightning, bench_size, probe_memory
 from .report.tables import markdown_table
 from .workload import APPLIES, BASELINE, BenchError, gemm_peak, needs_loop, settings
 
+# The printed tables' columns after size and placement: heading -> (format, the fields it formats). A column
+# whose fields the rows lack (memory, without --no-memory) is left out.
+PLACEMENT_COLUMNS = {
+    "path": ("{}", "path"),
+    "train tok/s": ("{:,.0f}", "train_tokens_per_s"),
+    "x fused zaremba": ("{:.2f}", "train_ratio"),
+    "eval tok/s": ("{:,.0f}", "eval_tokens_per_s"),
+    "eval x": ("{:.2f}", "eval_ratio"),
+    "GFLOP/s (% peak)": ("{:.0f} ({:.0%})", "gflops", "gemm_peak_fraction"),
+    "first / median step s": ("{:.2f} / {:.2f}", "first_step_s", "median_step_s"),
+    "peak MB": ("{:,.0f}", "peak_mb"),
+    "saved for backward MB": ("{:,.0f}", "saved_for_backward_mb"),
+}
+LIGHTNING_COLUMNS = {
+    "plain loop tok/s": ("{:,.0f}", "plain_tokens_per_s"),
+    "Lightning tok/s": ("{:,.0f}", "lightning_tokens_per_s"),
+    "Lightning / plain": ("{:.3f}", "ratio"),
+    "fit wall s (incl. setup)": ("{:.1f}", "lightning_fit_wall_s"),
+}
 
-def placement_table(results: list[dict]) -> str:
+
+def table(results: list[dict], columns: dict) -> str:
+    """Bench rows as a markdown table: size, placement, then each of `columns` the rows have."""
     import pandas as pd
 
-    df = pd.DataFrame(results)
-    shown = pd.DataFrame(
-        {
-            "size": df["size"],
-            "placement": df["placement"],
-            "path": df["path"],
-            "train tok/s": df["train_tokens_per_s"].map("{:,.0f}".format),
-            "x fused zaremba": df["train_ratio"].map("{:.2f}".format),
-            "eval tok/s": df["eval_tokens_per_s"].map("{:,.0f}".format),
-            "eval x": df["eval_ratio"].map("{:.2f}".format),
-            "GFLOP/s (% peak)": [f"{g:.0f} ({100 * f:.0f}%)" for g, f in zip(df["gflops"], df["gemm_peak_fraction"])],
-            "first / median step s": [f"{a:.2f} / {b:.2f}" for a, b in zip(df["first_step_s"], df["median_step_s"])],
-        }
-    )
-    if "peak_mb" in df:
-        shown["peak MB"] = df["peak_mb"].map("{:,.0f}".format)
-        shown["saved for backward MB"] = df["saved_for_backward_mb"].map("{:,.0f}".format)
-    return markdown_table(shown)
-
-
-def lightning_table(results: list[dict]) -> str:
-    import pandas as pd
-
-    df = pd.DataFrame(results)
-    return markdown_table(
-        pd.DataFrame(
-            {
-                "size": df["size"],
-                "placement": df["placement"],
-                "plain loop tok/s": df["plain_tokens_per_s"].map("{:,.0f}".format),
-                "Lightning tok/s": df["lightning_tokens_per_s"].map("{:,.0f}".format),
-                "Lightning / plain": df["ratio"].map("{:.3f}".format),
-                "fit wall s (incl. setup)": df["lightning_fit_wall_s"].map("{:.1f}".format),
-            }
-        )
-    )
+    kept = {head: spec for head, spec in columns.items() if all(f in results[0] for f in spec[1:])}
+    shown = [
+        {"size": r["size"], "placement": r["placement"]}
+        | {head: fmt.format(*(r[f] for f in fields)) for head, (fmt, *fields) in kept.items()}
+        for r in results
+    ]
+    return markdown_table(pd.DataFrame(shown))
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -197,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.reference:
             rows += [(p, "reference") for p in looped]
         results += bench_size(size, rows, device, args, peak)
-        print(placement_table([r for r in results if r["size"] == size]), flush=True)
+        print(table([r for r in results if r["size"] == size], PLACEMENT_COLUMNS), flush=True)
         for placement in args.lightning if args.lightning_sizes is None or size in args.lightning_sizes else []:
             lightning.append(bench_lightning(size, placement, device, args))
             print(f"lightning {size}/{placement}: {lightning[-1]['ratio']:.3f} x plain loop", flush=True)
@@ -225,10 +217,10 @@ def main(argv: list[str] | None = None) -> None:
     }
     args.out.write_text(json.dumps(report, indent=1))
     print("\n## Training and evaluation throughput\n")
-    print(placement_table(results))
+    print(table(results, PLACEMENT_COLUMNS))
     if lightning:
         print("\n## Lightning against a plain PyTorch loop (training)\n")
-        print(lightning_table(lightning))
+        print(table(lightning, LIGHTNING_COLUMNS))
     if together:
         print(f"\n## Concurrent {args.concurrency_size} jobs, one process each (training, plain loop)\n")
         print(concurrency.table(together))
