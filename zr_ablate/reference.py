@@ -16,7 +16,6 @@ import pandas as pd
 
 from .recipes import recipes
 
-PAPER_SIZES = ("small", "medium", "large")
 RECIPE = ["recipe", "recipe_note"]  # what beside() needs of a cell besides size and placement
 
 

@@ -14,15 +14,10 @@ import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import LogFormatter, MaxNLocator  # noqa: E402
 
-from ..reference import PAPER_SIZES  # noqa: E402
 from .tables import KEYS, _ordered, rate_label  # noqa: E402
 
 PPL = "perplexity (lower is better)"
-
-
 RATE_AXIS = "dropout probability p"
-
-
 PUBLISHED = dict(color="crimson", linestyle="--", linewidth=2.5, zorder=4)
 
 
@@ -150,24 +145,41 @@ def plot_gap(
 def _run_legend(published: bool, mean: bool = True) -> list[Line2D]:
     """Legend entries: the mean +- sd marker (where the placements' colours do not stand for it), one run's
     dot, and the published line."""
-    legend = [Line2D([], [], marker="o", color="black", markersize=4, linestyle="", label="one run")]
+    dot = dict(marker="o", linestyle="")
+    legend = [Line2D([], [], color="black", markersize=4, label="one run", **dot)]
     if mean:
-        legend.insert(
-            0, Line2D([], [], marker="o", color="grey", markersize=9, linestyle="", label="mean ± 1 sd over seeds")
-        )
+        legend.insert(0, Line2D([], [], color="grey", markersize=9, label="mean ± 1 sd over seeds", **dot))
     if published:
         legend.append(Line2D([], [], label="published (see results table)", **PUBLISHED))
     return legend
 
 
-def plot_test(done: pd.DataFrame, ppl: pd.DataFrame, palette: dict, out: Path) -> tuple[Path, str]:
-    """One panel per size: each run, mean +- sd per placement, and the published value where there is one."""
+def _size_panels(done: pd.DataFrame, palette: dict, panel_width: float, legend_width: float = 0.0):
+    """A figure of one panel per model size -> fig, axes, and per panel (ax, size, that size's runs, their
+    placements in palette order)."""
     sizes = _ordered(done["size"])
-    width = 1.5 + max(4.5, 0.8 * len(palette))  # room for every placement's label
-    fig, axes = plt.subplots(1, len(sizes), figsize=(width * len(sizes), 4.5), squeeze=False)
+    figsize = (legend_width + panel_width * len(sizes), 4.5)
+    fig, axes = plt.subplots(1, len(sizes), figsize=figsize, squeeze=False)
+    panels = []
     for ax, size in zip(axes.flat, sizes):
         runs = done[done["size"] == size]
-        order = [p for p in palette if p in set(runs["placement"])]
+        panels.append((ax, size, runs, [p for p in palette if p in set(runs["placement"])]))
+    return fig, axes, panels
+
+
+def _title(size: str, ppl: pd.DataFrame, published: str | None) -> str:
+    """A size panel's title; where the panel shows published values and none matches its runs' recipe
+    (the results table decides, by recipe), it says so."""
+    if published is None or ppl.loc[ppl["size"] == size, published].notna().any():
+        return f"model size: {size}"
+    return f"model size: {size}\n(no published run with this recipe)"
+
+
+def plot_test(done: pd.DataFrame, ppl: pd.DataFrame, palette: dict, out: Path) -> tuple[Path, str]:
+    """One panel per size: each run, mean +- sd per placement, and the published value where there is one."""
+    width = 1.5 + max(4.5, 0.8 * len(palette))  # room for every placement's label
+    fig, axes, panels = _size_panels(done, palette, width)
+    for ax, size, runs, order in panels:
         sns.pointplot(
             runs,
             x="placement",
@@ -185,8 +197,7 @@ def plot_test(done: pd.DataFrame, ppl: pd.DataFrame, palette: dict, out: Path) -
         published = ppl[ppl["size"] == size].set_index("placement")["published_test_ppl"]
         for x, placement in enumerate(order):
             ax.hlines(published.get(placement, float("nan")), x - 0.3, x + 0.3, **PUBLISHED)
-        note = "" if size in PAPER_SIZES else "\n(no published value at this size)"
-        ax.set(title=f"model size: {size}{note}", xlabel="dropout placement", ylabel=f"test {PPL}")
+        ax.set(title=_title(size, ppl, "published_test_ppl"), xlabel="dropout placement", ylabel=f"test {PPL}")
         # zaremba+tied+word0.1 on 3 lines; names tilted so seven placements do not overlap.
         ax.set_xticks(range(len(order)), [p.replace("+", "\n+") for p in order], rotation=30, ha="right")
     _log_if_wide(axes.flat, pd.concat([done["test_ppl"], ppl["published_test_ppl"].dropna()]))
@@ -204,11 +215,8 @@ def _against_rate(
 ):
     """One panel per size: y against the swept p, one line per placement (mean +- sd over seeds, each run a
     dot), and the published value as a dashed line in the placement's colour where there is one."""
-    sizes = _ordered(done["size"])
-    fig, axes = plt.subplots(1, len(sizes), figsize=(1.5 + 5.5 * len(sizes), 4.5), squeeze=False)
-    for ax, size in zip(axes.flat, sizes):
-        runs = done[done["size"] == size]
-        order = [p for p in palette if p in set(runs["placement"])]
+    fig, axes, panels = _size_panels(done, palette, 5.5, legend_width=1.5)
+    for ax, size, runs, order in panels:
         sns.lineplot(
             runs,
             x="rate",
@@ -226,24 +234,15 @@ def _against_rate(
         for placement in order if published else []:
             if pd.notna(values[published].get(placement)):
                 ax.axhline(values[published][placement], color=palette[placement], linestyle="--", linewidth=2)
-        note = "" if size in PAPER_SIZES or not published else "\n(no published value at this size)"
-        ax.set(title=f"model size: {size}{note}", xlabel=rate_axis, ylabel=ylabel)
+        ax.set(title=_title(size, ppl, published), xlabel=rate_axis, ylabel=ylabel)
         ax.set_xticks(sorted(runs["rate"].unique()))  # the probabilities run, not a grid of round numbers
         ax.get_legend().remove()
     _log_if_wide(axes.flat, done[y])
     handles = [Line2D([], [], marker="o", color=palette[p], label=p) for p in _ordered(done["placement"])]
     handles += _run_legend(False, mean=False)
     if published and ppl[published].notna().any():
-        handles.append(
-            Line2D(
-                [],
-                [],
-                color="grey",
-                linestyle="--",
-                linewidth=2,
-                label="published, in the placement's colour\n(see results table)",
-            )
-        )
+        label = "published, in the placement's colour\n(see results table)"
+        handles.append(Line2D([], [], color="grey", linestyle="--", linewidth=2, label=label))
     axes.flat[-1].legend(handles=handles, title="placement", loc="upper left", bbox_to_anchor=(1.02, 1))
     return fig
 
