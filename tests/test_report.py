@@ -474,6 +474,9 @@ def test_kept_runs_regenerate_the_same_report(sweep, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for table in TABLES:
         assert (again / f"{table}.csv").read_text() == (first / f"{table}.csv").read_text()
+    title = (first / "results.md").read_text().splitlines()[0]
+    assert title == f"# Dropout placement on PTB: {sweep.name}"  # named after the sweep, not after runs/
+    assert (again / "results.md").read_text().splitlines()[0] == title
     # regenerating in place keeps the records (nothing copied onto itself)
     proc = report(first / "runs", "--out", first, "--keep-runs")
     assert proc.returncode == 0 and (first / "runs" / FAILED / "result.json").is_file()

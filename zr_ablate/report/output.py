@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..records import COMPLETED, EPOCHS, HYDRA_CONFIG, RESULT, RUNNING
+from ..records import COMPLETED, EPOCHS, HYDRA_CONFIG, RESULT, RUNNING, RecordError, read_result
 from ..results import job_folders, load_sweep, load_wandb
 from .tables import has_mc, markdown_table, rate_label, swept
 
@@ -158,7 +158,22 @@ def load(source: str) -> tuple[pd.DataFrame, pd.DataFrame, str]:
         runs, curves = load_wandb(source.removeprefix("wandb:"))
         return runs, curves, source.rsplit("/", 1)[-1]
     runs, curves = load_sweep(source)
-    return runs, curves, Path(source).resolve().name
+    return runs, curves, _sweep_name(Path(source).resolve())
+
+
+def _sweep_name(folder: Path) -> str:
+    """The folder's name, except for a report's kept records (OUT/runs, --keep-runs): there the `sweep`
+    setting the jobs recorded, so that a report regenerated from them keeps its name."""
+    if folder.name != "runs":
+        return folder.name
+    names = set()
+    for job in job_folders(folder):
+        try:
+            names.add(((read_result(job) or {}).get("config") or {}).get("sweep"))
+        except RecordError:
+            continue  # load_sweep has warned about it
+    names.discard(None)
+    return names.pop() if len(names) == 1 else folder.name
 
 
 RECORDS = (RESULT, EPOCHS, HYDRA_CONFIG)  # all load_sweep reads of a job
