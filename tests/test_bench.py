@@ -89,3 +89,16 @@ def test_bad_options_are_one_line_errors(args, message):
 def test_cuda_without_a_gpu_says_so():
     with pytest.raises(SystemExit, match="torch sees no GPU; use --device cpu"):
         bench.main(["--device", "cuda"])
+
+
+def test_profile_names_the_ops_of_each_rows_own_path(tmp_path, capsys):
+    """--profile prints, per row, the ops by input shape: the loop placement's table holds the loop's own
+    Function, the fused one's does not; and nothing is written where the tables would go."""
+    out = tmp_path / "bench.json"
+    args = "--profile --placements naive --steps 1 --warmup 1 --threads 1"
+    bench.main(["--sizes", SIZE, *args.split(), "--out", str(out)])
+    printed = capsys.readouterr().out
+    fused, loop = printed.split(f"{SIZE}/naive (loop)")
+    assert fused.startswith(f"{SIZE}/zaremba (fused)") and "aten::" in fused and "LoopLSTM" not in fused
+    assert "LoopLSTM" in loop and "Input Shapes" in loop
+    assert not out.exists()

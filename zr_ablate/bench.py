@@ -3,6 +3,7 @@
     python -m zr_ablate.bench                                # medium and large, every preset, this machine
     python -m zr_ablate.bench --sizes medium --threads 2 --reference
     python -m zr_ablate.bench --device cuda --out outputs/bench/gpu.json
+    python -m zr_ablate.bench --profile --sizes medium --placements naive --steps 4 --threads 2
 
 Sizes and placements are the YAML files in conf/model and conf/dropout, composed as run.py composes them.
 Tokens are random: speed does not depend on the text. What is measured:
@@ -34,7 +35,7 @@ import torch
 
 from . import concurrency
 from .clock import describe
-from .measure import bench_lightning, bench_size, probe_memory
+from .measure import bench_lightning, bench_size, probe_memory, profile_row
 from .report.tables import markdown_table
 from .workload import APPLIES, BASELINE, BenchError, gemm_peak, needs_loop, settings
 
@@ -134,6 +135,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="one concurrent job per placement; level K runs the first K",
     )
     p.add_argument("--concurrency-seconds", type=float, default=4.0, help="length of each concurrency phase")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead of the tables: torch.profiler's top ops by input shape over --steps training windows of "
+        "every --sizes x --placements row",
+    )
     p.add_argument("--out", type=Path, default=Path("outputs/bench/bench.json"))
     p.add_argument("--probe-memory", nargs=3, metavar=("SIZE", "PLACEMENT", "IMPL"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -159,8 +166,9 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(probe_memory(*args.probe_memory, device, args.overrides)))
         return
     try:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.touch()
+        if not args.profile:  # the profile is printed, not written
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.touch()
     except OSError as e:
         sys.exit(f"zr_ablate.bench: error: cannot write {args.out} ({e.strerror}); pass --out to a writable path")
     placements = [BASELINE] + [(p, "auto") for p in args.placements if (p, "auto") != BASELINE]
@@ -174,6 +182,11 @@ def main(argv: list[str] | None = None) -> None:
             settings(args.concurrency_size, placement, "auto", args.overrides)
     except BenchError as e:
         sys.exit(f"zr_ablate.bench: error: {e}")
+    if args.profile:
+        for size in args.sizes:
+            for placement, _ in placements:
+                print(profile_row(size, placement, device, args), flush=True)
+        return
     peak = gemm_peak(device)
     print(
         f"device: {describe(device, args.threads)}; torch {torch.__version__}; float32 GEMM peak {peak:.0f} GFLOP/s",

@@ -82,6 +82,30 @@ def memory_of_row(
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def profile_row(size: str, placement: str, device: torch.device, args, rows: int = 15) -> str:
+    """torch.profiler over `args.steps` training windows of one row after the warm-up: the ops that took
+    the most time, by input shape (which matmul of the step is slow, not only that matmuls are)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg = settings(size, placement, "auto", args.overrides)
+    loop = PlainLoop(build_model(cfg, device), cfg)
+    wins = windows(args.steps + args.warmup, cfg.data.batch_size, cfg.data.bptt, device)
+    for x, y in wins[: args.warmup]:
+        loop.train_step(x, y)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        for x, y in wins[args.warmup :]:
+            loop.train_step(x, y)
+        sync(device)
+    table = prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total",
+        row_limit=rows,
+        max_name_column_width=30,
+        max_shapes_column_width=60,
+    )
+    return f"{size}/{placement} ({path_of(loop, device)}), {args.steps} training windows:\n{table}"
+
+
 def bench_size(size: str, rows: list[tuple[str, str]], device: torch.device, args, peak: float) -> list[dict]:
     """Every (placement, impl) row of one size, interleaved. rows[0] is the fused zaremba baseline."""
     loops, first_step, results = {}, {}, []
