@@ -13,6 +13,10 @@ REPO = Path(__file__).resolve().parents[1]
 # when it is first imported, so it is set before any test module imports anything.
 if not os.environ.get("CUDA_VISIBLE_DEVICES") and not Path("/dev/nvidia0").exists():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Under pytest-xdist (make test: two workers on CI's 2 cores) each worker gets one torch thread: two
+# 2-thread processes on 2 cores run far slower than one (oversubscription). Read when torch is imported.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 PTB_DIR = Path(os.environ.get("ZR_ABLATE_PTB_DIR", REPO.parent / "shared" / "data" / "ptb")).resolve()
 SHA256 = dict(OmegaConf.load(REPO / "conf" / "data" / "ptb.yaml").sha256)  # the files' checksums, from the config
 
