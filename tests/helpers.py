@@ -11,6 +11,7 @@ import torch
 from tests.conftest import REPO, SHA256
 from zr_ablate.data import PTBDataModule
 from zr_ablate.dropout import DropoutSpec
+from zr_ablate.lstm import DroppedLSTM
 from zr_ablate.model import LSTMLanguageModel
 from zr_ablate.module import LMModule
 
@@ -44,6 +45,15 @@ def inputs(seed: int = 1):
     x = torch.randn(T, B, H, generator=g)
     h0, c0 = torch.randn(L, B, H, generator=g), torch.randn(L, B, H, generator=g)
     return x, (h0, c0)
+
+
+def recurrent_core(spec: DropoutSpec, layers: int = L, impl: str = "auto", seed: int = 0) -> DroppedLSTM:
+    """A recurrent core of the tests' size, weights U(-0.3, 0.3) so that every gate is far from saturation."""
+    torch.manual_seed(seed)
+    lstm = DroppedLSTM(H, H, layers, spec, impl=impl)
+    for p in lstm.parameters():
+        torch.nn.init.uniform_(p, -0.3, 0.3)
+    return lstm
 
 
 def _nth(masks: dict, key: str, i: int):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.helpers import B, H, L, T, inputs, reference
+from tests.helpers import B, H, L, T, inputs, recurrent_core, reference
 from zr_ablate.dropout import Connection, DropoutSpec
 from zr_ablate.lstm import DroppedLSTM, lstm_layer_loop
 from zr_ablate.lstm_loop import LayerMasks, lstm_layer_fast
@@ -28,11 +28,7 @@ def untied(p: float = 0.5) -> DropoutSpec:
 
 
 def make(kind: str, impl: str = "auto", seed: int = 0) -> DroppedLSTM:
-    torch.manual_seed(seed)
-    core = DroppedLSTM(H, H, L, untied() if kind == "untied" else spec(kind), impl=impl)
-    for p in core.parameters():
-        nn.init.uniform_(p, -0.3, 0.3)
-    return core
+    return recurrent_core(untied() if kind == "untied" else spec(kind), impl=impl, seed=seed)
 
 
 def test_fused_and_loop_agree_in_outputs_and_gradients():

@@ -8,10 +8,9 @@ import sys
 
 import pytest
 import torch
-from torch import nn
 
 from tests.conftest import REPO
-from tests.helpers import B, H, L, T, inputs, reference, tiny_lm
+from tests.helpers import B, H, L, T, inputs, recurrent_core, reference, tiny_lm
 from zr_ablate.dropout import Connection, DropoutSpec
 from zr_ablate.lstm import DroppedLSTM
 from zr_ablate.mc import MCDropoutEval
@@ -32,12 +31,10 @@ def one_thread():
 
 
 def make(layers: int = L, impl: str = "auto", **connections) -> DroppedLSTM:
-    torch.manual_seed(0)
-    core = DroppedLSTM(H, H, layers, DropoutSpec(name="test", **connections), impl=impl)
-    for p in core.parameters():
-        nn.init.uniform_(p, -0.3, 0.3)
-    core.record_masks = True
-    return core
+    """A core that records the masks it draws (for helpers.reference)."""
+    lstm = recurrent_core(DropoutSpec(name="test", **connections), layers, impl)
+    lstm.record_masks = True
+    return lstm
 
 
 def assert_matches(got, want):
