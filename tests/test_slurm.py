@@ -13,7 +13,8 @@ import time
 import pandas as pd
 import pytest
 
-from tests.helpers import REPO, cmd, run
+from tests.conftest import REPO
+from tests.helpers import cmd, run
 from zr_ablate.slurm import Node, gpus_of, request_of, resource_problem
 
 # What a 2-core CI node can run; the tests' jobs write no W&B run.

@@ -22,9 +22,9 @@ from .records import ON_STALE, register_resolvers
 
 # The dropout node's types, generated from zr_ablate.dropout (the runtime spec, frozen and validated there),
 # so a connection or a connection setting is added in dropout.py alone. A connection: p, mask, gates.
+_CONNECTION_TYPES = get_type_hints(Connection)  # dropout.py's annotations are strings (postponed)
 ConnectionConf = make_dataclass(
-    "ConnectionConf",
-    [(f.name, get_type_hints(Connection)[f.name], f.default) for f in fields(Connection)],
+    "ConnectionConf", [(f.name, _CONNECTION_TYPES[f.name], f.default) for f in fields(Connection)]
 )
 
 
