@@ -47,7 +47,7 @@ lint: setup
 clean-venv:
 	rm -rf $(VENV)
 
-# --- the GPU sprint (python -m zr_ablate.sprint) ---------------------------------------------------------
+# --- the GPU sprint (python -m zr_ablate.bench.sprint) ---------------------------------------------------------
 # The lent GPU machine is bare (Python 3.12, torch, Lightning; no Hydra, omegaconf or W&B; no network; no
 # ../shared). `make device-wheels`, here, puts what it lacks (cp312 manylinux wheels) and PTB into .device/
 # (git-ignored: name it in the device tool's carry). `make device-sprint`, there, installs the wheels and
@@ -72,11 +72,11 @@ device-wheels:
 
 ifdef DRY
 device-sprint: setup
-	$(BIN)/python -m zr_ablate.sprint --dry --out $(OUT) $(if $(PTB_DIR),--ptb $(PTB_DIR)) $(SPRINT_ARGS)
+	$(BIN)/python -m zr_ablate.bench.sprint --dry --out $(OUT) $(if $(PTB_DIR),--ptb $(PTB_DIR)) $(SPRINT_ARGS)
 else
 device-sprint:
 	@start=$$(date +%s); \
 	python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site $(DEVICE)/wheels/*.whl \
-	&& PYTHONPATH=/tmp/site:$(CURDIR) python3 -m zr_ablate.sprint --out $(OUT) --ptb $(DEVICE)/ptb \
+	&& PYTHONPATH=/tmp/site:$(CURDIR) python3 -m zr_ablate.bench.sprint --out $(OUT) --ptb $(DEVICE)/ptb \
 		--started-at $$start $(SPRINT_DONE) $(SPRINT_ARGS)
 endif

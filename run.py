@@ -2,11 +2,11 @@
 
     python run.py dropout=zaremba model=medium seed=1
     python run.py -m dropout=none,naive,zaremba,variational model=demo
-    python run.py -m grid=table1                      # a named sweep from sweeps/grid/
+    python run.py -m grid=table1                      # a named sweep from zr_ablate/conf/grid/
 
-It builds the data module, the model and the Lightning module through zr_ablate.build (the one module
-that maps config to objects) and hands them to zr_ablate.train.run_job. A rerun of the same command skips completed
-jobs and resumes interrupted ones from their last checkpoint (same job folder, same W&B run).
+It builds the data module, the model and the Lightning module through zr_ablate.experiment.build (the one
+module that maps config to objects) and hands them to zr_ablate.training.job.run_job. A rerun of the same command skips
+completed jobs and resumes interrupted ones from their last checkpoint (same job folder, same W&B run).
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from zr_ablate.build import CONFIG_ERRORS, apply_precision, build, error_line
-from zr_ablate.quiet import silence
+from zr_ablate.console import silence
+from zr_ablate.experiment.build import CONFIG_ERRORS, apply_precision, build, error_line
+from zr_ablate.experiment.wandb_run import end_run, finish_run, start_run
 from zr_ablate.records import (
     FAILED,
     FINAL_STATUSES,
@@ -33,8 +34,7 @@ from zr_ablate.records import (
     set_aside,
     stale_line,
 )
-from zr_ablate.tracking import end_run, finish_run, start_run
-from zr_ablate.train import run_job
+from zr_ablate.training.job import run_job
 
 silence()  # before Lightning or W&B say anything
 log = logging.getLogger("run")
@@ -56,7 +56,7 @@ def thread_budget(cfg: DictConfig, hydra_cfg) -> int | None:
     return None
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://zr_ablate.conf", config_name="config")
 def main(cfg: DictConfig) -> str:
     silence()  # again: joblib's workers run this function without importing this file
     hydra_cfg = HydraConfig.get()

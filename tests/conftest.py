@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
-# Without a GPU, Triton kernels (zr_ablate.lstm_triton) run in Triton's CPU interpreter. Triton reads this
+# Without a GPU, Triton kernels (zr_ablate.model.triton_loop) run in Triton's CPU interpreter. Triton reads this
 # when it is first imported, so it is set before any test module imports anything.
 if not os.environ.get("CUDA_VISIBLE_DEVICES") and not Path("/dev/nvidia0").exists():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -17,8 +17,10 @@ if not os.environ.get("CUDA_VISIBLE_DEVICES") and not Path("/dev/nvidia0").exist
 # 2-thread processes on 2 cores run far slower than one (oversubscription). Read when torch is imported.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+from zr_ablate.schema import CONF_DIR  # noqa: E402  after the environment above: torch reads it
+
 PTB_DIR = Path(os.environ.get("ZR_ABLATE_PTB_DIR", REPO.parent / "shared" / "data" / "ptb")).resolve()
-SHA256 = dict(OmegaConf.load(REPO / "conf" / "data" / "ptb.yaml").sha256)  # the files' checksums, from the config
+SHA256 = dict(OmegaConf.load(CONF_DIR / "data" / "ptb.yaml").sha256)  # the files' checksums, from the config
 
 
 @pytest.fixture(scope="session")

@@ -11,9 +11,9 @@ import torch
 from tests.conftest import REPO, SHA256
 from zr_ablate.data import PTBDataModule
 from zr_ablate.dropout import DropoutSpec
-from zr_ablate.lstm import DroppedLSTM
-from zr_ablate.model import LSTMLanguageModel
-from zr_ablate.module import LMModule
+from zr_ablate.model.language_model import LSTMLanguageModel
+from zr_ablate.model.lstm import DroppedLSTM
+from zr_ablate.training.lightning_module import LMModule
 
 T, B, H, L = 6, 5, 8, 2  # the recurrent core's tests: steps, batch, hidden, layers
 WANDB_CLI = str(Path(sys.executable).parent / "wandb")

@@ -1,9 +1,9 @@
 import pytest
 from hydra import compose, initialize_config_dir
 
-import zr_ablate.schema  # noqa: F401  registers the config schema that conf/config.yaml starts from
-from tests.conftest import REPO
+import zr_ablate.schema  # noqa: F401  registers the config schema that zr_ablate/conf/config.yaml starts from
 from zr_ablate.dropout import Connection, DropoutSpec
+from zr_ablate.schema import CONF_DIR
 
 
 @pytest.mark.parametrize("p", [1.0, -0.1, 1.5, "0.5"])
@@ -24,7 +24,7 @@ def test_unknown_mask_kind_and_connection_are_rejected():
 def compose_spec(*overrides) -> DropoutSpec:
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=list(overrides))
     return DropoutSpec.from_dict(OmegaConf.to_container(cfg.dropout, resolve=True))
 

@@ -257,5 +257,5 @@ class PTBDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         # Paper protocol: batch 1, state carried over the whole stream. With dropout off the LSTM is
         # causal, so feeding the stream in bptt-long windows gives the same numbers as one step at a time
-        # (tests/test_module.py checks it) at a fraction of the cost.
+        # (tests/training/test_lightning_module.py checks it) at a fraction of the cost.
         return self._loader("test", self.test_batch_size)

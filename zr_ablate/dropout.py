@@ -22,7 +22,7 @@ an example's window (one mask [B, V]). `weight_hh` takes sequence only: the matr
 so its one mask per window is shared by every example too, and the fused kernel keeps working.
 
 Dropout masks are inverted (0 or 1/(1-p)); zoneout's are not (1 where the unit keeps its previous value);
-`masks.py` draws them. The named placements are YAML presets in conf/dropout/; here only the vocabulary
+`masks.py` draws them. The named placements are YAML presets in zr_ablate/conf/dropout/; here only the vocabulary
 they use. Torch-free, so that the results and report modules can name the connections.
 """
 

@@ -1,7 +1,7 @@
 """The job record: what a job folder holds, what each status means, and how records are written and read.
 
 Torch-free, so that the sweep guard, the results loader and the report can import it without loading
-torch. One job folder (a Hydra job; see conf/config.yaml for its name):
+torch. One job folder (a Hydra job; see zr_ablate/conf/config.yaml for its name):
 
     result.json        RESULT: how the job ended (STATUSES), its config and its numbers (RECORD_FIELDS)
     epochs.csv         EPOCHS: one row per finished epoch (EPOCH_FIELDS)
@@ -47,7 +47,7 @@ SUMMARY_FIELDS = ["status", *RECORD_FIELDS]
 EPOCH_FIELDS = ["epoch", "lr", "train_loss", "train_ppl", "val_loss", "val_ppl", "tokens_per_s", "train_s", "elapsed_s"]
 
 
-# Settings that cannot change a job's numbers: left out of the job folder's name (conf/config.yaml reads this
+# Settings that cannot change a job's numbers: left out of the job folder's name (zr_ablate/conf/config.yaml reads this
 # list through the zr_neutral_keys resolver) and of the stale-result comparison. Hydra matches an override's
 # key exactly, so each is listed whole (data.urls.train, not data.urls).
 NEUTRAL_KEYS = [
@@ -67,7 +67,7 @@ def job_name(override_dirname: str) -> str:
 
 
 def register_resolvers() -> None:
-    """The resolvers conf/config.yaml names the job folders with; before Hydra composes it."""
+    """The resolvers zr_ablate/conf/config.yaml names the job folders with; before Hydra composes it."""
     OmegaConf.register_new_resolver("zr_job_name", job_name, replace=True)
     OmegaConf.register_new_resolver("zr_neutral_keys", lambda: list(NEUTRAL_KEYS), replace=True)
 

@@ -1,10 +1,10 @@
 """The config's types, defaults and ranges, checked before any job trains.
 
 Types: dataclasses registered in Hydra's ConfigStore as `zr_ablate_schema`, the first entry of
-conf/config.yaml's defaults, so every YAML file and override is merged into typed nodes: OmegaConf itself
+zr_ablate/conf/config.yaml's defaults, so every YAML file and override is merged into typed nodes: OmegaConf itself
 rejects `seed=abc` or an unknown key when the config is composed. The defaults here are the paper's common
-settings and every dropout connection switched off, so a profile (conf/model/) states only what differs
-and a preset (conf/dropout/) only the connections it turns on, while `dropout.recurrent.p=0.2` still works
+settings and every dropout connection switched off, so a profile (zr_ablate/conf/model/) states only what differs
+and a preset (zr_ablate/conf/dropout/) only the connections it turns on, while `dropout.recurrent.p=0.2` still works
 on any preset.
 
 Ranges: `check_ranges`, run by build.check for every job of a sweep before any job trains (and by
@@ -12,13 +12,16 @@ run.py for a single job), names the key and what it must be.
 """
 
 from dataclasses import dataclass, field, fields, make_dataclass
+from pathlib import Path
 from typing import Any, Dict, Optional, get_type_hints  # noqa: UP035  OmegaConf reads these typing forms
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from .dropout import CONNECTIONS, DEFAULT_MASKS, Connection
-from .records import ON_STALE, register_resolvers
+from zr_ablate.dropout import CONNECTIONS, DEFAULT_MASKS, Connection
+from zr_ablate.records import ON_STALE, register_resolvers
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"  # every Hydra config: profiles, presets, grid/, paper/, wandb/
 
 # The dropout node's types, generated from zr_ablate.dropout (the runtime spec, frozen and validated there),
 # so a connection or a connection setting is added in dropout.py alone. A connection: p, mask, gates.
@@ -53,7 +56,7 @@ class ModelConf:
 
 
 @dataclass
-class DataConf:  # where PTB comes from: conf/data/ptb.yaml; its shape: the model profile, else these
+class DataConf:  # where PTB comes from: zr_ablate/conf/data/ptb.yaml; its shape: the model profile, else these
     _target_: str = "zr_ablate.data.PTBDataModule"
     dir: Optional[str] = None  # noqa: UP045  a local folder (or env ZR_ABLATE_PTB_DIR); else the cache
     cache_dir: str = MISSING
@@ -83,7 +86,7 @@ class EvalConf:
 
 
 @dataclass
-class LoggerConf:  # values: conf/logger/wandb.yaml
+class LoggerConf:  # values: zr_ablate/conf/logger/wandb.yaml
     mode: str = MISSING
     project: str = MISSING
     entity: Optional[str] = None  # noqa: UP045

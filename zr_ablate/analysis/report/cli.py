@@ -1,0 +1,78 @@
+"""A sweep -> tables and figures, beside the published numbers.
+
+    python -m zr_ablate.report outputs/demo                          # -> reports/demo/
+    python -m zr_ablate.report wandb:ENTITY/PROJECT/GROUP --out reports/medium
+    python -m zr_ablate.report outputs/demo --wandb                  # also log them to a W&B run
+    python -m zr_ablate.report outputs/demo --keep-runs              # + each job's records in runs/
+
+Writes results.md (every table, every figure, and what was left out), each table as CSV (numbers) and
+LaTeX (formatted, booktabs), each figure as PNG and PDF. Only completed runs enter means and figures; the
+status table and the text account for the others. Files already in --out are left alone unless rewritten.
+The pieces: tables.py (numbers), figures.py (seaborn), output.py (files, results.md, W&B).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from zr_ablate.analysis.report import memory
+from zr_ablate.analysis.report.figures import colours, figures
+from zr_ablate.analysis.report.output import keep_runs, load, log_to_wandb, markdown, write_table
+from zr_ablate.analysis.report.tables import as_variants, compact, swept, tables
+from zr_ablate.analysis.runs import NoRunsError
+from zr_ablate.records import COMPLETED
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m zr_ablate.report", description=__doc__.split("\n")[0])
+    parser.add_argument("source", help="a sweep folder (outputs/<sweep>) or wandb:ENTITY/PROJECT/GROUP")
+    parser.add_argument("--out", help="report folder (default: reports/<sweep name>)")
+    parser.add_argument("--wandb", action="store_true", help="also log tables and figures to a W&B run")
+    parser.add_argument(
+        "--keep-runs",
+        action="store_true",
+        help="copy each job's result.json, epochs.csv and .hydra/config.yaml into OUT/runs/",
+    )
+    args = parser.parse_args(argv)
+    if args.keep_runs and args.source.startswith("wandb:"):
+        sys.exit(
+            "zr_ablate.report: error: --keep-runs copies a sweep folder's job records; a W&B source has "
+            "none (drop --keep-runs)"
+        )
+    try:
+        runs, curves, name = load(args.source)
+    except NoRunsError as e:
+        sys.exit(f"zr_ablate.report: error: {e}")
+    out = Path(args.out or Path("reports") / name)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        sys.exit(f"zr_ablate.report: error: cannot create {out} ({e.strerror}); pass a writable folder with --out")
+
+    view, view_curves = as_variants(runs), as_variants(curves)
+    numbers = tables(view)
+    markdown_tables = {key: write_table(out, key, *pair) for key, pair in numbers.items()}
+    runs.to_csv(out / "runs.csv", index=False)
+    if args.keep_runs:
+        keep_runs(Path(args.source), out)
+    done, done_curves = view[view["status"] == COMPLETED], view_curves[view_curves["status"] == COMPLETED]
+    figs = figures(done, done_curves, numbers["perplexity"][0], out, swept(view)) if len(done) else []
+    command = shlex.join(["python", "-m", "zr_ablate.analysis.report", *(sys.argv[1:] if argv is None else argv)])
+    text = markdown(name, args.source, command, view, markdown_tables, figs)
+    probe = None if args.source.startswith("wandb:") else memory.load(Path(args.source))
+    if probe is not None:  # python -m zr_ablate.probe ran on this sweep: how much context each placement uses
+        probe_numbers = memory.tables(probe, "test")
+        probe_tables = {key: write_table(out, key, *pair) for key, pair in probe_numbers.items()}
+        probe_figs = memory.figures(probe, "test", colours(probe["memory"]["placement"]), out)
+        text += "\n" + memory.markdown(probe_tables, probe_figs, "test")
+        numbers |= probe_numbers
+        figs = figs + probe_figs
+        if args.keep_runs:
+            memory.keep(Path(args.source), out / "runs")
+    (out / "results.md").write_text(text)
+    if args.wandb:
+        log_to_wandb(name, {k: pair[0] for k, pair in numbers.items()} | {"runs": runs}, figs, out)
+    print(f"report: {out / 'results.md'}\n{compact(runs)}")

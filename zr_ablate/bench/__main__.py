@@ -1,0 +1,3 @@
+from zr_ablate.bench.cli import main
+
+main()
