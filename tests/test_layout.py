@@ -12,7 +12,7 @@ PACKAGE = REPO / "zr_ablate"
 # floor of each top-level name; the command modules at the top (report, probe, dashboard) hand over to the
 # floor they name, so they sit with it.
 FLOORS = {
-    "dropout": 1, "records": 1, "data": 1, "console": 1, "schema": 1,
+    "dropout": 1, "records": 1, "data": 1, "console": 1, "schema": 2,
     "model": 2, "training": 3, "experiment": 4,
     "analysis": 5, "report": 5, "probe": 5, "dashboard": 5,
     "bench": 6, "conf": 0,

@@ -58,7 +58,6 @@ NEUTRAL_KEYS = [
     *(f"logger.{key}" for key in ("mode", "project", "entity", "log_every_n_steps", "init_timeout", "quiet")),
     *("trainer.accelerator", "trainer.devices", "trainer.enable_progress_bar"),
 ]
-ON_STALE = ("stop", "rerun", "keep")
 
 
 def job_name(override_dirname: str) -> str:

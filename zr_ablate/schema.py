@@ -19,9 +19,23 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from zr_ablate.dropout import CONNECTIONS, DEFAULT_MASKS, Connection
-from zr_ablate.records import ON_STALE, register_resolvers
+from zr_ablate.model.lstm import IMPLS, LOOP_KERNELS
+from zr_ablate.records import register_resolvers
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # every Hydra config: profiles, presets, grid/, paper/, wandb/
+
+# The allowed values of the settings that take one of a few words. The model's own (model.lstm_impl,
+# model.loop_kernel) are zr_ablate.model.lstm's, which also refuses others when built directly.
+CUDA_GRAPH = ("off", "layers", "step")  # training.step / model.graphs: what one CUDA graph holds
+ON_STALE = ("stop", "rerun", "keep")  # a job folder holding a record made with other settings
+TEST_PROTOCOLS = ("paper", "fast")  # zr_ablate.data: batch 1 one step at a time, or batch x unroll
+LOGGER_MODES = ("auto", "online", "offline", "disabled")  # experiment.wandb_run.resolve_mode
+
+
+def one_of(values: tuple[str, ...]):
+    """A range entry for a setting that takes one of `values`."""
+    return (lambda v: v in values, "one of " + ", ".join(values))
+
 
 # The dropout node's types, generated from zr_ablate.dropout (the runtime spec, frozen and validated there),
 # so a connection or a connection setting is added in dropout.py alone. A connection: p, mask, gates.
@@ -128,22 +142,22 @@ RANGES = {
     "seed": (lambda v: v >= 0, "an integer >= 0"),
     "threads": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
     "check_every_n_steps": (lambda v: v >= 1, "an integer >= 1"),
-    "cuda_graph": (lambda v: v in ("off", "layers", "step"), "one of off, layers, step"),
-    "on_stale": (lambda v: v in ON_STALE, "one of stop, rerun, keep"),
+    "cuda_graph": one_of(CUDA_GRAPH),
+    "on_stale": one_of(ON_STALE),
     "eval.mc_samples": (lambda v: v >= 0, "an integer >= 0 (0 = off)"),
     "model.hidden": (lambda v: v >= 1, "an integer >= 1"),
     "model.layers": (lambda v: v >= 1, "an integer >= 1"),
     "model.init_scale": (lambda v: v > 0, "> 0"),
-    "model.lstm_impl": (lambda v: v in ("auto", "fused", "loop", "reference"), "one of auto, fused, loop, reference"),
-    "model.loop_kernel": (lambda v: v in ("auto", "torch", "triton"), "one of auto, torch, triton"),
+    "model.lstm_impl": one_of(IMPLS),
+    "model.loop_kernel": one_of(LOOP_KERNELS),
     "data.batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "data.bptt": (lambda v: v >= 1, "an integer >= 1"),
     "data.eval_batch_size": (lambda v: v >= 1, "an integer >= 1"),
-    "data.test_protocol": (lambda v: v in ("paper", "fast"), "paper or fast"),
+    "data.test_protocol": one_of(TEST_PROTOCOLS),
     "data.train_tokens": (lambda v: v is None or v >= 2, "null or an integer >= 2"),
     "data.eval_tokens": (lambda v: v is None or v >= 2, "null or an integer >= 2"),
     "data.download_timeout": (lambda v: v > 0, "> 0 seconds"),
-    "logger.mode": (lambda v: v in ("auto", "online", "offline", "disabled"), "auto, online, offline or disabled"),
+    "logger.mode": one_of(LOGGER_MODES),
     "logger.log_every_n_steps": (lambda v: v >= 1, "an integer >= 1"),
     "logger.init_timeout": (lambda v: v > 0, "> 0 seconds"),
     "trainer.max_epochs": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1 (0 records an untrained model)"),

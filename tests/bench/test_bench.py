@@ -37,8 +37,8 @@ def test_memory_probe_counts_the_per_step_masks_naive_keeps_for_backward():
     """naive keeps a [T, B, H] mask per connection for backward, variational one [1, B, H]: same model, same
     loop, so the probe must see naive save more."""
     cpu = torch.device("cpu")
-    naive = measure.probe_memory(SIZE, "naive", "auto", cpu)
-    variational = measure.probe_memory(SIZE, "variational", "auto", cpu)
+    naive = measure.peak_memory(SIZE, "naive", "auto", cpu)
+    variational = measure.peak_memory(SIZE, "variational", "auto", cpu)
     assert naive["saved_for_backward_mb"] > variational["saved_for_backward_mb"] > 0
 
 

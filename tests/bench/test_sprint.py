@@ -83,12 +83,12 @@ def test_dry_sprint_runs_the_whole_plumbing_on_cpu(tmp_path, ptb_dir):
     files = sorted(p.name for p in out.iterdir())
     assert files == ["bench.json", "environment.json", "plan.json", "sprint.log", "summary.md", "sweep.tar.gz"]
     plan = json.loads((out / "plan.json").read_text())
-    assert plan["jobs"] == planning.ORDER and plan["fits"]
+    assert plan["jobs"] == planning.PRIORITY and plan["fits"]
     with tarfile.open(out / "sweep.tar.gz") as tar:
         names = tar.getnames()
     assert not [n for n in names if "checkpoints" in n]
     assert {f"gpu-medium/probe/{f}.csv" for f in ("probe", "memory", "positions")} <= set(names)
-    for placement in planning.ORDER:
+    for placement in planning.PRIORITY:
         job = f"gpu-medium/dropout={placement},model=tiny,seed=1"
         assert {f"{job}/result.json", f"{job}/epochs.csv", f"{job}/.hydra/config.yaml"} <= set(names)
         assert any(n.startswith(f"{job}/wandb/") and n.endswith(".wandb") for n in names)
@@ -195,4 +195,4 @@ def test_successive_leases_skip_what_is_already_completed(tmp_path):
     job("d", "naive", "completed", size="small")
     args = SimpleNamespace(done=tmp_path, size="medium", seed=1)
     assert planning.remaining(args, lambda msg: None) == ["none", "variational", "naive"]
-    assert planning.remaining(SimpleNamespace(done=None, size="medium", seed=1), print) == planning.ORDER
+    assert planning.remaining(SimpleNamespace(done=None, size="medium", seed=1), print) == planning.PRIORITY

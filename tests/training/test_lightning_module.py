@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from tests.helpers import tiny_lm
 from zr_ablate.training.job import quiet_trainer
 from zr_ablate.training.lightning_module import LMModule
-from zr_ablate.training.step import SGD, TrainStep
+from zr_ablate.training.step import PaperSGD, TrainStep
 
 
 def manual_ppl(model, stream: torch.Tensor, batch: int, bptt: int) -> float:
@@ -151,7 +151,7 @@ def test_weight_decay_shrinks_every_parameter_after_the_sgd_step_as_gals_code(we
     before = [p.detach().clone() for p in layer.parameters()]
     layer(torch.randn(4, 3)).square().sum().backward()
     grads = [p.grad.clone() for p in layer.parameters()]
-    SGD(layer.parameters(), lr=0.5, weight_decay=weight_decay).step()
+    PaperSGD(layer.parameters(), lr=0.5, weight_decay=weight_decay).step()
     for p, p0, g in zip(layer.parameters(), before, grads):
         torch.testing.assert_close(p.detach(), (p0 - 0.5 * g) * (1 - weight_decay))
 
@@ -159,4 +159,4 @@ def test_weight_decay_shrinks_every_parameter_after_the_sgd_step_as_gals_code(we
 def test_the_module_trains_with_the_weight_decaying_sgd():
     module = LMModule(torch.nn.Linear(2, 2), lr=1.0, lr_decay=1.2, decay_after=1, clip=5.0, weight_decay=1e-7)
     opt = module.configure_optimizers()
-    assert isinstance(opt, SGD) and opt.shrink == 1e-7
+    assert isinstance(opt, PaperSGD) and opt.shrink == 1e-7

@@ -36,7 +36,7 @@ import torch
 
 from zr_ablate.analysis.report.tables import markdown_table
 from zr_ablate.bench import concurrency
-from zr_ablate.bench.measure import bench_lightning, bench_size, probe_memory, profile_row
+from zr_ablate.bench.measure import bench_lightning, bench_size, peak_memory, profile_row
 from zr_ablate.bench.workload import APPLIES, BASELINE, BenchError, gemm_peak, needs_loop, settings
 from zr_ablate.training.clock import describe
 
@@ -143,7 +143,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "every --sizes x --placements row",
     )
     p.add_argument("--out", type=Path, default=Path("outputs/bench/bench.json"))
-    p.add_argument("--probe-memory", nargs=3, metavar=("SIZE", "PLACEMENT", "IMPL"), help=argparse.SUPPRESS)
+    p.add_argument("--peak-memory", nargs=3, metavar=("SIZE", "PLACEMENT", "IMPL"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.overrides = tuple(args.overrides)
     if min(args.repeats, args.steps, args.warmup, args.lightning_steps) < 1:
@@ -163,8 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.threads = torch.get_num_threads()
-    if args.probe_memory:
-        print(json.dumps(probe_memory(*args.probe_memory, device, args.overrides)))
+    if args.peak_memory:
+        print(json.dumps(peak_memory(*args.peak_memory, device, args.overrides)))
         return
     try:
         if not args.profile:  # the profile is printed, not written

@@ -30,8 +30,8 @@ def _rss_peak_mb() -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
 
 
-def probe_memory(size: str, placement: str, impl: str, device: torch.device, extra: tuple[str, ...] = ()) -> dict:
-    """Two training steps of one row (on CPU in a fresh process, --probe-memory). Returns the peak MB to
+def peak_memory(size: str, placement: str, impl: str, device: torch.device, extra: tuple[str, ...] = ()) -> dict:
+    """Two training steps of one row (on CPU in a fresh process, --peak-memory). Returns the peak MB to
     train it and the MB autograd saved for backward in one step (unique storages)."""
     cfg = settings(size, placement, impl, extra)
     if device.type == "cuda":
@@ -58,14 +58,14 @@ def memory_of_row(
     size: str, placement: str, impl: str, device: torch.device, threads: int, extra: tuple[str, ...] = ()
 ) -> dict:
     if device.type == "cuda":  # the allocator's peak resets in-process; no fresh process needed
-        result = probe_memory(size, placement, impl, device, extra)
+        result = peak_memory(size, placement, impl, device, extra)
         torch.cuda.empty_cache()
         return result
     cmd = [
         sys.executable,
         "-m",
         "zr_ablate.bench.cli",
-        "--probe-memory",
+        "--peak-memory",
         size,
         placement,
         impl,

@@ -9,7 +9,7 @@ from statistics import median
 
 from zr_ablate.data import TRAIN_TOKENS
 
-ORDER = ["zaremba", "none", "variational", "naive"]  # what matters most first: the paper's row, then its baseline
+PRIORITY = ["zaremba", "none", "variational", "naive"]  # what matters most first: the paper's row, then its baseline
 
 VALID_TOKENS, TEST_WINDOWS = 73_760, 82_430 // 35 + 1
 
@@ -70,7 +70,9 @@ def job_seconds(bench: dict, size: str, placement: str, epochs: int, train_token
     return START_S + TEST_S + epochs * per_epoch
 
 
-def plan(bench: dict, size: str, epochs: int, train_tokens: int, available_s: float, order: list[str] = ORDER) -> dict:
+def plan(
+    bench: dict, size: str, epochs: int, train_tokens: int, available_s: float, order: list[str] = PRIORITY
+) -> dict:
     """The most jobs (a prefix of `order`) that finish inside available_s, and the concurrency that
     finishes them soonest. If not even the first fits, it runs alone and is expected to be cut short."""
     alone = {p: job_seconds(bench, size, p, epochs, train_tokens) for p in order}
@@ -140,38 +142,39 @@ def choose(bench: dict | None, size: str, checks: dict) -> list[str]:
         measured = [p for p in placements if (p, variant) in rows]
         return bool(measured) and all(rows[(p, variant)] > 1.05 * rows[(p, "auto")] for p in measured)
 
-    looped = [p for p in ORDER if (p, "layers") in rows or (p, "torch") in rows]
+    looped = [p for p in PRIORITY if (p, "layers") in rows or (p, "torch") in rows]
     if mode == "step" and "layers" in checks["modes"] and (errors or faster("layers", looped)):
         mode = "layers"
     if not kernel and faster("torch", looped):
         kernel = ["model.loop_kernel=torch"]
     seconds = {
-        v: sum(1 / rows.get((p, v), rows[(p, "auto")]) for p in ORDER if (p, "auto") in rows) for v in ("auto", "loop")
+        v: sum(1 / rows.get((p, v), rows[(p, "auto")]) for p in PRIORITY if (p, "auto") in rows)
+        for v in ("auto", "loop")
     }
     impl = ["model.lstm_impl=loop"] if seconds["loop"] < seconds["auto"] / 1.05 else []
     return [f"cuda_graph={mode}", *impl, *kernel]
 
 
 def remaining(args, log: Callable[[str], None]) -> list[str]:
-    """ORDER without the placements completed in --done at this size and seed."""
+    """PRIORITY without the placements completed in --done at this size and seed."""
     if args.done is None or not args.done.is_dir():
-        return list(ORDER)
+        return list(PRIORITY)
     from zr_ablate.analysis.runs import NoRunsError, load_sweep
 
     try:
         runs, _ = load_sweep(args.done)
     except NoRunsError:
-        return list(ORDER)
+        return list(PRIORITY)
     done = runs[(runs["status"] == "completed") & (runs["size"] == args.size) & (runs["seed"] == args.seed)]
     finished = set(done["placement"])
     if finished:
-        log(f"already completed in {args.done}: {', '.join(p for p in ORDER if p in finished)}")
-    return [p for p in ORDER if p not in finished]
+        log(f"already completed in {args.done}: {', '.join(p for p in PRIORITY if p in finished)}")
+    return [p for p in PRIORITY if p not in finished]
 
 
 def sweep_shape(size: str) -> tuple[int, int]:
     """(epochs, training tokens per epoch) of the sweep's model profile, as run.py composes it."""
     from zr_ablate.bench.workload import settings
 
-    cfg = settings(size, ORDER[0])
+    cfg = settings(size, PRIORITY[0])
     return int(cfg.trainer.max_epochs), int(cfg.data.train_tokens or TRAIN_TOKENS)

@@ -42,7 +42,7 @@ from xml.etree import ElementTree
 
 from zr_ablate.bench import concurrency
 from zr_ablate.bench.lease import MAX_FILE, REPO, Log, environment, pack, run_logged, start_mps, stop_mps, summary
-from zr_ablate.bench.plan import ORDER, choose, plan, remaining, sweep_shape
+from zr_ablate.bench.plan import PRIORITY, choose, plan, remaining, sweep_shape
 
 # A sweep stopped at the deadline gets STOP_S to record itself; then the probe and packing.
 STOP_S, PROBE_S, PACK_S = 15.0, 40.0, 15.0
@@ -57,7 +57,7 @@ def bench_command(args, out: Path, checks: dict) -> list[str]:
     if args.dry:  # one quick pass of every table on the CPU, to exercise the plumbing
         return cmd + [
             *f"--device cpu --sizes {args.size} --placements".split(),
-            *ORDER,
+            *PRIORITY,
             *"--repeats 1 --steps 1 --warmup 1 --lightning zaremba --lightning-steps 2 --no-memory --threads 1".split(),
         ]
     variants = (
@@ -218,7 +218,7 @@ def run_measured(args, log: Log, checks: dict, deadline: float, mps: bool) -> No
     """Steps 4-7: bench, concurrency, plan, sweep, probe."""
     order = remaining(args, log)
     if not order:
-        log(f"nothing to train: {', '.join(ORDER)} are all completed in {args.done}")
+        log(f"nothing to train: {', '.join(PRIORITY)} are all completed in {args.done}")
         return
     bench_path = args.out / "bench.json"
     if args.bench:
@@ -233,7 +233,7 @@ def run_measured(args, log: Log, checks: dict, deadline: float, mps: bool) -> No
         try:
             bench["concurrency"] = concurrency.measure(
                 args.size,
-                ORDER,
+                PRIORITY,
                 [1, 2] if args.dry else [1, 2, 4],
                 1.0 if args.dry else 2.0,
                 "cpu" if args.dry else "cuda",

@@ -15,7 +15,7 @@ from zr_ablate.model.loop import lstm_layer_fast
 from zr_ablate.model.lstm import loop_layer
 from zr_ablate.schema import CONF_DIR
 from zr_ablate.training.clock import timed
-from zr_ablate.training.step import SGD
+from zr_ablate.training.step import PaperSGD
 
 VOCAB = 10_000  # Mikolov's PTB
 
@@ -112,7 +112,7 @@ class PlainLoop:
     def __init__(self, model: LSTMLanguageModel, cfg: DictConfig):
         self.model, self.state = model, None
         self.step = build.train_step(cfg, model)
-        self.opt = SGD(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.opt = PaperSGD(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.model.train()

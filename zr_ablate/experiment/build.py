@@ -80,12 +80,8 @@ def train_step(cfg: DictConfig, lm: LSTMLanguageModel) -> TrainStep:
 
 def saved_config(saved: dict | DictConfig) -> DictConfig:
     """A job's config as it was saved (.hydra/config.yaml, result.json), typed by today's schema: keys added
-    since take their defaults, keys since removed are dropped, and a renamed setting is carried over
-    (model.lstm_impl=triton is now lstm_impl=loop with model.loop_kernel=triton)."""
+    since take their defaults and keys since removed are dropped."""
     saved = OmegaConf.to_container(OmegaConf.create(saved))
-    model = saved.get("model", {})
-    if model.get("lstm_impl") == "triton":
-        model.update(lstm_impl="loop", loop_kernel="triton")
     schema = OmegaConf.structured(Config)
     return OmegaConf.merge(schema, _known(saved, OmegaConf.to_container(schema)))
 

@@ -45,9 +45,9 @@ def writable_or_exit(folder: Path) -> None:
     """One line naming the fix when the output folder cannot be made or written (out_root a file, /proc/x)."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".zr_ablate-write-test"
-        probe.touch()
-        probe.unlink()
+        test_file = folder / ".zr_ablate-write-test"
+        test_file.touch()
+        test_file.unlink()
     except OSError as e:
         sys.exit(
             f"zr_ablate: error: cannot write job folders in {folder} ({e.strerror}); pass out_root=<a writable folder>"

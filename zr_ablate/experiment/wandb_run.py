@@ -19,8 +19,8 @@ from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 
 from zr_ablate.records import COMPLETED, SUMMARY_FIELDS
+from zr_ablate.schema import LOGGER_MODES
 
-MODES = ("auto", "online", "offline", "disabled")
 log = logging.getLogger(__name__)
 
 
@@ -36,8 +36,8 @@ def logged_in() -> bool:
 
 def resolve_mode(mode: str) -> tuple[str, str]:
     """-> (online | offline | disabled, one line saying why)."""
-    if mode not in MODES:
-        raise ValueError(f"logger.mode must be one of {MODES}, got {mode!r}")
+    if mode not in LOGGER_MODES:
+        raise ValueError(f"logger.mode must be one of {LOGGER_MODES}, got {mode!r}")
     if mode != "auto":
         return mode, f"W&B: {mode} (logger.mode={mode})"
     env = os.environ.get("WANDB_MODE")

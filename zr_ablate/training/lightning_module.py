@@ -25,7 +25,7 @@ import torchmetrics
 from torch import nn
 
 from zr_ablate.training.mc_dropout import MCDropoutEval
-from zr_ablate.training.step import SGD, TrainStep
+from zr_ablate.training.step import PaperSGD, TrainStep
 
 # ModuleDict keys cannot be "train" (nn.Module.train exists), so stages are named by their split.
 STAGES = ("fit", "val", "test", "mc_test")  # mc_test: MC-dropout evaluation of the test split
@@ -72,7 +72,7 @@ class LMModule(pl.LightningModule):
         """lr_decay: divide the lr by this at the end of every epoch after the first `decay_after` (paper:
         2 / 1.2 / 1.15 after 5 / 7 / 15, the timing of Zaremba's main.lua; the TF tutorial's is one
         earlier). clip: max global gradient norm (5 / 5 / 10). weight_decay: shrink every parameter by
-        (1 - weight_decay) after each SGD step, as Gal's code does (`step.SGD`; 0 in Zaremba's).
+        (1 - weight_decay) after each SGD step, as Gal's code does (`step.PaperSGD`; 0 in Zaremba's).
         mc_samples: K stochastic passes of MC-dropout evaluation on the test split, logged as mc_test_ppl
         beside test_ppl (0 = off).
         check_every: training steps between divergence checks (each one host-GPU sync). cuda_graph: on
@@ -205,7 +205,7 @@ class LMModule(pl.LightningModule):
 
     # --- optimisation -------------------------------------------------------------------------------
     def configure_optimizers(self):
-        return SGD(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        return PaperSGD(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
     def lr_at(self, epoch: int) -> float:
         """Epoch e (0-based) trains with lr / lr_decay ** max(0, e + 1 - decay_after)."""

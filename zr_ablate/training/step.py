@@ -28,7 +28,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 State = tuple[torch.Tensor, torch.Tensor]
 
 
-class SGD(torch.optim.SGD):
+class PaperSGD(torch.optim.SGD):
     """Plain SGD, then, when weight_decay > 0, every parameter shrunk by the factor (1 - weight_decay) after
     the update, as Gal & Ghahramani's code does it (BayesianRNN LM_code/main_new_dropout_SOTA_v3.lua, bp():
     `paramx:add(-params.weight_decay, paramx)` after `paramx:add(paramdx:mul(-params.lr))`): not scaled by

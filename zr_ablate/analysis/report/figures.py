@@ -14,7 +14,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import LogFormatter, MaxNLocator  # noqa: E402
 
-from zr_ablate.analysis.report.tables import KEYS, _ordered, rate_label  # noqa: E402
+from zr_ablate.analysis.report.tables import KEYS, ordered, rate_label  # noqa: E402
 
 PPL = "perplexity (lower is better)"
 RATE_AXIS = "dropout probability p"
@@ -23,11 +23,11 @@ PUBLISHED = dict(color="crimson", linestyle="--", linewidth=2.5, zorder=4)
 
 def colours(placements) -> dict:
     """A colour per placement, the same in every figure of a report (the probe's too)."""
-    ordered = _ordered(placements)
-    return dict(zip(ordered, sns.color_palette("colorblind", len(ordered))))
+    names = ordered(placements)
+    return dict(zip(names, sns.color_palette("colorblind", len(names))))
 
 
-def _log_if_wide(axes, values: pd.Series) -> None:
+def log_if_wide(axes, values: pd.Series) -> None:
     # Early-epoch perplexities can be 10x the final ones; a log axis keeps the end of training readable.
     if values.max() > 5 * values.min():
         for ax in axes:
@@ -37,7 +37,7 @@ def _log_if_wide(axes, values: pd.Series) -> None:
             ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
 
 
-def _save(fig, out: Path, name: str, title: str) -> Path:
+def save_figure(fig, out: Path, name: str, title: str) -> Path:
     fig.suptitle(title, y=1.02)
     for ext in ("png", "pdf"):
         fig.savefig(out / f"{name}.{ext}", dpi=120, bbox_inches="tight")
@@ -52,7 +52,7 @@ def _curve_grid(data: pd.DataFrame, y: str, palette: dict, rate_axis: str | None
     tangle if overlaid."""
     sharey = False
     if per_placement and not rate_axis:
-        size = _ordered(data["size"])[0]
+        size = ordered(data["size"])[0]
         kw |= dict(
             hue="placement", col="placement", col_wrap=4, col_order=[p for p in palette if p in set(data["placement"])]
         )
@@ -62,11 +62,11 @@ def _curve_grid(data: pd.DataFrame, y: str, palette: dict, rate_axis: str | None
         rates = sorted(data["rate"].unique())
         data = data.assign(**{rate_axis: data["rate"].map("{:g}".format)})  # its name titles the legend
         palette = dict(zip(map("{:g}".format, rates), sns.color_palette("viridis", len(rates))))
-        sizes = _ordered(data["size"])
+        sizes = ordered(data["size"])
         kw |= dict(
             hue=rate_axis,
             col="placement",
-            col_order=_ordered(data["placement"]),
+            col_order=ordered(data["placement"]),
             row="size" if len(sizes) > 1 else None,
             row_order=sizes if len(sizes) > 1 else None,
         )
@@ -76,7 +76,7 @@ def _curve_grid(data: pd.DataFrame, y: str, palette: dict, rate_axis: str | None
             else dict(col_template=f"model size: {sizes[0]}, placement: {{col_name}}")
         )
     else:
-        kw |= dict(hue="placement", col="size", col_order=_ordered(data["size"]))
+        kw |= dict(hue="placement", col="size", col_order=ordered(data["size"]))
         titles = dict(template="model size: {col_name}")
     grid = sns.relplot(
         data,
@@ -103,9 +103,9 @@ def plot_val(
 ) -> tuple[Path, str]:
     grid = _curve_grid(curves, "val_ppl", palette, rate_axis)
     grid.set_axis_labels("epoch", f"validation {PPL}")
-    _log_if_wide(grid.axes.flat, curves["val_ppl"])
+    log_if_wide(grid.axes.flat, curves["val_ppl"])
     return (
-        _save(grid.figure, out, "val_curves", f"Validation perplexity per epoch ({band})"),
+        save_figure(grid.figure, out, "val_curves", f"Validation perplexity per epoch ({band})"),
         "Validation perplexity per epoch, dropout off (the model selection signal).",
     )
 
@@ -133,10 +133,10 @@ def plot_gap(
         dashes={"validation": "", "train": (4, 2)},
     )
     grid.set_axis_labels("epoch", PPL)
-    _log_if_wide(grid.axes.flat, both["ppl"])
+    log_if_wide(grid.axes.flat, both["ppl"])
     title = f"Train (dashed) vs validation (solid) perplexity ({band})"
     return (
-        _save(grid.figure, out, "train_vs_val", title),
+        save_figure(grid.figure, out, "train_vs_val", title),
         "Train perplexity is averaged over each epoch with the placement's dropout on; validation is "
         "measured after it with dropout off. A widening gap is overfitting.",
     )
@@ -157,7 +157,7 @@ def _run_legend(published: bool, mean: bool = True) -> list[Line2D]:
 def _size_panels(done: pd.DataFrame, palette: dict, panel_width: float, legend_width: float = 0.0):
     """A figure of one panel per model size -> fig, axes, and per panel (ax, size, that size's runs, their
     placements in palette order)."""
-    sizes = _ordered(done["size"])
+    sizes = ordered(done["size"])
     figsize = (legend_width + panel_width * len(sizes), 4.5)
     fig, axes = plt.subplots(1, len(sizes), figsize=figsize, squeeze=False)
     panels = []
@@ -200,11 +200,11 @@ def plot_test(done: pd.DataFrame, ppl: pd.DataFrame, palette: dict, out: Path) -
         ax.set(title=_title(size, ppl, "published_test_ppl"), xlabel="dropout placement", ylabel=f"test {PPL}")
         # zaremba+tied+word0.1 on 3 lines; names tilted so seven placements do not overlap.
         ax.set_xticks(range(len(order)), [p.replace("+", "\n+") for p in order], rotation=30, ha="right")
-    _log_if_wide(axes.flat, pd.concat([done["test_ppl"], ppl["published_test_ppl"].dropna()]))
+    log_if_wide(axes.flat, pd.concat([done["test_ppl"], ppl["published_test_ppl"].dropna()]))
     legend = _run_legend(ppl["published_test_ppl"].notna().any())
     axes.flat[-1].legend(handles=legend, loc="upper left", bbox_to_anchor=(1.02, 1))
     return (
-        _save(fig, out, "test_ppl", "Test perplexity per dropout placement"),
+        save_figure(fig, out, "test_ppl", "Test perplexity per dropout placement"),
         "Test perplexity of the final weights; red dashed lines mark the published value where one "
         "exists for this size and placement.",
     )
@@ -237,8 +237,8 @@ def _against_rate(
         ax.set(title=_title(size, ppl, published), xlabel=rate_axis, ylabel=ylabel)
         ax.set_xticks(sorted(runs["rate"].unique()))  # the probabilities run, not a grid of round numbers
         ax.get_legend().remove()
-    _log_if_wide(axes.flat, done[y])
-    handles = [Line2D([], [], marker="o", color=palette[p], label=p) for p in _ordered(done["placement"])]
+    log_if_wide(axes.flat, done[y])
+    handles = [Line2D([], [], marker="o", color=palette[p], label=p) for p in ordered(done["placement"])]
     handles += _run_legend(False, mean=False)
     if published and ppl[published].notna().any():
         label = "published, in the placement's colour\n(see results table)"
@@ -252,7 +252,7 @@ def plot_test_against_rate(
 ) -> tuple[Path, str]:
     fig = _against_rate(done, "test_ppl", ppl, "published_test_ppl", palette, rate_axis, f"test {PPL}")
     return (
-        _save(fig, out, "test_ppl", f"Test perplexity against dropout probability ({band})"),
+        save_figure(fig, out, "test_ppl", f"Test perplexity against dropout probability ({band})"),
         "Test perplexity of the final weights for each swept dropout probability; dashed lines mark the "
         "published value (at the paper's own p) where one exists for this size and placement.",
     )
@@ -263,7 +263,7 @@ def plot_sensitivity(
 ) -> tuple[Path, str]:
     fig = _against_rate(done, "final_val_ppl", ppl, None, palette, rate_axis, f"validation {PPL}")
     return (
-        _save(
+        save_figure(
             fig, out, "sensitivity", f"Sensitivity: final validation perplexity against dropout probability ({band})"
         ),
         "Validation perplexity of the last epoch (dropout off) for each swept dropout probability, one line "
@@ -285,7 +285,7 @@ def figures(
 ) -> list[tuple[Path, str]]:
     """The figures of completed runs, saved as PNG and PDF; (PNG path, caption) for each. Three; where a
     sweep varies a probability (`rates`, see swept), curves per value of it and a fourth, sensitivity."""
-    placements = _ordered(done["placement"])
+    placements = ordered(done["placement"])
     palette = colours(placements)
     seeds = done.groupby(KEYS + list(rates))["seed"].nunique().max()
     band = (

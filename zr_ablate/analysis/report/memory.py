@@ -15,8 +15,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import ScalarFormatter
 
-from zr_ablate.analysis.report.figures import _log_if_wide, _save, plt
-from zr_ablate.analysis.report.tables import _mean_sd, _ordered, _sorted
+from zr_ablate.analysis.report.figures import log_if_wide, plt, save_figure
+from zr_ablate.analysis.report.tables import mean_sd, ordered, sorted_rows
 
 PROBE = "probe"  # the probe's folder beside the job folders
 FILES = ("probe", "memory", "positions")
@@ -57,26 +57,26 @@ def tables(frames: dict[str, pd.DataFrame], split: str) -> dict[str, tuple[pd.Da
         gain_sd=("memory_gain", "std"),
         k90=("k90", lambda ks: "/".join(_by_k(ks))),
     )
-    gain = _sorted(gain.reset_index())
+    gain = sorted_rows(gain.reset_index())
     gain_shown = pd.DataFrame(
         {
             "size": gain["size"],
             "placement": gain["placement"],
             "seeds": gain["runs"],
-            "ppl, 1 token of context": _mean_sd(gain["ppl_k1_mean"], gain["ppl_k1_sd"]),
-            "ppl, whole stream": _mean_sd(gain["ppl_whole_mean"], gain["ppl_whole_sd"]),
-            "memory gain": _mean_sd(gain["gain_mean"], gain["gain_sd"]),
+            "ppl, 1 token of context": mean_sd(gain["ppl_k1_mean"], gain["ppl_k1_sd"]),
+            "ppl, whole stream": mean_sd(gain["ppl_whole_mean"], gain["ppl_whole_sd"]),
+            "memory gain": mean_sd(gain["gain_mean"], gain["gain_sd"]),
             "k for 90% of it": gain["k90"],
         }
     )
     probe = frames["probe"][frames["probe"]["split"] == split]
     ks = _ks(probe)
     stats = probe.groupby(["size", "placement", "k"])["ppl"].agg(["mean", "std"])
-    mean = _sorted(stats["mean"].unstack("k")[ks].reset_index())
+    mean = sorted_rows(stats["mean"].unstack("k")[ks].reset_index())
     sd = stats["std"].unstack("k")[ks].reindex(pd.MultiIndex.from_frame(mean[["size", "placement"]]))
     shown = mean[["size", "placement"]].copy()
     for k in ks:
-        shown[f"k={k}"] = _mean_sd(mean[k], sd[k].reset_index(drop=True))
+        shown[f"k={k}"] = mean_sd(mean[k], sd[k].reset_index(drop=True))
     return {f"memory_{split}": (gain, gain_shown), f"reset_{split}": (mean, shown)}
 
 
@@ -84,7 +84,7 @@ def figures(frames: dict[str, pd.DataFrame], split: str, palette: dict, out: Pat
     """Perplexity against k (log x) and the loss at each position of a chunk, a colour per placement."""
     probe = frames["probe"][(frames["probe"]["split"] == split) & (frames["probe"]["k"] != "whole")]
     probe = probe.assign(k=probe["k"].astype(int))
-    sizes = _ordered(probe["size"])
+    sizes = ordered(probe["size"])
     fig, axes = plt.subplots(1, len(sizes), figsize=(5.5 * len(sizes), 4), squeeze=False)
     for ax, size in zip(axes[0], sizes):
         data = probe[probe["size"] == size]
@@ -99,8 +99,8 @@ def figures(frames: dict[str, pd.DataFrame], split: str, palette: dict, out: Pat
             ylabel=f"{split} perplexity",
         )
         ax.xaxis.set_major_formatter(ScalarFormatter())  # 1, 10, 100 rather than 10^0, 10^1, 10^2
-        _log_if_wide([ax], data["ppl"])
-    ppl = _save(fig, out, f"memory_{split}", f"Perplexity against the context the model may use ({split})")
+        log_if_wide([ax], data["ppl"])
+    ppl = save_figure(fig, out, f"memory_{split}", f"Perplexity against the context the model may use ({split})")
     positions = frames["positions"][frames["positions"]["split"] == split]
     grid = sns.relplot(
         positions,
@@ -116,7 +116,7 @@ def figures(frames: dict[str, pd.DataFrame], split: str, palette: dict, out: Pat
         facet_kws={"sharey": False},
     )
     grid.set(xscale="log").set_axis_labels("position in a chunk (tokens of context so far)", "mean NLL (nats)")
-    pos = _save(grid.figure, out, f"positions_{split}", f"Loss at each position of a chunk ({split})")
+    pos = save_figure(grid.figure, out, f"positions_{split}", f"Loss at each position of a chunk ({split})")
     return [
         (
             ppl,

@@ -43,12 +43,12 @@ def _rank(value) -> tuple:
     return ORDER.get(str(value).split("+")[0], len(ORDER)), str(value)
 
 
-def _sorted(df: pd.DataFrame, keys: list[str] = KEYS) -> pd.DataFrame:
+def sorted_rows(df: pd.DataFrame, keys: list[str] = KEYS) -> pd.DataFrame:
     """By size and placement in ORDER, then by any swept probability."""
     return df.sort_values(keys, key=lambda col: col.map(_rank) if col.name in KEYS else col).reset_index(drop=True)
 
 
-def _ordered(values) -> list:
+def ordered(values) -> list:
     return sorted(set(values), key=_rank)
 
 
@@ -101,7 +101,7 @@ def perplexity_table(done: pd.DataFrame, keys: list[str] = KEYS, mc: bool = Fals
     )
     table = beside(table)
     table["test_minus_published"] = table["test_ppl_mean"] - table["published_test_ppl"]
-    return _sorted(mc_beside(table) if mc else table, keys)
+    return sorted_rows(mc_beside(table) if mc else table, keys)
 
 
 def gap_table(done: pd.DataFrame, keys: list[str] = KEYS) -> pd.DataFrame:
@@ -111,7 +111,7 @@ def gap_table(done: pd.DataFrame, keys: list[str] = KEYS) -> pd.DataFrame:
         .reset_index()
     )
     table["gap"] = table["final_val_ppl"] - table["final_train_ppl"]
-    return _sorted(table, keys)
+    return sorted_rows(table, keys)
 
 
 def status_table(runs: pd.DataFrame, keys: list[str] = KEYS) -> pd.DataFrame:
@@ -123,14 +123,14 @@ def status_table(runs: pd.DataFrame, keys: list[str] = KEYS) -> pd.DataFrame:
     )
     counts = counts.reindex(columns=[*STATUSES, *(s for s in counts.columns if s not in STATUSES)], fill_value=0)
     counts["total"] = counts.sum(axis=1)
-    return _sorted(counts.reset_index().rename_axis(columns=None), keys)
+    return sorted_rows(counts.reset_index().rename_axis(columns=None), keys)
 
 
 def _cell(v) -> str:
     return "" if pd.isna(v) else f"{v:.1f}" if isinstance(v, float) else str(v)
 
 
-def _mean_sd(mean: pd.Series, sd: pd.Series) -> list[str]:
+def mean_sd(mean: pd.Series, sd: pd.Series) -> list[str]:
     return [_cell(m) + ("" if pd.isna(s) else f" ± {s:.1f}") for m, s in zip(mean, sd)]
 
 
@@ -168,12 +168,12 @@ def tables(runs: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
         return shown(_rates_as_given(table, rates), key_names | names)
 
     ppl_cells = ppl.assign(
-        val=_mean_sd(ppl["val_ppl_mean"], ppl["val_ppl_sd"]), test=_mean_sd(ppl["test_ppl_mean"], ppl["test_ppl_sd"])
+        val=mean_sd(ppl["val_ppl_mean"], ppl["val_ppl_sd"]), test=mean_sd(ppl["test_ppl_mean"], ppl["test_ppl_sd"])
     )
     mc_names = {}
     if mc:
         ppl_cells = ppl_cells.assign(
-            mc=_mean_sd(ppl["mc_test_ppl_mean"], ppl["mc_test_ppl_sd"]),
+            mc=mean_sd(ppl["mc_test_ppl_mean"], ppl["mc_test_ppl_sd"]),
             published_mc=[
                 _cell(v) + ("" if pd.isna(v) else f" ({n:g} passes)")
                 for v, n in zip(ppl["published_mc_test_ppl"], ppl["published_mc_samples"])
@@ -210,7 +210,7 @@ def tables(runs: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
 def compact(runs: pd.DataFrame) -> str:
     """One row per job (size, placement, seed, status, best validation, test, the published test value where
     one is set beside it): what the end of a sweep and of a report print in the terminal."""
-    view = _sorted(as_variants(runs), KEYS + ["seed"])
+    view = sorted_rows(as_variants(runs), KEYS + ["seed"])
     rows = beside(view[["size", "placement", "seed", "status", "best_val_ppl", "test_ppl", *RECIPE]])
     return markdown_table(
         pd.DataFrame(
