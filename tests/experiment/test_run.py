@@ -84,7 +84,7 @@ def test_same_seed_same_result_in_the_same_folder(tmp_path, ptb_dir, sweep):
         (["dropout.recurrent.mask=sometimes"], "dropout mask must be one of"),
         (["data.bptt=600", "data.train_tokens=2000"], "unroll 600 is longer"),
         (["data.dir=/nonexistent/ptb"], "missing PTB split file /nonexistent/ptb/ptb.train.txt"),
-        (["data.test_protocol=quick"], "data.test_protocol='quick' is out of range: it must be paper or fast"),
+        (["data.test_protocol=quick"], "data.test_protocol='quick' is out of range: it must be one of paper, fast"),
         (["data.batch_size=0"], "data.batch_size=0 is out of range: it must be an integer >= 1"),
         (["trainer.max_epochs=0"], "trainer.max_epochs=0 is out of range: it must be an integer >= 1"),
     ],
