@@ -65,7 +65,8 @@ def beside(cells: pd.DataFrame) -> pd.DataFrame:
     what differs, and any published row for the placement that came from a recipe we cannot express."""
     ref = _rows("standard")
     assumed = ref["recipe"].map(lambda r: ", ".join(recipes()[r]["assumed"]))
-    source = _source(ref) + assumed.map(lambda a: f" (recipe assumes {a}: see docs/methods-and-recipes.md, Recipes)" if a else "")
+    see = "see docs/methods-and-recipes.md, Recipes"
+    source = _source(ref) + assumed.map(lambda a: f" (recipe assumes {a}: {see})" if a else "")
     ref = ref.assign(published_source=source).rename(
         columns={"val_ppl": "published_val_ppl", "test_ppl": "published_test_ppl"}
     )
