@@ -32,13 +32,15 @@ demo: setup
 
 # Two workers (pytest-xdist), a test file at a time each, so a module's fixtures run once: the subprocess
 # and SLURM tests mostly wait, and CI's 2 cores finish in ~11 min instead of ~17. TEST_WORKERS=0: serial.
+# The tests read PTB from $ZR_ABLATE_PTB_DIR; PTB_DIR=<folder> sets it for them.
 TEST_WORKERS ?= 2
+TEST_ENV := $(if $(PTB_DIR),ZR_ABLATE_PTB_DIR=$(PTB_DIR))
 test: setup
-	$(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
+	$(TEST_ENV) $(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
 # The edit-test loop: everything but the tests that train jobs in subprocesses (~1 min on 2 cores).
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow"
+	$(TEST_ENV) $(BIN)/python -m pytest -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .

@@ -1,4 +1,5 @@
-"""Shared fixtures. Tests run on the real PTB files in ../shared/data/ptb (or $ZR_ABLATE_PTB_DIR)."""
+"""Shared fixtures. Tests run on the real PTB files, in the folder $ZR_ABLATE_PTB_DIR names (.ci/run sets it;
+`make test PTB_DIR=<folder>` passes it on)."""
 
 from __future__ import annotations
 
@@ -19,15 +20,24 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 from zr_ablate.schema import CONF_DIR  # noqa: E402  after the environment above: torch reads it
 
-PTB_DIR = Path(os.environ.get("ZR_ABLATE_PTB_DIR", REPO.parent / "shared" / "data" / "ptb")).resolve()
 SHA256 = dict(OmegaConf.load(CONF_DIR / "data" / "ptb.yaml").sha256)  # the files' checksums, from the config
+PTB_FILES = ", ".join(SHA256)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Before any test runs: one line naming the fix when tests that read PTB are collected without it."""
+    if not any("ptb_dir" in getattr(item, "fixturenames", ()) for item in items):
+        return
+    folder = os.environ.get("ZR_ABLATE_PTB_DIR")
+    if not folder:
+        pytest.exit(f"zr_ablate tests: set ZR_ABLATE_PTB_DIR to a folder holding {PTB_FILES}", returncode=4)
+    if not (Path(folder) / "ptb.train.txt").is_file():
+        pytest.exit(f"zr_ablate tests: ZR_ABLATE_PTB_DIR={folder} does not hold {PTB_FILES}", returncode=4)
 
 
 @pytest.fixture(scope="session")
 def ptb_dir() -> Path:
-    if not (PTB_DIR / "ptb.train.txt").is_file():
-        pytest.fail(f"PTB files not found in {PTB_DIR}; set ZR_ABLATE_PTB_DIR to a folder holding them")
-    return PTB_DIR
+    return Path(os.environ["ZR_ABLATE_PTB_DIR"]).resolve()
 
 
 @pytest.fixture(scope="session")

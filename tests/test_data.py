@@ -81,8 +81,9 @@ def test_download_with_wrong_content_names_file_and_both_hashes(tmp_path, file_u
 
 def test_no_network_and_no_local_copy_names_the_fix(tmp_path):
     urls = {s: f"http://127.0.0.1:9/ptb.{s}.txt" for s in ("train", "valid", "test")}
-    with pytest.raises(DataError, match=r"cannot download http://127\.0\.0\.1:9/ptb\.train\.txt .*data\.dir="):
+    with pytest.raises(DataError, match=r"cannot download http://127\.0\.0\.1:9/ptb\.train\.txt .*data\.dir=") as e:
         ensure_ptb(None, str(tmp_path), urls, SHA256, timeout=5)
+    assert "ZR_ABLATE_PTB_DIR=" in str(e.value) and "../" not in str(e.value)  # both fixes, no folder of ours
 
 
 def test_local_folder_missing_split(tmp_path, ptb_dir):

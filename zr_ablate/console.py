@@ -5,7 +5,7 @@ Silenced: Lightning's "Tip" advertising litlogger and its start-up lines (GPU/TP
 "`Trainer.fit` stopped"), its `srun` hint on machines that have SLURM installed, its warning that a
 one-item-per-window DataLoader has few workers (by design: windows are read in order, state carried), and
 the LeafSpec deprecation Lightning's own pytree helper triggers in torch. W&B is quietened through its
-settings (tracking.start_run, logger.quiet).
+settings (wandb_run.start_run, logger.quiet).
 """
 
 from __future__ import annotations

@@ -114,8 +114,8 @@ def ensure_ptb(
                     raise
                 reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
                 raise DataError(
-                    f"cannot download {urls[split]} ({reason}); with no network, point data.dir at a folder "
-                    f"holding {', '.join(names.values())} (e.g. data.dir=../shared/data/ptb)"
+                    f"cannot download {urls[split]} ({reason}); with no network, pass data.dir=<folder> or set "
+                    f"ZR_ABLATE_PTB_DIR=<folder>, a folder holding {', '.join(names.values())}"
                 ) from e
     return folder
 

@@ -28,7 +28,7 @@ COMPLETED, DIVERGED, FAILED, RUNNING = "completed", "diverged", "failed", "runni
 MISSING, UNREADABLE, SKIPPED = "missing", "unreadable", "skipped"
 STATUSES = (COMPLETED, DIVERGED, FAILED, RUNNING, MISSING, UNREADABLE)
 FINAL_STATUSES = (COMPLETED, DIVERGED)  # a rerun skips these; running and failed jobs are resumed
-# The per-job numbers of result.json; tracking.end_run copies them into the W&B run summary.
+# The per-job numbers of result.json; wandb_run.end_run copies them into the W&B run summary.
 RECORD_FIELDS = [
     "best_val_ppl",
     "final_val_ppl",

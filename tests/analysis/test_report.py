@@ -182,7 +182,7 @@ def fake_wandb_run(job: Path, flat_config: bool) -> SimpleNamespace:
         config = pd.json_normalize(config).to_dict("records")[0]  # {"dropout.name": ...}
     state = {"completed": "finished", "failed": "failed", "running": "running"}[result["status"]]
     if result["status"] != "completed":
-        del result["status"]  # tracking.end_run never ran: the summary does not say how the job ended
+        del result["status"]  # wandb_run.end_run never ran: the summary does not say how the job ended
     rows, epochs = [], pd.read_csv(job / "epochs.csv")
     for e in epochs.itertuples():
         rows += [

@@ -78,7 +78,7 @@ FAST_CASES = {
 
 
 def triton_layer(*args, **kwargs):
-    """lstm_triton on this machine: compiled on a GPU, else in Triton's interpreter (tests/conftest.py)."""
+    """triton_loop on this machine: compiled on a GPU, else in Triton's interpreter (tests/conftest.py)."""
     pytest.importorskip("triton")
     from zr_ablate.model.triton_loop import lstm_layer_triton
 
@@ -88,7 +88,7 @@ def triton_layer(*args, **kwargs):
 @pytest.mark.parametrize("fast", [lstm_layer_fast, triton_layer], ids=["loop", "triton"])
 @pytest.mark.parametrize("case", list(FAST_CASES))
 def test_fast_loop_equals_the_reference_loop_in_outputs_and_every_gradient(case, fast):
-    """The hand-written backwards of lstm_loop.LoopLSTM and lstm_triton.TritonLoopLSTM against autograd
+    """The hand-written backwards of loop.LoopLSTM and triton_loop.TritonLoopLSTM against autograd
     through the reference loop, in float64: outputs, final h and c, and the gradients of x, h0, c0 and all
     four weights."""
     g = torch.Generator().manual_seed(3)

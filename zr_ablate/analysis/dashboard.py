@@ -3,7 +3,7 @@
     python -m zr_ablate.dashboard --group demo                       # build both, print the workspace spec
     python -m zr_ablate.dashboard --group demo --report reports/demo --save --entity ENTITY
 
-Every job is a W&B run (tracking.py) in the sweep's group, with the resolved config (placement:
+Every job is a W&B run (zr_ablate/experiment/wandb_run.py) in the sweep's group, with the resolved config (placement:
 `dropout.name`, size: `model.name`), epoch metrics (train_ppl, val_ppl, lr, tokens_per_s), the gradient
 norm on logging steps and the record in the summary (best_val_ppl, test_ppl, ...). The views show, grouped
 by placement with seed bands: validation perplexity per epoch, test perplexity per placement, train

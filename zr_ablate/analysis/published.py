@@ -1,10 +1,10 @@
 """Published PTB word-level perplexities, to set beside our own runs.
 
-published_ptb.csv is a copy of the project's shared/reference/published_ptb.csv (numbers transcribed from
-the papers named in its `source`, `table` and `row` columns; see shared/reference/README.md) plus a
-`recipe` column naming each row's training recipe in published_recipes.yaml. Its `placement` column uses
-this project's names (none, naive, zaremba, variational, ...) but only the recipe decides what is set
-beside a run: a run at another rate, size, schedule or epoch count gets no published number.
+published_ptb.csv holds numbers transcribed from the papers named in its `source`, `table` and `row`
+columns, and a `recipe` column naming each row's training recipe in published_recipes.yaml. Its
+`placement` column uses this project's names (none, naive, zaremba, variational, ...) but only the recipe
+decides what is set beside a run: a run at another rate, size, schedule or epoch count gets no published
+number.
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ def beside(cells: pd.DataFrame) -> pd.DataFrame:
     what differs, and any published row for the placement that came from a recipe we cannot express."""
     ref = _rows("standard")
     assumed = ref["recipe"].map(lambda r: ", ".join(recipes()[r]["assumed"]))
-    source = _source(ref) + assumed.map(lambda a: f" (recipe assumes {a}: see the README's Recipes)" if a else "")
+    see = "see docs/methods-and-recipes.md, Recipes"
+    source = _source(ref) + assumed.map(lambda a: f" (recipe assumes {a}: {see})" if a else "")
     ref = ref.assign(published_source=source).rename(
         columns={"val_ppl": "published_val_ppl", "test_ppl": "published_test_ppl"}
     )

@@ -135,12 +135,14 @@ def _rates(settings: dict) -> str:
 
 
 def markdown() -> str:
-    """The README's Recipes table: every published recipe with its command and every setting."""
+    """The Recipes table of docs/methods-and-recipes.md: every published recipe with its command and every
+    setting, then where each recipe's settings come from (a list: a source is too long for a table cell)."""
     lines = [
         "| recipe | command | hidden | init | unroll | epochs | lr schedule | clip | weight decay | tied emb. "
-        "| dropout | source |",
-        "|" + " --- |" * 12,
+        "| dropout |",
+        "|" + " --- |" * 11,
     ]
+    sources = []
     for r in recipes().values():
         s = r["settings"]
         assumed = f" Assumed: {', '.join(r['assumed'])}." if r["assumed"] else ""
@@ -148,9 +150,10 @@ def markdown() -> str:
             f"| {r['name']} | `{r['command']}` | {s['model.hidden']} | {s['model.init_scale']:g} | {s['data.bptt']} "
             f"| {s['trainer.max_epochs']} | {s['optim.lr']:g}, /{s['optim.lr_decay']:g} per epoch from the end of "
             f"epoch {s['optim.decay_after']} | {s['optim.clip']:g} | {s['optim.weight_decay']:g} "
-            f"| {'yes' if s['model.tie_weights'] else 'no'} | {_rates(s)} | {r['source']}.{assumed} |"
+            f"| {'yes' if s['model.tie_weights'] else 'no'} | {_rates(s)} |"
         )
-    return "\n".join(lines)
+        sources.append(f"- {r['name']}: {r['source']}.{assumed}")
+    return "\n".join([*lines, "", "Sources:", "", *sources])
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """The bench's measurements: every placement of one size timed in interleaved repeats, memory per row, and
-Lightning against the plain loop. bench.py runs them and prints the tables."""
+Lightning against the plain loop. cli.py runs them and prints the tables."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ other jobs run on unreported. Here:
 - before anything is submitted, the request per job is compared with the nodes of the partition that are
   up (sinfo); if none could ever run it, one line names the settings to change;
 - a job SLURM ended without a result is recorded as failed in its result.json, with SLURM's state, and
-  the sweep goes on waiting for the others, then sums up as usual (sweep.SweepGuard).
+  the sweep goes on waiting for the others, then sums up as usual (guard.SweepGuard).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """CUDA-graph capture of the LSTM layers for one fixed training-window shape.
 
-Why: the loop placements (naive, variational, semeniuta, zoneout) run `lstm_loop.LoopLSTM`, about 9 small
+Why: the loop placements (naive, variational, semeniuta, zoneout) run `loop.LoopLSTM`, about 9 small
 kernels per step forward and as many backward, per layer: 35 steps x 2 layers is ~1,300 launches per
 window. On a GPU at batch 20 each kernel runs for a few microseconds, so the host's launch latency, not the
 GPU, sets the speed. A CUDA graph records the launches once and replays them with one call.

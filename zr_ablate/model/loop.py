@@ -37,7 +37,7 @@ class LayerMasks(NamedTuple):
     cell_update  g_t only: c_t = f*c_{t-1} + i*(g_t*m) (Semeniuta et al.), so c_{t-1} is never masked
     zoneout_c/h  c_t = d*c_{t-1} + (1-d)*c_new, h_t = d*h_{t-1} + (1-d)*o*tanh(c_new) (Krueger et al.: h
                  from the new cell before zoneout); the zoned h is the layer's output and carried state
-    Every layer function (lstm.lstm_layer_loop, lstm_layer_fast below, lstm_triton.lstm_layer_triton)
+    Every layer function (lstm.lstm_layer_loop, lstm_layer_fast below, triton_loop.lstm_layer_triton)
     takes (x [T, B, I], h, c [B, H], layer, w_hh [4H, H] or None, LayerMasks) and returns the outputs
     [T, B, H] and the final h, c [B, H]; w_hh replaces the layer's weight_hh_l0 (DropConnect)."""
 
@@ -95,7 +95,7 @@ def recurrent_grad(grad_gates: torch.Tensor, r: torch.Tensor | None, w_hh: torch
 
 
 class Saved(NamedTuple):
-    """What the loop Functions (LoopLSTM, lstm_triton.TritonLoopLSTM) save for backward, in this order."""
+    """What the loop Functions (LoopLSTM, triton_loop.TritonLoopLSTM) save for backward, in this order."""
 
     gates: torch.Tensor  # [T, B, 4H] activated i, f, g, o
     cells: torch.Tensor  # [T+1, B, H] cells[t] = c_{t-1} after zoneout, cells[0] = c0

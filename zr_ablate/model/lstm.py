@@ -6,11 +6,11 @@ PyTorch's and the paper's):
          the embedding, between layers and on the output sit outside the kernel, and DropConnect on W_hh
          only changes the matrix the kernel is given for the window.
   loop   an explicit step loop, needed for masks on h_{t-1} (naive, variational) or g_t (semeniuta), and
-         for zoneout (training and evaluation): `lstm_loop.LoopLSTM`, an autograd.Function with its own
+         for zoneout (training and evaluation): `loop.LoopLSTM`, an autograd.Function with its own
          backward (the input projection of the whole window is one matmul before the loop, each step one
          matmul, the weight gradient one matmul after the backward walk).
-         Its step arithmetic runs as PyTorch ops (`lstm_loop`) or as one Triton kernel per step each way
-         (`lstm_triton`, CUDA: far fewer kernels where a GPU at batch 20 is launch-bound): `loop_kernel`,
+         Its step arithmetic runs as PyTorch ops (`loop`) or as one Triton kernel per step each way
+         (`triton_loop`, CUDA: far fewer kernels where a GPU at batch 20 is launch-bound): `loop_kernel`,
          whose default, auto, takes Triton on CUDA when it imports and PyTorch elsewhere.
   reference  `lstm_layer_loop` below: the same equations as a readable step loop under ordinary autograd,
          kept as the definition the fast loops are tested against (tests/model/test_lstm.py).
@@ -42,7 +42,7 @@ def lstm_layer_loop(
     x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, layer: nn.LSTM, w_hh=None, masks: LayerMasks = NO_MASKS
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The reference LSTM layer, step by step under autograd, with the masks of one window (their shapes
-    and where each one falls: lstm_loop.LayerMasks). x [T, B, I]; h, c [B, H]; w_hh [4H, H] replaces the
+    and where each one falls: loop.LayerMasks). x [T, B, I]; h, c [B, H]; w_hh [4H, H] replaces the
     layer's weight_hh_l0 (DropConnect). Returns outputs [T, B, H] and the final h, c [B, H]. Gate order is
     PyTorch's: i, f, g, o.
     """
@@ -87,7 +87,7 @@ def triton_importable() -> bool:
 
 
 def loop_layer(kernel: str, cuda: bool):
-    """The fast loop's layer function for `loop_kernel` on this device (lstm_triton imports Triton: only
+    """The fast loop's layer function for `loop_kernel` on this device (triton_loop imports Triton: only
     when it is used)."""
     if kernel == "triton" or (kernel == "auto" and cuda and triton_importable()):
         from zr_ablate.model.triton_loop import lstm_layer_triton

@@ -1,6 +1,6 @@
 """The fast LSTM loop with each step's gate arithmetic in one Triton kernel (model.loop_kernel=triton; CUDA).
 
-`lstm_loop.LoopLSTM` runs every step as one matmul plus ~8 elementwise PyTorch kernels forward and ~8
+`loop.LoopLSTM` runs every step as one matmul plus ~8 elementwise PyTorch kernels forward and ~8
 backward. On a GPU at batch 20 each of those kernels runs for a few microseconds, so a medium window
 (35 steps x 2 layers) is ~1,200 tiny kernels whose launch gaps, not arithmetic, set the time. Here each
 step is two kernels each way:
@@ -180,7 +180,7 @@ def _full(mask: torch.Tensor | None, batch: int, hid: int) -> torch.Tensor | Non
 
 
 class TritonLoopLSTM(torch.autograd.Function):
-    """Same signature and equations as lstm_loop.LoopLSTM."""
+    """Same signature and equations as loop.LoopLSTM."""
 
     @staticmethod
     def forward(ctx, gates_x, h0, c0, w_hh, recurrent, cell_update, zoneout_c, zoneout_h):
@@ -296,7 +296,7 @@ def _arg(t: torch.Tensor | None, dummy: torch.Tensor) -> torch.Tensor:
 
 
 def lstm_layer_triton(x, h, c, layer, w_hh=None, masks: LayerMasks = NO_MASKS):
-    """Drop-in for lstm.lstm_layer_loop (same arguments and returns; lstm_loop.LayerMasks) on the Triton
+    """Drop-in for lstm.lstm_layer_loop (same arguments and returns; loop.LayerMasks) on the Triton
     kernels. CUDA tensors, or CPU ones under TRITON_INTERPRET=1 (Triton's interpreter, for tests). An
     untied input mask is applied in the input projection; untied recurrent masks in the per-step matmul,
     which then runs in PyTorch (a batched matmul per gate) and leaves the kernels only the gate arithmetic."""

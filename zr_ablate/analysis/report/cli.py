@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         keep_runs(Path(args.source), out)
     done, done_curves = view[view["status"] == COMPLETED], view_curves[view_curves["status"] == COMPLETED]
     figs = figures(done, done_curves, numbers["perplexity"][0], out, swept(view)) if len(done) else []
-    command = shlex.join(["python", "-m", "zr_ablate.analysis.report", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "-m", "zr_ablate.report", *(sys.argv[1:] if argv is None else argv)])
     text = markdown(name, args.source, command, view, markdown_tables, figs)
     probe = None if args.source.startswith("wandb:") else memory.load(Path(args.source))
     if probe is not None:  # python -m zr_ablate.probe ran on this sweep: how much context each placement uses

@@ -13,7 +13,7 @@ from zr_ablate.analysis.published import RECIPE, beside, cell_note, cell_recipe,
 from zr_ablate.analysis.runs import RATES
 from zr_ablate.records import COMPLETED, STATUSES
 
-# Paper sizes, then our CPU profiles; placements in the README's order, then the later methods. Anything
+# Paper sizes, then our CPU profiles; the paper's four placements, then the later methods. Anything
 # else sorts after; a variant (zaremba+tied) right after its placement.
 ORDER = {
     v: i
