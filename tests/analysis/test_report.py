@@ -492,7 +492,7 @@ def test_kept_runs_regenerate_the_same_report(sweep, tmp_path):
     )
     proc = report(first / "runs", "--out", again)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for table in TABLES:
+    for table in [*TABLES, "wins", "wins_sentences"]:  # the per-sentence losses were kept too
         assert (again / f"{table}.csv").read_text() == (first / f"{table}.csv").read_text()
     title = (first / "results.md").read_text().splitlines()[0]
     assert title == f"# Dropout placement on PTB: {sweep.name}"  # named after the sweep, not after runs/
@@ -500,3 +500,31 @@ def test_kept_runs_regenerate_the_same_report(sweep, tmp_path):
     # regenerating in place keeps the records (nothing copied onto itself)
     proc = report(first / "runs", "--out", first, "--keep-runs")
     assert proc.returncode == 0 and (first / "runs" / FAILED / "result.json").is_file()
+
+
+def test_report_says_which_placement_wins_and_how_sure(sweep, tmp_path):
+    """none - zaremba at tiny: across the 2 seeds both completed (a t interval), and per seed a paired
+    bootstrap over the test sentences each job kept; a forest plot; with --tuned, the same for a second sweep
+    and a table of it beside the first."""
+    out = tmp_path / "report"
+    from zr_ablate.analysis.report.cli import main
+
+    main([str(sweep), "--out", str(out), "--tuned", str(sweep), "--keep-runs"])
+    [pair] = pd.read_csv(out / "wins.csv").to_dict("records")
+    runs = pd.read_csv(out / "runs.csv").query("status == 'completed'").set_index(["placement", "seed"])
+    gaps = [runs.loc[("none", s), "test_ppl"] - runs.loc[("zaremba", s), "test_ppl"] for s in (1, 2)]
+    assert (pair["a"], pair["b"], pair["seeds"]) == ("none", "zaremba", 2)
+    assert pair["estimate"] == pytest.approx(sum(gaps) / 2) and pair["low"] < pair["estimate"] < pair["high"]
+    per_seed = pd.read_csv(out / "wins_sentences.csv")
+    assert per_seed["seed"].tolist() == [1, 2] and per_seed["estimate"].tolist() == pytest.approx(gaps)
+    assert (per_seed["low"] < per_seed["estimate"]).all() and (per_seed["estimate"] < per_seed["high"]).all()
+    assert matplotlib.image.imread(out / "wins.png").shape[0] > 100
+    md = (out / "results.md").read_text()
+    assert "## Which placement wins, and how sure (at the paper's rate)" in md and "| none - zaremba | 2 |" in md
+    assert "## At tuned rates" in md and "## Which placement wins at tuned rates, and how sure" in md
+    tuned = pd.read_csv(out / "tuned.csv").set_index("placement")
+    assert tuned.loc["zaremba", "rates"] == "p 0.5" and tuned.loc["none", "rates"] == "none"
+    assert tuned["change"].tolist() == [0.0, 0.0]  # the same sweep on both sides
+    assert (out / "wins_tuned.csv").read_text() == (out / "wins.csv").read_text()
+    job = "dropout=zaremba,model=tiny,seed=2"
+    assert (out / "tuned" / "runs" / job / "sentences_test.csv").is_file()
