@@ -61,6 +61,7 @@ SENTENCE_FIELDS = ["tokens", "nll", "mc_nll"]
 # key exactly, so each is listed whole (data.urls.train, not data.urls).
 NEUTRAL_KEYS = [
     *("sweep", "grid", "out_root", "threads", "check_every_n_steps", "cuda_graph", "on_stale"),
+    *("study.storage", "study.name"),
     *("model.lstm_impl", "model.loop_kernel", "data.dir", "data.cache_dir", "data.download_timeout"),
     *(f"data.urls.{split}" for split in ("train", "valid", "test")),
     *(f"data.sha256.ptb.{split}.txt" for split in ("train", "valid", "test")),

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zr_ablate.data import EOS, DataError, PTBDataModule
 from zr_ablate.dropout import DropoutSpec
+from zr_ablate.experiment.optuna_sweeper import register_resolvers
 from zr_ablate.model.language_model import LSTMLanguageModel
 from zr_ablate.schema import Config, check_ranges
 from zr_ablate.training.lightning_module import LMModule
@@ -27,6 +28,7 @@ from zr_ablate.training.mc_dropout import MCDropoutEval
 from zr_ablate.training.step import TrainStep
 
 CONFIG_ERRORS = (ValueError, DataError, InstantiationException)
+register_resolvers()  # ${zr_tuned:...}: the tuned=<placement> presets read their study's best rates
 
 
 def error_line(e: BaseException) -> str:
