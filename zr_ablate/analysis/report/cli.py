@@ -10,7 +10,7 @@ Writes results.md (every table, every figure, and what was left out), each table
 LaTeX (formatted, booktabs), each figure as PNG and PDF. Only completed runs enter means and figures; the
 status table and the text account for the others. Files already in --out are left alone unless rewritten.
 Every pair of placements is compared with 95% intervals (wins.py, from analysis/compare.py); with --tuned, a
-second sweep of the placements at their tuned rates (python -m zr_ablate.tuned) is compared too and set
+second sweep of the placements at their tuned rates (run.py -m tuned=...) is compared too and set
 beside the first. The pieces: tables.py (numbers), figures.py (seaborn), wins.py (comparisons), memory.py
 (the context probe), output.py (files, results.md, W&B).
 """
@@ -94,11 +94,13 @@ def main(argv: list[str] | None = None) -> None:
         text += f"\n## At tuned rates\n\nSource: `{args.tuned}`. Each placement at the rates its study found best, "
         text += "beside the same placement at the paper's rate (the source above).\n\n" + table + "\n"
         sentences = load_sentences(Path(args.tuned), tuned_view["job"])
+        tuned_probe = None if args.tuned.startswith("wandb:") else memory.load(Path(args.tuned))
         heading = "Which placement wins at tuned rates, and how sure"
-        win_numbers, win_figs, win_text = wins.section(tuned_view, sentences, None, out, "wins_tuned", heading)
+        win_numbers, win_figs, win_text = wins.section(tuned_view, sentences, tuned_probe, out, "wins_tuned", heading)
         numbers, figs, text = numbers | win_numbers, figs + win_figs, text + "\n" + win_text
-        if args.keep_runs:
+        if args.keep_runs and not args.tuned.startswith("wandb:"):
             keep_runs(Path(args.tuned), out / "tuned")
+            memory.keep(Path(args.tuned), out / "tuned" / "runs")
     (out / "results.md").write_text(text)
     if args.wandb:
         log_to_wandb(name, {k: pair[0] for k, pair in numbers.items()} | {"runs": runs}, figs, out)
