@@ -3,15 +3,19 @@
     python run.py dropout=zaremba model=medium seed=1
     python run.py -m dropout=none,naive,zaremba,variational model=demo
     python run.py -m grid=table1                      # a named sweep from zr_ablate/conf/grid/
+    python run.py -m hparams_search=naive model=demo  # tune naive's rate with Optuna (conf/hparams_search/)
 
 It builds the data module, the model and the Lightning module through zr_ablate.experiment.build (the one
 module that maps config to objects) and hands them to zr_ablate.training.job.run_job. A rerun of the same command skips
 completed jobs and resumes interrupted ones from their last checkpoint (same job folder, same W&B run).
+A job returns its status to Hydra, or, under an optimising sweeper (one whose config names a `direction`:
+the Optuna sweeper of hparams_search=...), the number the sweeper minimises: its best validation perplexity.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 
@@ -24,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zr_ablate.console import silence
 from zr_ablate.experiment.build import CONFIG_ERRORS, apply_precision, build, error_line
+from zr_ablate.experiment.optuna_sweeper import objective
 from zr_ablate.experiment.wandb_run import end_run, finish_run, start_run
 from zr_ablate.records import (
     FAILED,
@@ -57,15 +62,16 @@ def thread_budget(cfg: DictConfig, hydra_cfg) -> int | None:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://zr_ablate.conf", config_name="config")
-def main(cfg: DictConfig) -> str:
+def main(cfg: DictConfig) -> str | float:
     silence()  # again: joblib's workers run this function without importing this file
     hydra_cfg = HydraConfig.get()
     job_dir = hydra_cfg.runtime.output_dir
+    optimising = hydra_cfg.sweeper.get("direction") is not None  # the sweeper reads what the job returns
     try:
         previous = read_result(job_dir) or {}
-    except RecordError as e:
-        sys.exit(f"zr_ablate: error: {e}")
-    config = OmegaConf.to_container(cfg, resolve=True)
+        config = OmegaConf.to_container(cfg, resolve=True)  # a resolver's error (no tuned study) is one line
+    except (RecordError, *CONFIG_ERRORS) as e:
+        sys.exit(f"zr_ablate: error: {error_line(e)}")
     changed = changed_settings(previous.get("config") or {}, config)
     if changed and cfg.on_stale == "rerun":
         log.info(
@@ -79,7 +85,7 @@ def main(cfg: DictConfig) -> str:
         sys.exit(f"zr_ablate: error: {stale_line(job_dir, changed)}")
     if previous.get("status") in FINAL_STATUSES:
         log.info("skip: %s is already %s (delete its result.json to run it again)", job_dir, previous["status"])
-        return previous["status"]
+        return objective(previous) if optimising else previous["status"]
     threads = thread_budget(cfg, hydra_cfg)
     if threads:
         torch.set_num_threads(threads)
@@ -130,13 +136,13 @@ def main(cfg: DictConfig) -> str:
         # sweep's summary counts it and the sweep exits non-zero at the end.
         log.exception("job failed: %s", job_dir)
         finish_run(exit_code=1)
-        return FAILED
+        return math.nan if optimising else FAILED
     end_run(result)
     print(
         f"{result['status']}: best val ppl {result['best_val_ppl']}, test ppl {result.get('test_ppl')} "
         f"({result['test_protocol']} protocol) -> {result['job_dir']}"
     )
-    return result["status"]
+    return objective(result) if optimising else result["status"]
 
 
 if __name__ == "__main__":

@@ -5,12 +5,14 @@ torch. One job folder (a Hydra job; see zr_ablate/conf/config.yaml for its name)
 
     result.json        RESULT: how the job ended (STATUSES), its config and its numbers (RECORD_FIELDS)
     epochs.csv         EPOCHS: one row per finished epoch (EPOCH_FIELDS)
+    sentences_test.csv SENTENCES: per test sentence, its tokens and summed NLL (SENTENCE_FIELDS); paper protocol
     checkpoints/last.ckpt   the weights, optimiser and RNG after the last finished epoch (resume)
     .hydra/config.yaml      the job's composed config, written by Hydra before the job starts
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -45,6 +47,13 @@ RECORD_FIELDS = [
 ]
 SUMMARY_FIELDS = ["status", *RECORD_FIELDS]
 EPOCH_FIELDS = ["epoch", "lr", "train_loss", "train_ppl", "val_loss", "val_ppl", "tokens_per_s", "train_s", "elapsed_s"]
+# Per test sentence (the predicted tokens up to and including each <eos>, in stream order; a stream cut short
+# ends in a last, open sentence): tokens, the NLL summed over them in nats, and the same under MC-dropout
+# evaluation where it ran (else blank). Written only under the paper test protocol (one stream, batch 1), so
+# two runs' rows are the same sentences and exp(sum nll / sum tokens) is the run's test_ppl: comparisons are
+# paired over sentences without re-running (zr_ablate/analysis/compare.py).
+SENTENCES = "sentences_test.csv"
+SENTENCE_FIELDS = ["tokens", "nll", "mc_nll"]
 
 
 # Settings that cannot change a job's numbers: left out of the job folder's name (zr_ablate/conf/config.yaml reads this
@@ -52,6 +61,7 @@ EPOCH_FIELDS = ["epoch", "lr", "train_loss", "train_ppl", "val_loss", "val_ppl",
 # key exactly, so each is listed whole (data.urls.train, not data.urls).
 NEUTRAL_KEYS = [
     *("sweep", "grid", "out_root", "threads", "check_every_n_steps", "cuda_graph", "on_stale"),
+    *("study.storage", "study.name"),
     *("model.lstm_impl", "model.loop_kernel", "data.dir", "data.cache_dir", "data.download_timeout"),
     *(f"data.urls.{split}" for split in ("train", "valid", "test")),
     *(f"data.sha256.ptb.{split}.txt" for split in ("train", "valid", "test")),
@@ -108,7 +118,7 @@ def set_aside(job_dir: str | Path) -> Path:
     job = Path(job_dir)
     target = job / time.strftime("stale-%Y%m%d-%H%M%S")
     target.mkdir()
-    for name in (RESULT, EPOCHS, CHECKPOINTS, "wandb"):
+    for name in (RESULT, EPOCHS, SENTENCES, CHECKPOINTS, "wandb"):
         if (job / name).exists():
             shutil.move(str(job / name), str(target / name))
     return target
@@ -138,6 +148,18 @@ def read_result(job_dir: str | Path) -> dict | None:
     if not isinstance(result, dict):
         raise RecordError(f"{path} holds {type(result).__name__}, not a result record; delete it to rerun the job")
     return result
+
+
+def write_sentences(job_dir: str | Path, tokens: list[int], nll: list[float], mc_nll: list[float] | None) -> None:
+    """SENTENCES: one row per sentence; floats as repr, so the sums read back are the ones written."""
+    path = Path(job_dir) / SENTENCES
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(SENTENCE_FIELDS)
+        for i, (n, loss) in enumerate(zip(tokens, nll)):
+            writer.writerow([n, repr(loss), "" if mc_nll is None else repr(mc_nll[i])])
+    os.replace(tmp, path)
 
 
 def is_job_folder(path: Path) -> bool:

@@ -110,6 +110,12 @@ class LoggerConf:  # values: zr_ablate/conf/logger/wandb.yaml
 
 
 @dataclass
+class StudyConf:  # an Optuna study of dropout rates: hparams_search=<placement> fills it, tuned=<placement> reads it
+    storage: str = "sqlite:///${out_root}/studies.db"  # one SQLite file holds every study (resumable)
+    name: str = "${dropout.name}-${model.name}"  # e.g. naive-demo
+
+
+@dataclass
 class Config:
     seed: int = 1
     threads: Optional[int] = None  # noqa: UP045  torch threads for this job; null = torch's, or cores / jobs at once
@@ -120,6 +126,7 @@ class Config:
     cuda_graph: str = "step"  # CUDA training: step (the whole step) | layers (the loop's layers) | off
     on_stale: str = "stop"  # a job folder whose record has other settings: stop | rerun (set it aside) | keep
     eval: EvalConf = field(default_factory=EvalConf)
+    study: StudyConf = field(default_factory=StudyConf)
     model: ModelConf = field(default_factory=ModelConf)
     data: DataConf = field(default_factory=DataConf)
     optim: OptimConf = field(default_factory=OptimConf)

@@ -45,6 +45,9 @@ def test_each_recipes_command_follows_that_recipe_exactly(overrides, recipe):
         (["paper=gal_large", "optim.weight_decay=0"], "optim.weight_decay"),
         (["paper=gal_large", "dropout.recurrent.gates=tied"], "dropout.recurrent.gates"),
         (["paper=gal_large", "optim.decay_after=15"], "optim.decay_after"),
+        # Table 1 was trained with word dropout per token (the July 2016 code); the presets drop per type.
+        (["paper=gal_medium"], "dropout.word.mask"),
+        (["paper=gal_large_tied"], "dropout.word.mask"),
     ],
 )
 def test_any_changed_setting_follows_no_recipe_and_the_note_names_it(overrides, differs):
@@ -81,7 +84,7 @@ def test_published_numbers_stand_only_beside_a_recipe_match():
         cells(
             ("medium", "zaremba", ["paper=medium"]),
             ("medium", "zaremba", ["model=tiny", "model.name=medium", "dropout=zaremba"]),
-            ("medium", "gal", ["paper=gal_medium"]),
+            ("medium", "gal", ["paper=gal_medium", "dropout.word.mask=step"]),
             ("medium", "semeniuta", ["paper=medium", "dropout=semeniuta"]),
             ("small", "none", ["paper=small", "optim.decay_after=4"]),
         )
@@ -91,13 +94,37 @@ def test_published_numbers_stand_only_beside_a_recipe_match():
     assert math.isnan(got["published_test_ppl"][1]) and math.isnan(got["published_val_ppl"][1])
     assert got["published_source"][1].startswith("no published run with this recipe; nearest: Zaremba et al. 2014")
     assert got["published_test_ppl"][2] == 79.7 and "Variational (untied weights)" in got["published_source"][2]
-    assert "recipe assumes optim.weight_decay" in got["published_source"][2]
+    assert "[word dropout per token, as the July 2016 code drew it]" in got["published_source"][2]
+    schedule = "model.init_scale, optim.decay_after, optim.clip, trainer.max_epochs, optim.weight_decay"
+    assert f"recipe assumes {schedule}" in got["published_source"][2]
     assert math.isnan(got["published_test_ppl"][3])
     assert "published under another training recipe: Wen et al. 2018 Flipout Table 3" in got["published_source"][3]
     assert got["published_test_ppl"][4] == 115.91 and got["published_source"][4].startswith("TensorFlow")
-    mc = mc_beside(cells(("medium", "gal", ["paper=gal_medium"]), ("medium", "gal_tied", ["paper=gal_medium_tied"])))
-    assert mc["published_mc_test_ppl"][0] == 78.6 and mc["published_mc_samples"][0] == 1000
-    assert math.isnan(mc["published_mc_test_ppl"][1])  # Gal publishes no MC number for the tied masks
+    table1 = [
+        (size, name, [f"paper={paper}", "dropout.word.mask=step"])
+        for size, name, paper in [
+            ("medium", "gal", "gal_medium"),
+            ("medium", "gal_tied", "gal_medium_tied"),
+            ("large", "gal", "gal_large"),
+            ("large", "gal_tied", "gal_large_tied"),
+        ]
+    ]
+    mc = mc_beside(cells(*table1, ("large", "gal", ["paper=gal_large"])).assign(mc_samples_min=1000))
+    assert mc["published_mc_test_ppl"].tolist()[:4] == [78.6, 79.0, 73.4, 74.1]  # Table 1, tied rows too
+    assert mc["published_mc_samples"].tolist() == [1000] * 4 + [2000]
+    assert math.isnan(mc["published_mc_test_ppl"][4])  # the 2017 re-run's 73.319 averaged 2000 samples
+    assert mc["published_mc_source"][4].endswith("averaged 2000 samples per token, these runs 1000 (1000 fewer)")
+
+
+def test_gals_january_2017_rerun_is_its_own_recipe():
+    """Gal's README re-ran the large untied model with word dropout per type: that is what paper=gal_large
+    runs, so its numbers (not Table 1's, made with word dropout per token) stand beside it."""
+    got = beside(
+        cells(("large", "gal", ["paper=gal_large"]), ("large", "gal", ["paper=gal_large", "dropout.word.mask=step"]))
+    )
+    assert got["published_test_ppl"].tolist() == [75.112, 75.2]
+    assert got["published_val_ppl"].tolist() == [77.457, 77.9]
+    assert "Update 4 (January 2017)" in got["published_source"][0]
 
 
 def test_methods_page_lists_every_recipe_as_the_data_says():

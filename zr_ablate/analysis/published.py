@@ -1,15 +1,16 @@
 """Published PTB word-level perplexities, to set beside our own runs.
 
 published_ptb.csv holds numbers transcribed from the papers named in its `source`, `table` and `row`
-columns, and a `recipe` column naming each row's training recipe in published_recipes.yaml. Its
-`placement` column uses this project's names (none, naive, zaremba, variational, ...) but only the recipe
-decides what is set beside a run: a run at another rate, size, schedule or epoch count gets no published
-number.
+columns (Gal's rows include the tied MC rows of his Table 1 and the January 2017 re-run from his code's
+README), an `mc_samples` column (an MC-dropout row's samples per token), a `caveat` column (what a reader
+must know beside the number, e.g. which word dropout made it) and a `recipe` column naming each row's
+training recipe in published_recipes.yaml. Its `placement` column uses this project's names (none, naive,
+zaremba, variational, ...) but only the recipe decides what is set beside a run: a run at another rate,
+size, schedule or epoch count gets no published number, nor an MC run that drew fewer samples per token.
 """
 
 from __future__ import annotations
 
-import re
 from importlib.resources import files
 
 import pandas as pd
@@ -20,14 +21,17 @@ RECIPE = ["recipe", "recipe_note"]  # what beside() needs of a cell besides size
 
 
 def published() -> pd.DataFrame:
-    """Every published row: source, table, row, size, placement, val_ppl, test_ppl, eval, notes, recipe (the
-    id in published_recipes.yaml of the recipe that produced it; empty where we cannot express it)."""
+    """Every published row: source, table, row, size, placement, val_ppl, test_ppl, eval, mc_samples, notes,
+    caveat, recipe (the id in published_recipes.yaml of the recipe that produced it; empty where we cannot
+    express it)."""
     with files(__package__).joinpath("published_ptb.csv").open() as f:
         return pd.read_csv(f)
 
 
 def _source(ref: pd.DataFrame) -> pd.Series:
-    return ref["source"] + ", " + ref["table"] + ": " + ref["row"]
+    """Each row as `source, table: row`, and its caveat in brackets where it has one."""
+    caveat = ref["caveat"].map(lambda c: f" [{c}]" if isinstance(c, str) else "")
+    return ref["source"] + ", " + ref["table"] + ": " + ref["row"] + caveat
 
 
 def _rows(evaluation: str) -> pd.DataFrame:
@@ -82,16 +86,25 @@ def beside(cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def mc_beside(cells: pd.DataFrame) -> pd.DataFrame:
-    """Add published_mc_test_ppl, published_mc_samples and published_mc_source (Gal & Ghahramani 2016's
-    MC-dropout rows, the only published MC numbers) to cells whose runs follow those rows' recipe."""
+    """Add published_mc_test_ppl, published_mc_samples and published_mc_source (Gal's MC-dropout rows, the
+    only published MC numbers) to cells (recipe, mc_samples_min: the fewest MC samples per token among the
+    cell's runs) whose runs follow those rows' recipe. A number averaged over more samples than some run drew
+    is not like for like (Gal: 100 -> 2000 samples was worth ~0.25 ppl): it is left out, and
+    published_mc_source names the row, its samples and how many fewer the runs drew."""
     ref = _rows("mc_dropout")
     ref = ref.assign(
-        published_mc_test_ppl=ref["test_ppl"],
-        published_mc_source=_source(ref),
-        published_mc_samples=[int(re.search(r"(\d+) stochastic passes", n).group(1)) for n in ref["notes"]],
+        published_mc_test_ppl=ref["test_ppl"], published_mc_source=_source(ref), published_mc_samples=ref["mc_samples"]
     )
-    return cells.merge(
+    out = cells.merge(
         ref[["recipe", "published_mc_test_ppl", "published_mc_samples", "published_mc_source"]],
         on="recipe",
         how="left",
     )
+    short = out["mc_samples_min"] < out["published_mc_samples"]  # False where either is missing
+    lacking = out.loc[short, ["published_mc_source", "published_mc_samples", "mc_samples_min"]].values
+    out.loc[short, "published_mc_source"] = [
+        f"not like for like: {source} averaged {need:g} samples per token, these runs {had:g} ({need - had:g} fewer)"
+        for source, need, had in lacking
+    ]
+    out.loc[short, "published_mc_test_ppl"] = float("nan")
+    return out

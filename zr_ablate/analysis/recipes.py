@@ -14,6 +14,8 @@ says which recipe is nearest and what differs (`match`). Torch-free, for the res
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import math
 from importlib.resources import files
 
@@ -90,6 +92,14 @@ def settings_of(config: dict) -> dict:
     """A run's recipe settings from its flat config ({"optim.lr": 1.0, ...})."""
     full = _schema_defaults() | config
     return {k: full.get(k) for k in RECIPE_KEYS} | _dropout(full)
+
+
+def setup(config: dict) -> str:
+    """A short digest of a run's recipe settings other than its dropout: runs that share it follow the same
+    recipe but for where dropout goes, so the report may pair their placements (analysis/compare.py)."""
+    settings = settings_of(config)
+    plain = json.dumps({k: settings[k] for k in RECIPE_KEYS}, sort_keys=True, default=str)
+    return hashlib.sha1(plain.encode()).hexdigest()[:8]
 
 
 def _equal(a, b) -> bool:

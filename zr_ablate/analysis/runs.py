@@ -14,7 +14,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from zr_ablate.analysis.recipes import match
+from zr_ablate.analysis.recipes import match, setup
 from zr_ablate.dropout import CONNECTIONS
 from zr_ablate.records import (
     COMPLETED,
@@ -40,8 +40,9 @@ RATES = [f"{c}_p" for c in CONNECTIONS]
 # beyond the preset (e.g. zaremba+tied+word0.1); p: the preset's shared probability, config dropout.p.
 IDENTITY = ["job", "placement", "size", "seed", "status", "variant", "p", *RATES]
 # recipe: the published recipe the run's settings follow exactly (recipes.py), or empty; recipe_note: its
-# name, or the nearest recipe and what differs.
-RUN_COLUMNS = IDENTITY + ["recipe", "recipe_note"] + RECORD_FIELDS
+# name, or the nearest recipe and what differs; setup: a digest of its recipe settings other than dropout
+# (recipes.setup: runs that share it differ only in where dropout goes and in seed).
+RUN_COLUMNS = IDENTITY + ["recipe", "recipe_note", "setup"] + RECORD_FIELDS
 CURVE_COLUMNS = IDENTITY + EPOCH_FIELDS
 # W&B run state -> our status, for runs whose summary does not say how the job ended.
 WANDB_STATES = {"finished": COMPLETED, "crashed": FAILED, "failed": FAILED, "killed": FAILED, "running": RUNNING}
@@ -79,6 +80,7 @@ def _row(job: str, config: dict, record: dict, status: str) -> dict:
         **rates,
         "recipe": recipe,
         "recipe_note": recipe_note,
+        "setup": setup(settings) if settings else None,
         **fields,
     }
 

@@ -18,8 +18,9 @@ from hydra.errors import ConfigCompositionException, InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from zr_ablate.data import DataError, PTBDataModule
+from zr_ablate.data import EOS, DataError, PTBDataModule
 from zr_ablate.dropout import DropoutSpec
+from zr_ablate.experiment.optuna_sweeper import register_resolvers
 from zr_ablate.model.language_model import LSTMLanguageModel
 from zr_ablate.schema import Config, check_ranges
 from zr_ablate.training.lightning_module import LMModule
@@ -27,6 +28,7 @@ from zr_ablate.training.mc_dropout import MCDropoutEval
 from zr_ablate.training.step import TrainStep
 
 CONFIG_ERRORS = (ValueError, DataError, InstantiationException)
+register_resolvers()  # ${zr_tuned:...}: the tuned=<placement> presets read their study's best rates
 
 
 def error_line(e: BaseException) -> str:
@@ -63,13 +65,15 @@ def model(cfg: DictConfig, vocab_size: int) -> LSTMLanguageModel:
     )
 
 
-def lm_module(cfg: DictConfig, lm: LSTMLanguageModel) -> LMModule:
+def lm_module(cfg: DictConfig, lm: LSTMLanguageModel, sentence_end: int | None = None) -> LMModule:
+    """sentence_end: the <eos> id, to keep the test stream's per-sentence losses (None: not kept)."""
     return LMModule(
         lm,
         **cfg.optim,
         mc_samples=cfg.eval.mc_samples,
         check_every=cfg.check_every_n_steps,
         cuda_graph=cfg.cuda_graph == "step",
+        sentence_end=sentence_end,
     )
 
 
@@ -114,7 +118,7 @@ def build(cfg: DictConfig) -> tuple[LMModule, PTBDataModule]:
     check_ranges(cfg)
     data = datamodule(cfg)
     data.setup()  # the vocabulary size shapes the model
-    return lm_module(cfg, model(cfg, len(data.vocab))), data
+    return lm_module(cfg, model(cfg, len(data.vocab)), data.vocab.stoi[EOS]), data
 
 
 def apply_precision(tf32: bool) -> dict:

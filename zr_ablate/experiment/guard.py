@@ -22,6 +22,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from zr_ablate.experiment.optuna_sweeper import bounds
 from zr_ablate.records import (
     COMPLETED,
     DIVERGED,
@@ -74,10 +75,13 @@ def stale_settings(job) -> str | None:
 
 
 def job_overrides(config) -> list[list[str]]:
-    """The override list of every job the basic sweeper will launch (as BasicSweeper expands them)."""
+    """The override list of every job the basic sweeper will launch (as BasicSweeper expands them); under the
+    Optuna sweeper, whose trials are not drawn yet, two jobs at the ends of its search range."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    if config.hydra.sweeper.get("n_trials") is not None:
+        return bounds(config.hydra.sweeper.params, config.hydra.overrides.task)
     params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
     parsed = OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task))
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]

@@ -1,4 +1,5 @@
-"""One training job: fit, test, and the records a sweep is judged by (epochs.csv, result.json).
+"""One training job: fit, test, and the records a sweep is judged by (epochs.csv, result.json, and under the
+paper test protocol the per-sentence test losses, sentences_test.csv).
 
 `run_job` takes built objects (data module, Lightning module, trainer settings); run.py builds them from
 the Hydra config, so nothing here reads the global config. `quiet_trainer` is the bare Trainer the bench
@@ -28,7 +29,9 @@ from zr_ablate.records import (
     LAST_CHECKPOINT,
     RESULT,
     RUNNING,
+    SENTENCES,
     write_json_atomic,
+    write_sentences,
 )
 from zr_ablate.training.clock import sync
 from zr_ablate.training.lightning_module import Diverged
@@ -146,6 +149,7 @@ def run_job(
     resume = last_checkpoint(job_dir)
     if resume is None:
         (job / EPOCHS).unlink(missing_ok=True)  # a fresh run rewrites its curve
+    (job / SENTENCES).unlink(missing_ok=True)  # written again by this run's test, never left from another
     recorder = EpochRecorder(job / EPOCHS)
     result = {
         "status": RUNNING,
@@ -186,6 +190,9 @@ def run_job(
         result.update(status=COMPLETED, test_ppl=tested["test_ppl"])
         if "mc_test_ppl" in tested:  # MC-dropout evaluation ran (eval.mc_samples > 0)
             result.update(mc_test_ppl=tested["mc_test_ppl"], mc_samples=module.mc.samples)
+        sentences = getattr(module, "sentences", None)
+        if sentences is not None and len(sentences):  # the test split ran as one stream
+            write_sentences(job, *sentences.sums())
     except Diverged as e:
         result.update(status=DIVERGED, error=str(e))
     except BaseException as e:

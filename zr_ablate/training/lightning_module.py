@@ -7,7 +7,9 @@
   The step is explicit (Lightning's manual optimisation, `step.TrainStep`), so that on a GPU it can
   replay as one CUDA graph; the lr is set per epoch from the epoch number (`lr_at`), so a resumed run
   needs no scheduler state.
-- Perplexity: exp(total NLL / predicted tokens) over the whole split (`TokenPerplexity`).
+- Perplexity: exp(total NLL / predicted tokens) over the whole split (`TokenPerplexity`), the evaluation
+  NLL summed in float64 token by token. Given the <eos> id, a test split read as one stream (batch 1, the
+  paper protocol) also keeps its per-sentence losses (`sentences.SentenceLosses`), the same token losses.
 - No host-GPU sync per step: on a GPU a step at batch 20 takes milliseconds, and every `.item()` or
   `bool(tensor)` waits for the queue to drain. The loss is summed on the device; the divergence check reads
   it every `check_every` steps and at every epoch end, and the running perplexity and gradient norm are
@@ -25,6 +27,7 @@ import torchmetrics
 from torch import nn
 
 from zr_ablate.training.mc_dropout import MCDropoutEval
+from zr_ablate.training.sentences import SentenceLosses
 from zr_ablate.training.step import PaperSGD, TrainStep
 
 # ModuleDict keys cannot be "train" (nn.Module.train exists), so stages are named by their split.
@@ -68,6 +71,7 @@ class LMModule(pl.LightningModule):
         mc_samples: int = 0,
         check_every: int = 50,
         cuda_graph: bool = False,
+        sentence_end: int | None = None,
     ):
         """lr_decay: divide the lr by this at the end of every epoch after the first `decay_after` (paper:
         2 / 1.2 / 1.15 after 5 / 7 / 15, the timing of Zaremba's main.lua; the TF tutorial's is one
@@ -76,7 +80,8 @@ class LMModule(pl.LightningModule):
         mc_samples: K stochastic passes of MC-dropout evaluation on the test split, logged as mc_test_ppl
         beside test_ppl (0 = off).
         check_every: training steps between divergence checks (each one host-GPU sync). cuda_graph: on
-        CUDA, replay each full training window as one CUDA graph (`step.TrainStep`)."""
+        CUDA, replay each full training window as one CUDA graph (`step.TrainStep`). sentence_end: the <eos>
+        id: keep the test stream's per-sentence losses (`sentences`; None: not kept)."""
         super().__init__()
         self.check_settings(lr, lr_decay, decay_after, clip, weight_decay)
         if check_every < 1:
@@ -88,6 +93,7 @@ class LMModule(pl.LightningModule):
         self.ppl = nn.ModuleDict({s: TokenPerplexity() for s in STAGES})
         self._state: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}
         self.mc = MCDropoutEval(mc_samples)
+        self.sentences = None if sentence_end is None else SentenceLosses(sentence_end)
         self.automatic_optimization = False
         self.train_step = TrainStep(model, clip, cuda_graph)
 
@@ -100,17 +106,18 @@ class LMModule(pl.LightningModule):
             )
 
     # --- one window --------------------------------------------------------------------------------
-    def _window(self, batch, stage: str) -> tuple[torch.Tensor, int, int]:
-        """Forward one window, carrying `stage`'s state. Returns (summed NLL, tokens, batch size)."""
+    def _window(self, batch, stage: str) -> torch.Tensor:
+        """Forward one window, carrying `stage`'s state. Returns the NLL of each target, [T, B] float64."""
         x, y = batch  # [B, T] each
         state = self._state.get(stage)
         if state is None:
             state = self.model.init_state(x.size(0))
         logits, (h, c) = self.model(x.t(), state)  # [T, B, V]
         self._state[stage] = (h.detach(), c.detach())
-        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.t().reshape(-1), reduction="sum")
-        self.ppl[stage].update(nll, y.numel())
-        return nll, y.numel(), x.size(0)
+        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.t().reshape(-1), reduction="none")
+        nll = nll.view(y.t().shape).double()
+        self.ppl[stage].update(nll.sum(), y.numel())
+        return nll
 
     def training_step(self, batch, batch_idx):
         x, y = batch  # [B, T] each
@@ -148,14 +155,18 @@ class LMModule(pl.LightningModule):
             )
 
     def validation_step(self, batch, batch_idx):
-        nll, tokens, _ = self._window(batch, "val")
-        self.log("val_loss", nll / tokens, on_epoch=True, batch_size=tokens)
+        nll = self._window(batch, "val")
+        self.log("val_loss", nll.mean(), on_epoch=True, batch_size=nll.numel())
 
     def test_step(self, batch, batch_idx):
-        nll, tokens, _ = self._window(batch, "test")
-        self.log("test_loss", nll / tokens, on_epoch=True, batch_size=tokens)
+        nll = self._window(batch, "test")  # [T, B]
+        self.log("test_loss", nll.mean(), on_epoch=True, batch_size=nll.numel())
+        mc_nll = None
         if self.mc.samples:  # MC-dropout: K more passes over the same window, each with its own state
-            self.ppl["mc_test"].update(self.mc.nll(self.model, *batch), tokens)
+            mc_nll = self.mc.nll(self.model, *batch).double()
+            self.ppl["mc_test"].update(mc_nll.sum(), nll.numel())
+        if self.sentences is not None and nll.size(1) == 1:  # one stream (batch 1): sentences in order
+            self.sentences.update(batch[1][0], nll[:, 0], None if mc_nll is None else mc_nll[:, 0])
 
     # --- state resets and epoch metrics -------------------------------------------------------------
     def on_train_epoch_start(self):
@@ -168,6 +179,8 @@ class LMModule(pl.LightningModule):
     def on_test_epoch_start(self):
         self._state["test"] = None
         self.mc.reset()
+        if self.sentences is not None:
+            self.sentences.reset()
 
     def _log_epoch_ppl(self, stage: str, key: str):
         metric = self.ppl[stage]

@@ -48,7 +48,7 @@ class MCDropoutEval:
         return self.masks[k]
 
     def nll(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """x, y [B, T] (one window) -> the NLL of y under the K-pass average, summed over the window."""
+        """x, y [B, T] (one window) -> the NLL of each target y under the K-pass average, [T, B]."""
         was_training = model.training
         model.train()  # every dropout mask on, as in training
         try:
@@ -61,4 +61,4 @@ class MCDropoutEval:
         finally:
             model.train(was_training)
         # log mean_k p_k = logsumexp_k(log p_k) - log K: stable where some p_k underflow.
-        return -(torch.logsumexp(torch.stack(log_p), dim=0) - math.log(self.samples)).sum()
+        return -(torch.logsumexp(torch.stack(log_p), dim=0) - math.log(self.samples))

@@ -4,11 +4,15 @@
     python -m zr_ablate.report wandb:ENTITY/PROJECT/GROUP --out reports/medium
     python -m zr_ablate.report outputs/demo --wandb                  # also log them to a W&B run
     python -m zr_ablate.report outputs/demo --keep-runs              # + each job's records in runs/
+    python -m zr_ablate.report outputs/demo --tuned outputs/demo-tuned   # + the same placements at tuned rates
 
 Writes results.md (every table, every figure, and what was left out), each table as CSV (numbers) and
 LaTeX (formatted, booktabs), each figure as PNG and PDF. Only completed runs enter means and figures; the
 status table and the text account for the others. Files already in --out are left alone unless rewritten.
-The pieces: tables.py (numbers), figures.py (seaborn), output.py (files, results.md, W&B).
+Every pair of placements is compared with 95% intervals (wins.py, from analysis/compare.py); with --tuned, a
+second sweep of the placements at their tuned rates (run.py -m tuned=...) is compared too and set
+beside the first. The pieces: tables.py (numbers), figures.py (seaborn), wins.py (comparisons), memory.py
+(the context probe), output.py (files, results.md, W&B).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from zr_ablate.analysis.report import memory
+from zr_ablate.analysis.compare import load_sentences
+from zr_ablate.analysis.report import memory, wins
 from zr_ablate.analysis.report.figures import colours, figures
 from zr_ablate.analysis.report.output import keep_runs, load, log_to_wandb, markdown, write_table
 from zr_ablate.analysis.report.tables import as_variants, compact, swept, tables
@@ -34,7 +39,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--keep-runs",
         action="store_true",
-        help="copy each job's result.json, epochs.csv and .hydra/config.yaml into OUT/runs/",
+        help="copy each job's records (result.json, epochs.csv, .hydra/config.yaml, sentences_test.csv) into "
+        "OUT/runs/ (and the --tuned sweep's into OUT/tuned/runs/)",
+    )
+    parser.add_argument(
+        "--tuned",
+        metavar="SWEEP",
+        help="a sweep folder of the same placements at their tuned rates: compared too, and set beside the source",
     )
     args = parser.parse_args(argv)
     if args.keep_runs and args.source.startswith("wandb:"):
@@ -44,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     try:
         runs, curves, name = load(args.source)
+        tuned = None if args.tuned is None else load(args.tuned)[0]
     except NoRunsError as e:
         sys.exit(f"zr_ablate.report: error: {e}")
     out = Path(args.out or Path("reports") / name)
@@ -72,6 +84,23 @@ def main(argv: list[str] | None = None) -> None:
         figs = figs + probe_figs
         if args.keep_runs:
             memory.keep(Path(args.source), out / "runs")
+    sentences = {} if args.source.startswith("wandb:") else load_sentences(Path(args.source), view["job"])
+    heading = "Which placement wins, and how sure" + (" (at the paper's rate)" if tuned is not None else "")
+    win_numbers, win_figs, win_text = wins.section(view, sentences, probe, out, "wins", heading)
+    numbers, figs, text = numbers | win_numbers, figs + win_figs, text + "\n" + win_text
+    if tuned is not None:
+        tuned_view = as_variants(tuned)
+        table = write_table(out, "tuned", *wins.tuned_table(view, tuned_view))
+        text += f"\n## At tuned rates\n\nSource: `{args.tuned}`. Each placement at the rates its study found best, "
+        text += "beside the same placement at the paper's rate (the source above).\n\n" + table + "\n"
+        sentences = load_sentences(Path(args.tuned), tuned_view["job"])
+        tuned_probe = None if args.tuned.startswith("wandb:") else memory.load(Path(args.tuned))
+        heading = "Which placement wins at tuned rates, and how sure"
+        win_numbers, win_figs, win_text = wins.section(tuned_view, sentences, tuned_probe, out, "wins_tuned", heading)
+        numbers, figs, text = numbers | win_numbers, figs + win_figs, text + "\n" + win_text
+        if args.keep_runs and not args.tuned.startswith("wandb:"):
+            keep_runs(Path(args.tuned), out / "tuned")
+            memory.keep(Path(args.tuned), out / "tuned" / "runs")
     (out / "results.md").write_text(text)
     if args.wandb:
         log_to_wandb(name, {k: pair[0] for k, pair in numbers.items()} | {"runs": runs}, figs, out)

@@ -12,7 +12,7 @@ import pandas as pd
 
 from zr_ablate.analysis.report.tables import has_mc, markdown_table, rate_label, swept
 from zr_ablate.analysis.runs import job_folders, load_sweep, load_wandb
-from zr_ablate.records import COMPLETED, EPOCHS, HYDRA_CONFIG, RESULT, RUNNING, RecordError, read_result
+from zr_ablate.records import COMPLETED, EPOCHS, HYDRA_CONFIG, RESULT, RUNNING, SENTENCES, RecordError, read_result
 
 PROTOCOLS = {
     "paper": "batch 1, state carried over the whole test stream, as Zaremba et al. test",
@@ -176,7 +176,7 @@ def _sweep_name(folder: Path) -> str:
     return names.pop() if len(names) == 1 else folder.name
 
 
-RECORDS = (RESULT, EPOCHS, HYDRA_CONFIG)  # all load_sweep reads of a job
+RECORDS = (RESULT, EPOCHS, HYDRA_CONFIG, SENTENCES)  # all the report reads of a job
 
 
 def keep_runs(sweep: Path, out: Path) -> int:

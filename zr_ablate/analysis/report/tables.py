@@ -84,6 +84,7 @@ def perplexity_table(done: pd.DataFrame, keys: list[str] = KEYS, mc: bool = Fals
         mc_test_ppl_mean=("mc_test_ppl", "mean"),
         mc_test_ppl_sd=("mc_test_ppl", "std"),
         mc_samples=("mc_samples", _passes),
+        mc_samples_min=("mc_samples", "min"),
     )
     table = (
         done.groupby(keys)
@@ -151,6 +152,13 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
+def _published_mc(value: float, samples: float, source: str) -> str:
+    """The published MC number with its samples per token; where the runs drew fewer, the note that says so."""
+    if pd.notna(value):
+        return f"{value:.1f} ({samples:g} passes)"
+    return source if isinstance(source, str) and pd.notna(samples) else ""
+
+
 def has_mc(runs: pd.DataFrame) -> bool:
     """Whether any completed run has an MC-dropout test perplexity."""
     return runs.loc[runs["status"] == COMPLETED, "mc_test_ppl"].notna().any()
@@ -175,8 +183,10 @@ def tables(runs: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
         ppl_cells = ppl_cells.assign(
             mc=mean_sd(ppl["mc_test_ppl_mean"], ppl["mc_test_ppl_sd"]),
             published_mc=[
-                _cell(v) + ("" if pd.isna(v) else f" ({n:g} passes)")
-                for v, n in zip(ppl["published_mc_test_ppl"], ppl["published_mc_samples"])
+                _published_mc(v, n, source)
+                for v, n, source in zip(
+                    ppl["published_mc_test_ppl"], ppl["published_mc_samples"], ppl["published_mc_source"]
+                )
             ],
         )
         mc_names = {"mc": "MC test ppl", "mc_samples": "MC passes"}

@@ -1,0 +1,100 @@
+"""Tuning dropout rates with the Optuna sweeper: the search space, what a job returns to it, a study that
+resumes after a kill without repeating its finished trials, and the tuned presets reading the best rates."""
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import time
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+from tests.conftest import REPO
+from tests.helpers import cmd, run
+from zr_ablate.experiment.optuna_sweeper import bounds, objective, search_space
+from zr_ablate.records import RESULT
+
+SEARCH = ["hparams_search=naive", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1", "logger.mode=disabled"]
+
+
+def test_search_space_reads_hydras_sweep_grammar():
+    space, fixed = search_space(
+        ["dropout.p=range(0.05,0.75,0.05)", "x=interval(0.1,0.5)", "y=choice(a,b)", "model=tiny"]
+    )
+    assert space["dropout.p"] == FloatDistribution(0.05, 0.7, step=0.05)  # Hydra's range: the end excluded
+    assert space["x"] == FloatDistribution(0.1, 0.5) and space["y"] == CategoricalDistribution(["a", "b"])
+    assert fixed == ["model=tiny"]
+    low, high = bounds({"dropout.p": "range(0.05,0.75,0.05)"}, ["model=tiny"])
+    assert (low, high) == (["model=tiny", "dropout.p=0.05"], ["model=tiny", "dropout.p=0.7"])
+
+
+def test_a_job_returns_its_best_validation_perplexity_to_the_sweeper():
+    assert objective({"status": "completed", "best_val_ppl": 280.5}) == 280.5
+    assert objective({"status": "diverged", "best_val_ppl": 900.0}) == math.inf  # the worst, not its early best
+    assert math.isnan(objective({"status": "failed", "best_val_ppl": 300.0}))  # the study marks it failed
+
+
+def trials(storage: str) -> list:
+    try:
+        return optuna.load_study(study_name="naive-tiny", storage=storage).trials
+    except KeyError:  # not created yet
+        return []
+
+
+@pytest.mark.slow  # sweeps in subprocesses
+def test_a_study_killed_after_its_first_trial_resumes_and_runs_exactly_three(tmp_path, ptb_dir):
+    storage = f"sqlite:///{tmp_path}/studies.db"
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(
+        cmd(tmp_path, ptb_dir, *SEARCH, multirun=True), cwd=REPO, stdout=log, stderr=log, start_new_session=True
+    )
+    deadline = time.monotonic() + 300
+    while not any(t.state.name == "COMPLETE" for t in trials(storage)):
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    os.killpg(first.pid, signal.SIGKILL)  # the whole command, mid-way into its second trial
+    first.wait()
+    [done] = [t for t in trials(storage) if t.state.name == "COMPLETE"]
+    jobs = {p.name: p for p in (tmp_path / "tune-naive-tiny").iterdir() if (p / RESULT).is_file()}
+    [done_job] = [name for name in jobs if f"dropout.p={done.params['dropout.p']}," in name]
+    kept = (jobs[done_job] / RESULT).stat().st_mtime_ns
+    cut_short = [t.number for t in trials(storage) if t.state.name == "RUNNING"]
+
+    again = run(tmp_path, ptb_dir, *SEARCH, multirun=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert re.search(rf"1 of 3 trials finished, {len(cut_short)} to resume", again.stdout + again.stderr)
+    final = trials(storage)
+    assert [t.number for t in final] == [0, 1, 2] and {t.state.name for t in final} == {"COMPLETE"}
+    assert (jobs[done_job] / RESULT).stat().st_mtime_ns == kept  # the finished trial did not run again
+    runs = {p.name: json.loads((p / RESULT).read_text()) for p in (tmp_path / "tune-naive-tiny").iterdir()}
+    assert len(runs) == len({t.params["dropout.p"] for t in final}) == 3
+    for t in final:  # each trial's value is its job's best validation perplexity
+        [record] = [r for r in runs.values() if r["config"]["dropout"]["p"] == t.params["dropout.p"]]
+        assert record["status"] == "completed" and t.value == record["best_val_ppl"]
+
+    # The tuned preset runs naive at the study's best rate.
+    tuned = run(tmp_path, ptb_dir, "tuned=naive", "logger.mode=disabled", "sweep=tuned")
+    assert tuned.returncode == 0, tuned.stderr[-3000:]
+    [job] = (tmp_path / "tuned").iterdir()
+    best = min((t for t in final), key=lambda t: t.value).params["dropout.p"]
+    assert json.loads((job / RESULT).read_text())["config"]["dropout"]["p"] == best
+
+
+@pytest.mark.slow
+def test_a_tuned_preset_without_its_study_and_a_bad_search_range_are_one_line(tmp_path, ptb_dir):
+    proc = run(tmp_path, ptb_dir, "tuned=zaremba", "logger.mode=disabled")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert (
+        line.startswith("zr_ablate: error: ")
+        and "run its search first (python run.py -m hparams_search=zaremba" in line
+    )
+    bad = [*SEARCH, "hydra.sweeper.params={dropout.p:'range(0.5,1.5,0.5)'}"]  # p = 1.0 at the high end
+    proc = run(tmp_path, ptb_dir, *bad, multirun=True)
+    assert proc.returncode == 1 and "dropout probability must be in [0, 1)" in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "studies.db").exists()  # stopped before the study was made

@@ -1,0 +1,223 @@
+"""A Hydra sweeper over Optuna's ask/tell API: search dropout rates under a trial budget, resumable.
+
+    python run.py -m hparams_search=naive model=demo hydra/launcher=local    # zr_ablate/conf/hparams_search/
+
+Each trial is one ordinary job (its folder named from its overrides, its records, its W&B run); run.py
+returns the job's best validation perplexity to this sweeper (`objective`), which tells the study. The study
+lives in an Optuna storage (SQLite by default: study.storage), so the budget counts what the study holds,
+not what this command ran: `n_trials` is the size of the study, and a rerun of the same command after a
+kill adds only the trials still missing. A trial the kill cut short (left running in the storage) is run
+again with the same rates, so its job resumes from its last checkpoint, and told under its own number.
+One command at a time works on a study (a lock file beside a SQLite storage says so).
+
+Why not hydra-optuna-sweeper: its 1.3 release pins optuna<3, whose SQLite storage fails under SQLAlchemy 2
+(pip installs both here unless sqlalchemy<2 is pinned), and its n_trials counts the trials of one command,
+so a rerun after a kill runs n_trials more and leaves the cut-short trial running forever.
+
+Search space (hydra.sweeper.params), in Hydra's override grammar: interval(a, b) a float in [a, b];
+range(a, b, step) the values Hydra's range lists (b excluded); choice(x, y, ...) one of them; anything else
+is passed to every trial as is.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import math
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+
+log = logging.getLogger(__name__)
+FINISHED = ("COMPLETE", "FAIL", "PRUNED")  # trial states that count against n_trials
+
+
+def objective(result: dict) -> float:
+    """What a job gives the sweeper to minimise: its best validation perplexity; inf if it diverged (the
+    worst value, so the search moves away), nan if it failed or has none (the study marks it failed)."""
+    if result.get("status") == "diverged":
+        return math.inf
+    value = result.get("best_val_ppl")
+    return math.nan if value is None or result.get("status") != "completed" else float(value)
+
+
+def clean(value):
+    """A suggested float without its binary tail (0.15000000000000002 -> 0.15), for folder names and configs."""
+    return round(value, 10) if isinstance(value, float) else value
+
+
+def search_space(arguments: list[str]) -> tuple[dict, list[str]]:
+    """Override strings -> ({key: Optuna distribution}, [fixed overrides])."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    space, fixed = {}, []
+    for override in OverridesParser.create().parse_overrides(arguments):
+        key = override.get_key_element()
+        if override.is_interval_sweep():
+            value = override.value()
+            space[key] = FloatDistribution(float(value.start), float(value.end), log="log" in value.tags)
+        elif override.is_range_sweep():
+            values = [clean(v) for v in override.sweep_iterator()]
+            step = clean(override.value().step)
+            space[key] = FloatDistribution(float(values[0]), float(values[-1]), step=float(step))
+        elif override.is_choice_sweep():
+            space[key] = CategoricalDistribution(list(override.sweep_iterator()))
+        else:
+            fixed.append(override.input_line)
+    return space, fixed
+
+
+def bounds(params: dict, arguments: list[str]) -> list[list[str]]:
+    """Two jobs that stand for a search's range, every searched key at its low and then at its high value:
+    what the sweep guard checks before any trial trains."""
+    from optuna.distributions import CategoricalDistribution
+
+    space, fixed = search_space([f"{k}={v}" for k, v in params.items()] + list(arguments))
+    ends = {
+        k: (d.choices[0], d.choices[-1]) if isinstance(d, CategoricalDistribution) else (d.low, d.high)
+        for k, d in space.items()
+    }
+    return [fixed + [f"{k}={clean(v[i])}" for k, v in ends.items()] for i in (0, 1)]
+
+
+def tuned_rate(key: str, _root_) -> float:
+    """${zr_tuned:dropout.p}: `key`'s value in the best trial of this config's study (study.storage,
+    study.name), for the tuned=<placement> presets. No study or no completed trial: one line naming the search."""
+    import optuna
+
+    storage, name = _root_.study.storage, _root_.study.name
+    search = f"python run.py -m hparams_search={_root_.dropout.name} model={_root_.model.name}"
+    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
+        raise ValueError(f"no study {name}: {storage} does not exist; run its search first ({search})")
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError as e:
+        raise ValueError(f"no study {name} in {storage}; run its search first ({search})") from e
+    try:
+        best = study.best_trial
+    except ValueError as e:
+        raise ValueError(f"the study {name} ({storage}) has no completed trial; run its search ({search})") from e
+    if key not in best.params:
+        raise ValueError(f"the study {name} did not search {key} (it searched {', '.join(best.params)})")
+    return clean(best.params[key])
+
+
+def register_resolvers() -> None:
+    """zr_tuned, for the tuned=<placement> presets; before Hydra composes (experiment.build does it on import)."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("zr_tuned", tuned_rate, replace=True)
+
+
+@contextmanager
+def study_lock(storage: str, name: str):
+    """Hold a lock file beside a SQLite storage for the study, so that two commands never adopt each other's
+    running trials; other storages are left to their owner."""
+    if not storage.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(storage.removeprefix("sqlite:///"))
+    path = db.parent / f"{db.name}.{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            sys.exit(f"zr_ablate: error: another command is running the study {name} ({path} is locked); wait for it")
+        yield
+
+
+class OptunaSweeper(Sweeper):
+    def __init__(
+        self,
+        storage: str,
+        study_name: str,
+        n_trials: int,
+        n_jobs: int = 1,
+        direction: str = "minimize",
+        seed: int | None = None,
+        n_startup_trials: int = 10,
+        params: dict | None = None,
+    ):
+        """n_trials: the study's size; n_jobs: trials launched at once (a batch for the launcher); seed and
+        n_startup_trials: the TPE sampler's (random trials before it models the results)."""
+        if n_trials < 1 or n_jobs < 1:
+            sys.exit(f"zr_ablate: error: hydra.sweeper.n_trials ({n_trials}) and n_jobs ({n_jobs}) must be >= 1")
+        self.storage, self.study_name, self.n_trials, self.n_jobs = storage, study_name, n_trials, n_jobs
+        self.direction, self.seed, self.n_startup_trials = direction, seed, n_startup_trials
+        self.params = dict(params or {})
+        self.job_idx = 0
+
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        self.config, self.hydra_context = config, hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def sweep(self, arguments: list[str]) -> list:
+        import optuna
+        from optuna.trial import TrialState
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        space, fixed = search_space([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
+        if not space:
+            sys.exit("zr_ablate: error: the Optuna sweeper has nothing to search; set hydra.sweeper.params")
+        Path(self.config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
+        with study_lock(self.storage, self.study_name):
+            study = optuna.create_study(
+                storage=self.storage, study_name=self.study_name, direction=self.direction, load_if_exists=True
+            )
+            # Seeded by the trials so far: a resumed command must not draw the first command's rates again.
+            seed = None if self.seed is None else self.seed + len(study.trials)
+            study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.n_startup_trials)
+            # Trials a killed command left running: run each again under its own number (its job resumes).
+            cut_short = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+            finished = len(study.get_trials(deepcopy=False, states=[TrialState[s] for s in FINISHED]))
+            log.info(
+                "study %s (%s): %d of %d trials finished, %d to resume",
+                self.study_name,
+                self.storage,
+                finished,
+                self.n_trials,
+                len(cut_short),
+            )
+            returns = []
+            while True:
+                batch = [(n, study.trials[n].params) for n in cut_short[: self.n_jobs]]
+                cut_short = cut_short[len(batch) :]
+                finished = len(study.get_trials(deepcopy=False, states=[TrialState[s] for s in FINISHED]))
+                for _ in range(min(self.n_jobs - len(batch), self.n_trials - finished - len(batch))):
+                    trial = study.ask(space)
+                    batch.append((trial.number, trial.params))
+                if not batch:
+                    break
+                overrides = [fixed + [f"{k}={clean(v)}" for k, v in params.items()] for _, params in batch]
+                results = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+                self.job_idx += len(results)
+                for (number, params), result in zip(batch, results):
+                    self._tell(study, number, params, result)
+                returns.append(results)
+            best = study.best_trial if study.get_trials(states=(TrialState.COMPLETE,)) else None
+            if best is not None:
+                rates = ", ".join(f"{k}={clean(v)}" for k, v in best.params.items())
+                log.info("study %s: best value %.2f at %s", self.study_name, best.value, rates)
+        return returns
+
+    @staticmethod
+    def _tell(study, number: int, params: dict, result) -> None:
+        from optuna.trial import TrialState
+
+        try:
+            value = float(result.return_value)  # raises the job's own error where it failed outside run.py
+        except Exception as e:
+            log.warning("trial %d (%s) failed: %s", number, params, e)
+            study.tell(number, state=TrialState.FAIL)
+            return
+        if math.isnan(value):
+            study.tell(number, state=TrialState.FAIL)
+        else:
+            study.tell(number, value)
