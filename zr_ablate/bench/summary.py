@@ -1,0 +1,71 @@
+"""The end of a budgeted run: where every job of the sweep stands, what the next run of the same command does
+with it, and the exit code (0: all finished; 75, EX_TEMPFAIL: some are left, run it again; 1: a job failed)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+
+from zr_ablate.analysis.report.tables import markdown_table
+from zr_ablate.records import FAILED, FINAL_STATUSES, NOT_STARTED, STATUSES, STOPPED, RecordError, read_result
+
+EXIT_DONE, EXIT_FAILED, EXIT_LEFT = 0, 1, 75
+
+
+def _record(folder: Path) -> dict:
+    try:
+        return read_result(folder) or {"status": NOT_STARTED}
+    except RecordError as e:
+        return {"status": "unreadable", "error": str(e)}
+
+
+def _next(record: dict) -> str:
+    """What the next run of the same command does with a job in this state."""
+    status = record.get("status")
+    if status in FINAL_STATUSES:
+        return "nothing (skips it)"
+    if record.get("checkpoint") or (status not in (STOPPED, NOT_STARTED) and record.get("epochs")):
+        return f"resumes it after epoch {record.get('epochs')}"
+    return "starts it" if status != FAILED else "starts it again"
+
+
+def _number(value, fmt: str = "{:.2f}") -> str:
+    return fmt.format(value) if isinstance(value, (int, float)) else ""
+
+
+def table(jobs) -> str:
+    """One row per job: status, epochs done of all, best validation and test perplexity, the next run."""
+    rows = []
+    for job in jobs:
+        r = _record(job.folder)
+        epochs = job.cfg.trainer.get("max_epochs")
+        rows.append(
+            {
+                "job": job.name,
+                "status": r.get("status"),
+                "epochs": f"{r.get('epochs') or 0}/{epochs}",
+                "best val ppl": _number(r.get("best_val_ppl")),
+                "test ppl": _number(r.get("test_ppl")),
+                "next run": _next(r),
+            }
+        )
+    return markdown_table(pd.DataFrame(rows))
+
+
+def closing_lines(jobs, command: str, folder: Path) -> tuple[list[str], int]:
+    """The counts by status, what to run next, and the exit code."""
+    counts = Counter(_record(job.folder).get("status") for job in jobs)
+    said = ", ".join(f"{counts[s]} {s}" for s in [*STATUSES, *sorted(set(counts) - set(STATUSES))] if counts[s])
+    lines = [f"{len(jobs)} jobs: {said}"]
+    if counts[FAILED]:
+        code = EXIT_FAILED
+        lines.append(f"a job failed: its run.log and console.log in {folder} say why; {command} retries it")
+    elif sum(n for s, n in counts.items() if s not in FINAL_STATUSES):
+        code = EXIT_LEFT
+        lines.append(f"the rest: run the same command again (it resumes where this one stopped): {command}")
+    else:
+        code = EXIT_DONE
+    lines.append(f"the report: python -m zr_ablate.report {folder}")
+    return lines, code
