@@ -5,10 +5,10 @@ files and the clock (zr_ablate.bench.budget).
     work = [estimate(name, shape, speed, start_s) for each job still to do]
     the_plan = plan(work, available_s=1800, sharing=Sharing({1: 1.0, 2: 0.64, 4: 0.5}))
 
-One rule decides whether a job is started, in the plan's simulation and in the real run alike
-(`worth_starting`): with the time left, start it if it is expected to complete (its estimate x margin fits),
-or, with `partial`, if at least its first epoch ends in time, so that its checkpoint carries that epoch to
-the next run. Jobs are taken in order (resumed ones first: nearest to completion, and their checkpoint is
+One rule decides which job a free slot takes, in the plan's simulation and in the real run alike (`pick`):
+with the time left, the first waiting job expected to complete (its estimate x margin fits); failing that,
+with `partial`, the first whose first epoch ends in time, so that its checkpoint carries that epoch to the
+next run. Jobs are taken in order (resumed ones first: nearest to completion, and their checkpoint is
 used); a job that does not fit is passed over and a later, shorter one may still start.
 """
 
@@ -104,6 +104,16 @@ def worth_starting(work: Work, left_s: float, rate: float, margin: float, partia
     return None
 
 
+def pick(waiting: list[Work], left_s: float, rate: float, margin: float, partial: bool) -> tuple[Work, str] | None:
+    """The job a free slot takes, and what it is expected to reach: the first waiting job expected to
+    complete; failing that (with `partial`) the first whose first epoch ends in time."""
+    for want in (COMPLETE, PARTIAL):
+        for w in waiting:
+            if worth_starting(w, left_s, rate, margin, partial) == want:
+                return w, want
+    return None
+
+
 def epochs_reached(work: Work, seconds_run: float) -> int:
     """Epochs a job checkpoints in `seconds_run` of its own time (seconds alone)."""
     if seconds_run >= work.seconds:
@@ -129,13 +139,13 @@ def simulate(
     by_name = {w.name: w for w in work}
     while True:
         while len(running) < at_once:
-            rate = sharing.factor(len(running) + 1)
-            pick = next((w for w in waiting if worth_starting(w, available_s - t, rate, margin, partial)), None)
-            if pick is None:
+            picked = pick(waiting, available_s - t, sharing.factor(len(running) + 1), margin, partial)
+            if picked is None:
                 break
-            waiting.remove(pick)
-            running[pick.name] = pick.seconds  # seconds alone still to run
-            out[pick.name] = Outcome(worth_starting(pick, available_s - t, rate, margin, partial), t)
+            job, expect = picked
+            waiting.remove(job)
+            running[job.name] = job.seconds  # seconds alone still to run
+            out[job.name] = Outcome(expect, t)
         if not running:
             return out
         rate = sharing.factor(len(running))

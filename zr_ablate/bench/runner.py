@@ -1,7 +1,7 @@
 """Running a budgeted run's jobs: each in its own process (its own session, so that a Ctrl-C or a scheduler's
 signal reaches this command, which then stops the jobs in order), up to `at_once` at a time. A free slot
-takes the first waiting job that is worth starting with the time left (plan.worth_starting: the same rule
-as the plan, on the real clock, so a run faster than estimated starts more). At `deadline - grace`, or when
+takes the job the plan's rule picks with the time left (plan.pick: the same rule as the plan's, on the
+real clock, so a run faster than estimated starts more). At `deadline - grace`, or when
 `stop` is set, running jobs are asked to stop (SIGTERM: Lightning ends the current batch, the job records
 itself and ends); one still running two thirds of the way through the grace is killed with its children.
 The last third is for the records, the archive and the summary."""
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from zr_ablate.bench.plan import COMPLETE, Sharing, Work, worth_starting
+from zr_ablate.bench.plan import COMPLETE, Sharing, Work, pick
 
 POLL_S = 0.2  # how often running jobs are looked at
 ENDED, STOPPED, NOT_STARTED = "ended", "stopped", "not started"  # how a task left the run
@@ -112,21 +112,20 @@ def run(
             break
         while len(running) < at_once:
             rate = sharing.factor(len(running) + 1)
-            left = stop_at - now
-            pick = next((t for t in waiting if worth_starting(t.work, left, rate, margin, partial)), None)
-            if pick is None:
+            picked = pick([t.work for t in waiting], stop_at - now, rate, margin, partial)
+            if picked is None:
                 break
-            waiting.remove(pick)
-            expect = worth_starting(pick.work, left, rate, margin, partial)
+            task = next(t for t in waiting if t.work is picked[0])
+            waiting.remove(task)
             log(
-                f"start {pick.work.name}: "
+                f"start {task.work.name}: "
                 + (
-                    f"expected to complete in ~{pick.work.seconds / rate:.0f} s"
-                    if expect == COMPLETE
+                    f"expected to complete in ~{task.work.seconds / rate:.0f} s"
+                    if picked[1] == COMPLETE
                     else "not expected to complete; its epochs before the deadline carry over to the next run"
                 )
             )
-            running[pick.work.name] = (pick, launch(pick, cwd), now)
+            running[task.work.name] = (task, launch(task, cwd), now)
         if not running:
             break
         stop.wait(POLL_S)
