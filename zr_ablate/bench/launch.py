@@ -67,7 +67,7 @@ def speeds_for(args, todo, device, extra, bench, log, out: Path) -> tuple[dict, 
     if bench is None:
         bench = speeds.measure(keys, device, extra, log)
         out.with_suffix(".speeds.json").write_text(json.dumps(bench, indent=1))
-        log(f"speeds measured: {out.with_suffix('.speeds.json')} (as --bench, plans without measuring)")
+        log(f"speeds written to {out.with_suffix('.speeds.json')} (pass it as --bench to plan without measuring)")
     else:
         log(f"speeds: from {args.bench} ({bench.get('device')}, {bench.get('date')})")
     return {k: speeds.speed(bench, *k) for k in keys}, speeds.sharing(bench)

@@ -22,7 +22,7 @@ CHECK_SHAPE = ("model.hidden=48",)  # small: a check takes seconds, and the arit
 STEPS = 4  # full windows, then a short one (an epoch's last: eager even under a graph) and one more full one
 
 
-def _trace(loop: PlainLoop, wins) -> list[torch.Tensor]:
+def training_trace(loop: PlainLoop, wins) -> list[torch.Tensor]:
     """Train on `wins`; the loss, gradient norm, gradients and weights after each window. The masks of
     window k are drawn from seed 100 + k, so two loops see the same masks."""
     loop.model.train()
@@ -50,7 +50,7 @@ def same_training(
         full = windows(STEPS + 1, cfg.data.batch_size, cfg.data.bptt, device)
         wins = full[:STEPS] + [(full[STEPS][0][:, :2], full[STEPS][1][:, :2])] + full[:1]
         try:
-            traces.append(_trace(loop, wins))
+            traces.append(training_trace(loop, wins))
         except RuntimeError as e:
             return f"{' '.join(extra)} raised {type(e).__name__}: {str(e).splitlines()[0]}"
         if loop.step.graph_error:

@@ -6,9 +6,6 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import pandas as pd
-
-from zr_ablate.analysis.report.tables import markdown_table
 from zr_ablate.records import FAILED, FINAL_STATUSES, NOT_STARTED, STATUSES, STOPPED, RecordError, read_result
 
 EXIT_DONE, EXIT_FAILED, EXIT_LEFT = 0, 1, 75
@@ -36,22 +33,16 @@ def _number(value, fmt: str = "{:.2f}") -> str:
 
 
 def table(jobs) -> str:
-    """One row per job: status, epochs done of all, best validation and test perplexity, the next run."""
-    rows = []
+    """One row per job, in Markdown: status, epochs done of all, best validation and test perplexity, and
+    what the next run does. Plain strings: a bare GPU node may lack pandas."""
+    rows = [["job", "status", "epochs", "best val ppl", "test ppl", "next run"], ["---"] * 6]
     for job in jobs:
         r = _record(job.folder)
-        epochs = job.cfg.trainer.get("max_epochs")
+        epochs = f"{r.get('epochs') or 0}/{job.cfg.trainer.get('max_epochs')}"
         rows.append(
-            {
-                "job": job.name,
-                "status": r.get("status"),
-                "epochs": f"{r.get('epochs') or 0}/{epochs}",
-                "best val ppl": _number(r.get("best_val_ppl")),
-                "test ppl": _number(r.get("test_ppl")),
-                "next run": _next(r),
-            }
+            [job.name, r.get("status"), epochs, _number(r.get("best_val_ppl")), _number(r.get("test_ppl")), _next(r)]
         )
-    return markdown_table(pd.DataFrame(rows))
+    return "\n".join("| " + " | ".join(map(str, row)) + " |" for row in rows)
 
 
 def closing_lines(jobs, command: str, folder: Path) -> tuple[list[str], int]:
