@@ -315,7 +315,7 @@ def test_a_budget_nothing_fits_in_starts_nothing_and_records_why(tmp_path, ptb_d
         text=True,
         timeout=300,
     )
-    assert done.returncode == 75, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.returncode == 1 and "no job could start in this budget" in done.stdout, done.stdout[-2000:]
     records = [read_result(f) for f in sorted((tmp_path / "budget").glob("data*"))]
     assert [r["status"] for r in records] == ["not started"] * 3 and "no room in the time budget" in records[0]["error"]
     assert not list((tmp_path / "budget").glob("*/console.log"))  # no job was launched

@@ -50,26 +50,39 @@ def duration(text: str) -> float:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    intro, examples = __doc__.split("\n\n")[:2]
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description=" ".join(intro.split()),
+        epilog="examples:\n" + examples + "\n\nexit status: 0 all jobs finished, 75 some are left (run it again), "
+        "1 a job failed or bad input, 2 bad options",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="run.py's overrides; a,b lists sweep")
-    p.add_argument("--budget", type=duration, default=duration("1h"), help="wall-clock budget (default 1h)")
+    p.add_argument("--budget", type=duration, default=duration("1h"), metavar="DURATION", help="e.g. 40m (default 1h)")
     p.add_argument(
         "--stop-grace",
         type=duration,
         default=duration("30s"),
+        metavar="DURATION",
         help="how long before the deadline running jobs are told to stop and record themselves (default 30s)",
     )
     speeds = p.add_mutually_exclusive_group()
-    speeds.add_argument("--bench", type=Path, help="plan from this bench file (python -m zr_ablate.bench --out)")
-    speeds.add_argument("--speed", type=float, help="plan with this many tokens/s per job, every split alike")
+    speeds.add_argument(
+        "--bench", type=Path, metavar="PATH", help="plan from this bench file (python -m zr_ablate.bench --out)"
+    )
+    speeds.add_argument("--speed", type=float, metavar="TOKENS_PER_S", help="plan with this speed for every job")
     p.add_argument(
         "--job-start",
         type=duration,
         default=duration("30s"),
+        metavar="DURATION",
         help="estimated time from a job's launch to its first step: imports, data, logger (default 30s)",
     )
     p.add_argument("--margin", type=float, default=1.1, help="a job starts if its estimate x this fits (1.1)")
-    p.add_argument("--at-once", type=int, help="jobs at once (default: the best measured on a GPU; 1 on a CPU)")
+    p.add_argument(
+        "--at-once", type=int, metavar="N", help="jobs at once (default: the best measured on a GPU; 1 on a CPU)"
+    )
     p.add_argument(
         "--partial",
         action=argparse.BooleanOptionalAction,
@@ -78,11 +91,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--mps", choices=["auto", "off"], default="auto", help="jobs at once on a GPU under CUDA MPS")
-    p.add_argument("--cuda-graph", choices=["auto", "step", "layers", "off"], default="auto", help="auto: checked")
-    p.add_argument("--loop-kernel", choices=["auto", "triton", "torch"], default="auto", help="auto: checked")
-    p.add_argument("--archive", type=Path, help="pack the sweep's records into this .tar.gz (and -2, -3...)")
-    p.add_argument("--archive-max-files", type=int, help="at most this many tarballs (default: as many as needed)")
-    p.add_argument("--archive-max-mb", type=float, help="each tarball at most this many MiB (default: no limit)")
+    auto = "auto (default): each checked against the plain path here, then the fastest that passed"
+    p.add_argument("--cuda-graph", choices=["auto", "step", "layers", "off"], default="auto", help=auto)
+    p.add_argument("--loop-kernel", choices=["auto", "triton", "torch"], default="auto", help=auto)
+    p.add_argument("--archive", type=Path, metavar="PATH", help="pack the records into PATH (.tar.gz; -2, -3...)")
+    p.add_argument("--archive-max-files", type=int, metavar="N", help="at most N tarballs (default: as needed)")
+    p.add_argument("--archive-max-mb", type=float, metavar="MB", help="each at most MB MiB (default: no limit)")
     args = p.parse_intermixed_args(argv)  # overrides before, between or after the options
     if args.budget <= args.stop_grace:
         p.error(f"--budget ({args.budget:.0f} s) must be longer than --stop-grace ({args.stop_grace:.0f} s)")
@@ -143,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 
     silence()  # Lightning's start-up lines, when the speeds are measured here
     from zr_ablate.bench import jobs as sweep
-    from zr_ablate.bench.runner import Log
+    from zr_ablate.bench.runner import NOT_STARTED, Log
     from zr_ablate.bench.summary import closing_lines, table
 
     jobs, tokens, bench, folder = prepare(args)
@@ -160,11 +174,12 @@ def main(argv: list[str] | None = None) -> int:
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    ran = {}
     try:
         if todo:
             from zr_ablate.bench.launch import run_budget
 
-            run_budget(args, todo, tokens, bench, folder / "budget" / stamp, log, started + args.budget, stop)
+            ran = run_budget(args, todo, tokens, bench, folder / "budget" / stamp, log, started + args.budget, stop)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -177,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         for path in left_out:
             log(f"left out of the archive (raise --archive-max-mb or --archive-max-files): {path}")
     log("where every job stands:\n" + table(jobs))
-    lines, code = closing_lines(jobs, args.command, folder)
+    # A budget no job fits in would leave a loop of reruns doing nothing: say so, and fail.
+    nothing_fits = bool(ran) and not stop.is_set() and all(e.how == NOT_STARTED for e in ran.values())
+    lines, code = closing_lines(jobs, args.command, folder, nothing_fits)
     for line in lines:
         log(line)
     return code

@@ -93,8 +93,11 @@ def environment(device: torch.device) -> dict:
     return env | ({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {})
 
 
-def run_budget(args, todo: list, tokens: dict, bench, out: Path, log, deadline: float, stop: threading.Event):
-    """Everything from the device to the jobs' records, within `deadline` (time.monotonic seconds)."""
+def run_budget(
+    args, todo: list, tokens: dict, bench, out: Path, log, deadline: float, stop: threading.Event
+) -> dict[str, runner.Ended]:
+    """Everything from the device to the jobs' records, within `deadline` (time.monotonic seconds); -> how
+    each job left the run."""
     device = device_of(args.device)
     on_mps = device.type == "cuda" and args.mps == "auto" and args.at_once != 1 and mps.start(log)
     try:
@@ -149,7 +152,7 @@ def run_budget(args, todo: list, tokens: dict, bench, out: Path, log, deadline: 
             )
             for name in the_plan.order
         ]
-        runner.run(
+        return runner.run(
             tasks,
             the_plan.at_once,
             sharing,

@@ -5,6 +5,7 @@ train with. `speed` and `sharing` turn that JSON into the planner's numbers."""
 from __future__ import annotations
 
 import time
+import warnings
 from statistics import mean, median
 from types import SimpleNamespace
 
@@ -76,7 +77,9 @@ def measure(pairs: list[tuple[str, str]], device: torch.device, overrides: tuple
     for size in sizes:
         placements = [p for s, p in pairs if s == size]
         rows += bench_size(size, [(p, "auto") for p in placements], device, args, peak=float("nan"))
-        lightning.append(bench_lightning(size, placements[0], device, args))
+        with warnings.catch_warnings():  # the bench fits without validation data, on purpose
+            warnings.filterwarnings("ignore", message=r".*validation_step.* no `val_dataloader`")
+            lightning.append(bench_lightning(size, placements[0], device, args))
     together = None
     if device.type == "cuda":
         size = max(sizes, key=lambda s: sum(1 for t, _ in pairs if t == s))

@@ -45,14 +45,21 @@ def table(jobs) -> str:
     return "\n".join("| " + " | ".join(map(str, row)) + " |" for row in rows)
 
 
-def closing_lines(jobs, command: str, folder: Path) -> tuple[list[str], int]:
-    """The counts by status, what to run next, and the exit code."""
+def closing_lines(jobs, command: str, folder: Path, nothing_fits: bool = False) -> tuple[list[str], int]:
+    """The counts by status, what to run next, and the exit code. `nothing_fits`: no job could start in
+    this budget, so running the same command again would not help."""
     counts = Counter(_record(job.folder).get("status") for job in jobs)
     said = ", ".join(f"{counts[s]} {s}" for s in [*STATUSES, *sorted(set(counts) - set(STATUSES))] if counts[s])
     lines = [f"{len(jobs)} jobs: {said}"]
     if counts[FAILED]:
         code = EXIT_FAILED
         lines.append(f"a job failed: its run.log and console.log in {folder} say why; {command} retries it")
+    elif nothing_fits:
+        code = EXIT_FAILED
+        lines.append(
+            "no job could start in this budget (each one's estimate is in its result.json): raise --budget, "
+            "or, if the estimates are too high, lower --job-start or --margin"
+        )
     elif sum(n for s, n in counts.items() if s not in FINAL_STATUSES):
         code = EXIT_LEFT
         lines.append(f"the rest: run the same command again (it resumes where this one stopped): {command}")
