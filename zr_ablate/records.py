@@ -21,14 +21,15 @@ from omegaconf import OmegaConf
 
 RESULT, EPOCHS, CHECKPOINTS, HYDRA_CONFIG = "result.json", "epochs.csv", "checkpoints", ".hydra/config.yaml"
 LAST_CHECKPOINT = f"{CHECKPOINTS}/last.ckpt"
-# Statuses a job records in result.json, those a time-budgeted run records (zr_ablate.bench.jobs: "stopped" at
-# its deadline, resumable from the last checkpoint; "not started", no room in the budget), and those the
-# readers add: "missing" (Hydra made the folder but the job never wrote result.json), "unreadable" (its
-# result.json is not JSON) and, in a sweep's summary, "skipped" (final before this command started).
+# Statuses a job records in result.json, and those the readers add: "missing" (Hydra made the folder but the
+# job never wrote result.json), "unreadable" (its result.json is not JSON) and, in a sweep's summary,
+# "skipped" (final before this command started).
 COMPLETED, DIVERGED, FAILED, RUNNING = "completed", "diverged", "failed", "running"
-STOPPED, NOT_STARTED = "stopped", "not started"
 MISSING, UNREADABLE, SKIPPED = "missing", "unreadable", "skipped"
-STATUSES = (COMPLETED, DIVERGED, FAILED, RUNNING, STOPPED, NOT_STARTED, MISSING, UNREADABLE)
+STATUSES = (COMPLETED, DIVERGED, FAILED, RUNNING, MISSING, UNREADABLE)
+# And those only a time-budgeted run records (zr_ablate.bench.jobs): "stopped" at its deadline, resumable from
+# the last checkpoint; "not started", no room in the budget. Reports list them where they occur.
+STOPPED, NOT_STARTED = "stopped", "not started"
 FINAL_STATUSES = (COMPLETED, DIVERGED)  # a rerun skips these; running and failed jobs are resumed
 # The per-job numbers of result.json; tracking.end_run copies them into the W&B run summary.
 RECORD_FIELDS = [

@@ -273,7 +273,10 @@ def test_a_budget_that_fits_some_jobs_then_a_rerun_that_finishes_them(tmp_path, 
     records = {p: read_result(f) for p, f in folder.items()}
     assert [r["status"] for r in records.values()] == ["completed", "stopped", "not started"]
     assert records["zaremba"]["checkpoint"] == LAST_CHECKPOINT and records["zaremba"]["epochs"] == 1
-    assert "| data.train_tokens=8000,dropout=zaremba,model=tiny | stopped | 1/2 |" in said
+    assert (
+        "| data.train_tokens=8000,dropout=zaremba,model=tiny | stopped | 1/2 |" in said
+        and "resumes it after epoch 1 |" in said
+    )
     assert "3 jobs: 1 completed, 1 stopped, 1 not started" in said and "run the same command again" in said
     # the same command with a larger budget: the stopped job resumes from its checkpoint, the rest run
     archive_path = tmp_path / "out" / "records.tar.gz"
@@ -324,12 +327,9 @@ def test_a_budget_nothing_fits_in_starts_nothing_and_records_why(tmp_path, ptb_d
 def test_bad_input_is_one_line_before_anything_runs(tmp_path):
     cmd = [sys.executable, "-m", "zr_ablate.bench.budget", f"out_root={tmp_path}", "model=tiny"]
     bad = subprocess.run([*cmd, "dropout=none,nope"], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert (
-        bad.returncode == 1
-        and bad.stderr.startswith("zr_ablate: error: job out_root=")
-        and "dropout=nope: In 'config': Could not find 'dropout/nope'" in bad.stderr
-        and "Traceback" not in bad.stderr
-    )
-    assert len(bad.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("zr_ablate: error:")]
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr and not list(tmp_path.iterdir())
+    assert errors == bad.stderr.strip().splitlines()[-1:]  # one line, the last (a plugin's warning may precede it)
+    assert errors[0].startswith("zr_ablate: error: job out_root=") and "Could not find 'dropout/nope'" in errors[0]
     short = subprocess.run([*cmd, "--budget", "10s"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert short.returncode == 2 and "must be longer than --stop-grace" in short.stderr

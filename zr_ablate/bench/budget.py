@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     log = Log(folder / "budget" / f"{stamp}.log", wall)
     log(args.command)
     todo = [job for job in jobs if not sweep.is_final(job)]
-    log(f"{len(jobs)} jobs in {folder}: {len(jobs) - len(todo)} finished before, {len(todo)} to run")
+    log(f"{len(jobs)} jobs in {sweep.shown(folder)}: {len(jobs) - len(todo)} finished before, {len(todo)} to run")
     stop = threading.Event()
 
     def on_signal(signum, frame):
@@ -183,20 +183,20 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    if args.archive:
+    log("where every job stands:\n" + table(jobs))
+    # A budget no job fits in would leave a loop of reruns doing nothing: say so, and fail.
+    nothing_fits = bool(ran) and not stop.is_set() and all(e.how == NOT_STARTED for e in ran.values())
+    lines, code = closing_lines(jobs, args.command, sweep.shown(folder), nothing_fits)
+    for line in lines:
+        log(line)
+    if args.archive:  # last, so that the log it packs holds the summary
         from zr_ablate.bench.archive import pack
 
         max_bytes = int(args.archive_max_mb * 2**20) if args.archive_max_mb else None
         parts, left_out = pack(folder, args.archive, args.archive_max_files, max_bytes)
-        log(f"archive: {', '.join(map(str, parts))}")
+        log(f"archive: {', '.join(sweep.shown(p.absolute()) for p in parts)}")
         for path in left_out:
-            log(f"left out of the archive (raise --archive-max-mb or --archive-max-files): {path}")
-    log("where every job stands:\n" + table(jobs))
-    # A budget no job fits in would leave a loop of reruns doing nothing: say so, and fail.
-    nothing_fits = bool(ran) and not stop.is_set() and all(e.how == NOT_STARTED for e in ran.values())
-    lines, code = closing_lines(jobs, args.command, folder, nothing_fits)
-    for line in lines:
-        log(line)
+            log(f"left out of the archive (raise --archive-max-mb or --archive-max-files): {sweep.shown(path)}")
     return code
 
 

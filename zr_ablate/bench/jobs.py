@@ -52,6 +52,11 @@ class Job:
         return self.cfg.model.name, self.cfg.dropout.name
 
 
+def shown(path: Path) -> str:
+    """A path as the user would type it: relative to the working folder when inside it."""
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
 def expand(overrides: list[str]) -> list[Job]:
     """Every job of the sweep, in the order `run.py -m` launches them, each checked as the sweep's guard
     checks it (settings in range; no folder holding a record made with other settings, unless on_stale

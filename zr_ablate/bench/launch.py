@@ -67,7 +67,7 @@ def speeds_for(args, todo, device, extra, bench, log, out: Path) -> tuple[dict, 
     if bench is None:
         bench = speeds.measure(keys, device, extra, log)
         out.with_suffix(".speeds.json").write_text(json.dumps(bench, indent=1))
-        log(f"speeds written to {out.with_suffix('.speeds.json')} (pass it as --bench to plan without measuring)")
+        log(f"speeds written to {sweep.shown(out.with_suffix('.speeds.json'))} (as --bench: plans without measuring)")
     else:
         log(f"speeds: from {args.bench} ({bench.get('device')}, {bench.get('date')})")
     return {k: speeds.speed(bench, *k) for k in keys}, speeds.sharing(bench)
@@ -82,7 +82,9 @@ def describe(the_plan: Plan, work: dict) -> list[str]:
                 f"  {name}: completes at ~{o.end_s:.0f} s ({w.epochs_left} epoch(s) to train, ~{w.seconds:.0f} s alone)"
             )
         elif o.expect == PARTIAL:
-            lines.append(f"  {name}: trains ~{o.epochs} of {w.epochs_left} epochs, resumed by the next run")
+            lines.append(
+                f"  {name}: not expected to complete: ~{o.epochs} of {w.epochs_left} epoch(s), the rest next run"
+            )
         else:
             lines.append(f"  {name}: not started (~{w.seconds:.0f} s alone)")
     return lines

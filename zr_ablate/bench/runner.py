@@ -1,4 +1,4 @@
-"""Running a budgeted run's jobs: each in its own process (its own session, so that a Ctrl-C or a scheduler's
+"""Running a budgeted run's jobs: each in its own process group (so that a Ctrl-C or a scheduler's
 signal reaches this command, which then stops the jobs in order), up to `at_once` at a time. A free slot
 takes the job the plan's rule picks with the time left (plan.pick: the same rule as the plan's, on the
 real clock, so a run faster than estimated starts more). At `deadline - grace`, or when
@@ -60,7 +60,7 @@ def launch(task: Task, cwd: Path) -> subprocess.Popen:
             cwd=cwd,
             stdout=out,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            process_group=0,  # its own group: not hit by a Ctrl-C meant for this command; killed as a whole
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
         )
 
@@ -101,34 +101,38 @@ def run(
     stop = stop or threading.Event()
     waiting, running, out = list(tasks), {}, {}
     stop_at = deadline - grace
-    while True:
-        now = time.monotonic()
-        for name, (task, proc, t0) in list(running.items()):
-            if proc.poll() is not None:
-                del running[name]
-                out[name] = Ended(ENDED, proc.returncode, now - t0)
-                on_end(task, out[name])
-        if stop.is_set() or now >= stop_at:
-            break
-        while len(running) < at_once:
-            rate = sharing.factor(len(running) + 1)
-            picked = pick([t.work for t in waiting], stop_at - now, rate, margin, partial)
-            if picked is None:
+    try:
+        while True:
+            now = time.monotonic()
+            for name, (task, proc, t0) in list(running.items()):
+                if proc.poll() is not None:
+                    del running[name]
+                    out[name] = Ended(ENDED, proc.returncode, now - t0)
+                    on_end(task, out[name])
+            if stop.is_set() or now >= stop_at:
                 break
-            task = next(t for t in waiting if t.work is picked[0])
-            waiting.remove(task)
-            log(
-                f"start {task.work.name}: "
-                + (
-                    f"expected to complete in ~{task.work.seconds / rate:.0f} s"
-                    if picked[1] == COMPLETE
-                    else "not expected to complete; its epochs before the deadline carry over to the next run"
+            while len(running) < at_once:
+                rate = sharing.factor(len(running) + 1)
+                picked = pick([t.work for t in waiting], stop_at - now, rate, margin, partial)
+                if picked is None:
+                    break
+                task = next(t for t in waiting if t.work is picked[0])
+                waiting.remove(task)
+                log(
+                    f"start {task.work.name}: "
+                    + (
+                        f"expected to complete in ~{task.work.seconds / rate:.0f} s"
+                        if picked[1] == COMPLETE
+                        else "not expected to complete; its epochs before the deadline carry over to the next run"
+                    )
                 )
-            )
-            running[task.work.name] = (task, launch(task, cwd), now)
-        if not running:
-            break
-        stop.wait(POLL_S)
+                running[task.work.name] = (task, launch(task, cwd), now)
+            if not running:
+                break
+            stop.wait(POLL_S)
+    except BaseException:  # whatever broke here, no job is left running without this command
+        halt(running, wait_s=grace * 2 / 3, log=log)
+        raise
     if running:
         why = "told to stop" if stop.is_set() else f"{grace:.0f} s before the deadline"
         log(f"{why}: stopping {', '.join(running)}")

@@ -6,7 +6,16 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from zr_ablate.records import FAILED, FINAL_STATUSES, NOT_STARTED, STATUSES, STOPPED, RecordError, read_result
+from zr_ablate.records import (
+    FAILED,
+    FINAL_STATUSES,
+    LAST_CHECKPOINT,
+    NOT_STARTED,
+    STATUSES,
+    STOPPED,
+    RecordError,
+    read_result,
+)
 
 EXIT_DONE, EXIT_FAILED, EXIT_LEFT = 0, 1, 75
 
@@ -18,14 +27,14 @@ def _record(folder: Path) -> dict:
         return {"status": "unreadable", "error": str(e)}
 
 
-def _next(record: dict) -> str:
-    """What the next run of the same command does with a job in this state."""
+def _next(record: dict, checkpoint: bool) -> str:
+    """What the next run of the same command does with a job in this state (and with a checkpoint or not)."""
     status = record.get("status")
     if status in FINAL_STATUSES:
         return "nothing (skips it)"
-    if record.get("checkpoint") or (status not in (STOPPED, NOT_STARTED) and record.get("epochs")):
+    if checkpoint and record.get("epochs"):
         return f"resumes it after epoch {record.get('epochs')}"
-    return "starts it" if status != FAILED else "starts it again"
+    return "starts it again" if status in (FAILED, STOPPED) else "starts it"
 
 
 def _number(value, fmt: str = "{:.2f}") -> str:
@@ -40,16 +49,24 @@ def table(jobs) -> str:
         r = _record(job.folder)
         epochs = f"{r.get('epochs') or 0}/{job.cfg.trainer.get('max_epochs')}"
         rows.append(
-            [job.name, r.get("status"), epochs, _number(r.get("best_val_ppl")), _number(r.get("test_ppl")), _next(r)]
+            [
+                job.name,
+                r.get("status"),
+                epochs,
+                _number(r.get("best_val_ppl")),
+                _number(r.get("test_ppl")),
+                _next(r, (job.folder / LAST_CHECKPOINT).is_file()),
+            ]
         )
     return "\n".join("| " + " | ".join(map(str, row)) + " |" for row in rows)
 
 
-def closing_lines(jobs, command: str, folder: Path, nothing_fits: bool = False) -> tuple[list[str], int]:
+def closing_lines(jobs, command: str, folder: str, nothing_fits: bool = False) -> tuple[list[str], int]:
     """The counts by status, what to run next, and the exit code. `nothing_fits`: no job could start in
     this budget, so running the same command again would not help."""
     counts = Counter(_record(job.folder).get("status") for job in jobs)
-    said = ", ".join(f"{counts[s]} {s}" for s in [*STATUSES, *sorted(set(counts) - set(STATUSES))] if counts[s])
+    order = [*FINAL_STATUSES, FAILED, STOPPED, NOT_STARTED, *STATUSES]
+    said = ", ".join(f"{counts[s]} {s}" for s in dict.fromkeys([*order, *sorted(counts)]) if counts[s])
     lines = [f"{len(jobs)} jobs: {said}"]
     if counts[FAILED]:
         code = EXIT_FAILED
