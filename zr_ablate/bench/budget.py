@@ -127,6 +127,8 @@ def prepare(args) -> tuple[list, dict, dict | None, Path]:
             bench = json.loads(args.bench.read_text())
         except (OSError, ValueError) as e:
             fail(f"cannot read --bench {args.bench} ({e}); pass a file that python -m zr_ablate.bench --out wrote")
+        if not isinstance(bench, dict) or not isinstance(bench.get("placements"), list):
+            fail(f"--bench {args.bench} is not a bench file (no placements); pass one python -m zr_ablate.bench wrote")
     try:
         jobs = sweep.expand(args.overrides)
         folders = {job.folder.parent for job in jobs}

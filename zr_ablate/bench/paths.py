@@ -51,8 +51,8 @@ def same_training(
         wins = full[:STEPS] + [(full[STEPS][0][:, :2], full[STEPS][1][:, :2])] + full[:1]
         try:
             traces.append(training_trace(loop, wins))
-        except RuntimeError as e:
-            return f"{' '.join(extra)} raised {type(e).__name__}: {str(e).splitlines()[0]}"
+        except Exception as e:  # a path that cannot run here (a capture or a kernel compile failing) is not used
+            return f"{' '.join(extra)} raised {type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
         if loop.step.graph_error:
             return f"the step graph was not captured ({loop.step.graph_error.splitlines()[0]})"
     for a, b in zip(*traces):
@@ -96,8 +96,7 @@ def check(
 
 def choose(bench: dict | None, size: str, placements: list[str], checks: dict | None) -> list[str]:
     """The jobs' overrides (none on a CPU): what the user gave, else from what passed its check and the
-    bench file's rows
-    at `size` (variants measured side by side: zr_ablate.bench.workload.VARIANTS):
+    bench file's rows at `size` (variants measured side by side: zr_ablate.bench.workload.VARIANTS):
     - cuda_graph: the first passed mode, unless its rows show a failed capture or the other passed mode
       trained every looped placement >5% faster;
     - model.loop_kernel=torch if the Triton loop failed its check or PyTorch ops trained every looped
