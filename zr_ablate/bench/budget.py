@@ -31,6 +31,7 @@ import re
 import shlex
 import signal
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -53,32 +54,24 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     intro, examples = __doc__.split("\n\n")[:2]
     p = argparse.ArgumentParser(
         prog=PROG,
-        description=" ".join(intro.split()),
+        description=textwrap.fill(" ".join(intro.split()), 100),
         epilog="examples:\n" + examples + "\n\nexit status: 0 all jobs finished, 75 some are left (run it again), "
         "1 a job failed or bad input, 2 bad options",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="run.py's overrides; a,b lists sweep")
-    p.add_argument("--budget", type=duration, default=duration("1h"), metavar="DURATION", help="e.g. 40m (default 1h)")
-    p.add_argument(
-        "--stop-grace",
-        type=duration,
-        default=duration("30s"),
-        metavar="DURATION",
-        help="how long before the deadline running jobs are told to stop and record themselves (default 30s)",
-    )
+
+    def duration_option(flag: str, default: str, what: str) -> None:
+        p.add_argument(flag, type=duration, default=duration(default), metavar="DURATION", help=f"{what} ({default})")
+
+    duration_option("--budget", "1h", "the wall-clock budget, e.g. 40m, 1h30m, 90s or seconds")
+    duration_option("--stop-grace", "30s", "how long before the deadline running jobs are told to stop")
+    duration_option("--job-start", "30s", "estimated time from a job's launch to its first step")
     speeds = p.add_mutually_exclusive_group()
     speeds.add_argument(
         "--bench", type=Path, metavar="PATH", help="plan from this bench file (python -m zr_ablate.bench --out)"
     )
     speeds.add_argument("--speed", type=float, metavar="TOKENS_PER_S", help="plan with this speed for every job")
-    p.add_argument(
-        "--job-start",
-        type=duration,
-        default=duration("30s"),
-        metavar="DURATION",
-        help="estimated time from a job's launch to its first step: imports, data, logger (default 30s)",
-    )
     p.add_argument("--margin", type=float, default=1.1, help="a job starts if its estimate x this fits (1.1)")
     p.add_argument(
         "--at-once", type=int, metavar="N", help="jobs at once (default: the best measured on a GPU; 1 on a CPU)"
