@@ -10,7 +10,7 @@ DEMO_ARGS ?=
 
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-fast lint clean-venv device-wheels device-sprint
+.PHONY: setup demo test test-fast lint clean-venv wheelhouse install-wheelhouse
 
 setup: $(VENV)/.installed
 
@@ -49,36 +49,32 @@ lint: setup
 clean-venv:
 	rm -rf $(VENV)
 
-# --- the GPU sprint (python -m zr_ablate.bench.sprint) ---------------------------------------------------------
-# The lent GPU machine is bare (Python 3.12, torch, Lightning; no Hydra, omegaconf or W&B; no network; no
-# ../shared). `make device-wheels`, here, puts what it lacks (cp312 manylinux wheels) and PTB into .device/
-# (git-ignored: name it in the device tool's carry). `make device-sprint`, there, installs the wheels and
-# runs the sprint into $$OUT. DRY=1 runs the same plumbing here on the CPU (tiny profile, no wheels).
-DEVICE := .device
-DEVICE_PKGS := hydra-core==1.3.8 omegaconf==2.3.1 hydra-joblib-launcher==1.2.0 wandb==0.31.0
-OUT ?= outputs/sprint
-SPRINT_ARGS ?=
-# Successive leases work through the four placements: skip what reports/gpu-medium/runs holds, and plan from
-# the committed H100 measurements rather than spend the lease measuring again (SPRINT_DONE= to measure).
-SPRINT_DONE ?= $(if $(wildcard reports/gpu-medium/runs),--done reports/gpu-medium/runs) \
-	$(if $(wildcard reports/bench/gpu-h100.json),--bench reports/bench/gpu-h100.json)
+# --- a GPU node without network ---------------------------------------------------------------------------------
+# A bare GPU node often has Python, torch and Lightning but not the rest of what zr_ablate needs, and no network
+# to fetch it. On a machine with network, `make wheelhouse` downloads wheels of what the node lacks (WHEEL_PKGS,
+# in the version ranges pyproject.toml gives them, with their dependencies) for the node's Python
+# (PYTHON_VERSION, default this machine's) and platform (WHEEL_PLATFORMS) into $(WHEELHOUSE). Copy the checkout
+# with its wheelhouse to the node; there `make install-wheelhouse` installs them from it, with no index
+# (PIP_INSTALL_ARGS: e.g. --user). Then, for instance (docs/time-budget.md):
+#   python3 -m zr_ablate.bench.budget grid=ablation_medium data.dir=<PTB folder> logger.mode=offline --budget 40m
+WHEELHOUSE ?= build/wheelhouse
+PYTHON_VERSION ?= $(shell $(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+WHEEL_PLATFORMS ?= manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64
+WHEEL_PKGS ?= hydra-core hydra-joblib-launcher hydra-submitit-launcher wandb
+PIP_INSTALL_ARGS ?=
+# omegaconf 2.3 (hydra-core's) pins antlr4-python3-runtime 4.9.*, which PyPI has as source only: built here.
+ANTLR ?= antlr4-python3-runtime==4.9.3
+# WHEEL_PKGS with their version ranges from pyproject.toml, each quoted for the shell.
+WHEEL_SPECS = $(shell $(PY) -c 'import re, sys, tomllib; \
+	deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; \
+	print(" ".join(repr(d) for d in deps if re.split(r"[<>=!~;\[ ]", d)[0] in sys.argv[1:]))' $(WHEEL_PKGS))
 
-device-wheels:
-	rm -rf $(DEVICE)/wheels && mkdir -p $(DEVICE)/wheels $(DEVICE)/ptb
-	$(PY) -m pip wheel --quiet --no-deps -w $(DEVICE)/wheels antlr4-python3-runtime==4.9.3  # sdist only on PyPI
-	$(PY) -m pip download --quiet --only-binary=:all: --python-version 3.12 --implementation cp \
-		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-		--find-links $(DEVICE)/wheels -d $(DEVICE)/wheels $(DEVICE_PKGS)
-	cp $(or $(PTB_DIR),../shared/data/ptb)/ptb.*.txt $(DEVICE)/ptb/
-	du -sh $(DEVICE)
+wheelhouse:
+	mkdir -p $(WHEELHOUSE)
+	$(PY) -m pip wheel --quiet --no-deps -w $(WHEELHOUSE) "$(ANTLR)"
+	$(PY) -m pip download --quiet --only-binary=:all: --python-version $(PYTHON_VERSION) --implementation cp \
+		$(foreach p,$(WHEEL_PLATFORMS),--platform $(p)) --find-links $(WHEELHOUSE) -d $(WHEELHOUSE) $(WHEEL_SPECS)
+	@echo "$(WHEELHOUSE): $$(ls $(WHEELHOUSE) | wc -l) wheels, $$(du -sh $(WHEELHOUSE) | cut -f1), for Python $(PYTHON_VERSION)"
 
-ifdef DRY
-device-sprint: setup
-	$(BIN)/python -m zr_ablate.bench.sprint --dry --out $(OUT) $(if $(PTB_DIR),--ptb $(PTB_DIR)) $(SPRINT_ARGS)
-else
-device-sprint:
-	@start=$$(date +%s); \
-	python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site $(DEVICE)/wheels/*.whl \
-	&& PYTHONPATH=/tmp/site:$(CURDIR) python3 -m zr_ablate.bench.sprint --out $(OUT) --ptb $(DEVICE)/ptb \
-		--started-at $$start $(SPRINT_DONE) $(SPRINT_ARGS)
-endif
+install-wheelhouse:
+	$(PY) -m pip install --no-index --find-links $(WHEELHOUSE) $(PIP_INSTALL_ARGS) $(WHEEL_SPECS)

@@ -29,6 +29,9 @@ LAST_CHECKPOINT = f"{CHECKPOINTS}/last.ckpt"
 COMPLETED, DIVERGED, FAILED, RUNNING = "completed", "diverged", "failed", "running"
 MISSING, UNREADABLE, SKIPPED = "missing", "unreadable", "skipped"
 STATUSES = (COMPLETED, DIVERGED, FAILED, RUNNING, MISSING, UNREADABLE)
+# And those only a time-budgeted run records (zr_ablate.bench.jobs): "stopped" at its deadline, resumable from
+# the last checkpoint; "not started", no room in the budget. Reports list them where they occur.
+STOPPED, NOT_STARTED = "stopped", "not started"
 FINAL_STATUSES = (COMPLETED, DIVERGED)  # a rerun skips these; running and failed jobs are resumed
 # The per-job numbers of result.json; wandb_run.end_run copies them into the W&B run summary.
 RECORD_FIELDS = [

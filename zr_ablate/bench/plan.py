@@ -1,180 +1,207 @@
-"""The sprint's plan: from measured speeds, which medium jobs finish before a deadline, how many run at once
-(`plan`), and the settings to train them with (`choose`). Pure functions of the bench's JSON, tested on
-their own (tests/bench/test_sprint.py)."""
+"""The plan of a time-budgeted run: from estimated seconds per job, how many jobs run at once and what each
+is expected to reach before the deadline. Pure: numbers in, a plan out; the caller reads records, bench
+files and the clock (zr_ablate.bench.budget).
+
+    work = [estimate(name, shape, speed, start_s) for each job still to do]
+    the_plan = plan(work, available_s=1800, sharing=Sharing({1: 1.0, 2: 0.64, 4: 0.5}))
+
+One rule decides which job a free slot takes, in the plan's simulation and in the real run alike (`pick`):
+with the time left, the first waiting job expected to complete (its estimate x margin fits); failing that,
+with `partial`, the first whose first epoch ends in time, so that its checkpoint carries that epoch to the
+next run. Jobs are taken in order (resumed ones first: nearest to completion, and their checkpoint is
+used); a job that does not fit is passed over and a later, shorter one may still start.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from statistics import median
+import math
+from dataclasses import asdict, dataclass, field
 
-from zr_ablate.data import TRAIN_TOKENS
-
-PRIORITY = ["zaremba", "none", "variational", "naive"]  # what matters most first: the paper's row, then its baseline
-
-VALID_TOKENS, TEST_WINDOWS = 73_760, 82_430 // 35 + 1
-
-# Per-job costs outside the training steps, not measured by the bench (estimates, kept on the safe side):
-# process start + data + W&B, the paper-protocol test (batch 1, ~2,400 windows), and per epoch the
-# checkpoint and Lightning's epoch overhead.
-START_S, TEST_S, PER_EPOCH_S = 30.0, 20.0, 1.5
-
-MARGIN = 1.1  # planned makespan x this must fit
+COMPLETE, PARTIAL, NOT_STARTED = "complete", "partial", "not started"  # what the plan expects of a job
 
 
-def slowdown(concurrency: dict, jobs: int, placement: str) -> float:
-    """A job's speed with `jobs` running at once, as a fraction of its speed alone (measured levels;
-    linear between them; beyond the largest level, the aggregate is assumed flat)."""
-    levels = {lv["jobs"]: lv for lv in concurrency["levels"]}
-    if jobs in levels:
-        lv = levels[jobs]
-        if placement in lv["placements"]:
-            return lv["slowdown"][lv["placements"].index(placement)]
-        return sum(lv["slowdown"]) / len(lv["slowdown"])
-    known = sorted(levels)
-    mean = {k: sum(levels[k]["slowdown"]) / len(levels[k]["slowdown"]) for k in known}
-    if jobs > known[-1]:
-        return mean[known[-1]] * known[-1] / jobs
-    lo = max(k for k in known if k < jobs)
-    hi = min(k for k in known if k > jobs)
-    return mean[lo] + (mean[hi] - mean[lo]) * (jobs - lo) / (hi - lo)
+@dataclass(frozen=True)
+class Speed:
+    """Tokens per second of one job running alone: training as run.py trains (Lightning included) and
+    evaluation at the validation batch."""
+
+    train: float
+    evaluate: float
 
 
-def simulate(seconds_alone: dict[str, float], order: list[str], at_once: int, concurrency: dict) -> dict[str, float]:
-    """Finish time of each job when `at_once` run together (as joblib does: the next starts when one ends),
-    each running at its speed alone x slowdown(number running)."""
-    pending, active, done, t = list(order), {}, {}, 0.0
-    while pending or active:
-        while pending and len(active) < at_once:
-            job = pending.pop(0)
-            active[job] = seconds_alone[job]
-        rate = {j: slowdown(concurrency, len(active), j) for j in active}
-        dt = min(active[j] / rate[j] for j in active)
-        t += dt
-        for j in list(active):
-            active[j] -= rate[j] * dt
-            if active[j] <= 1e-9:
-                done[j] = t
-                del active[j]
-    return done
+@dataclass(frozen=True)
+class Shape:
+    """What one job has left to do: epochs, tokens per split and the batches they are evaluated at."""
+
+    epochs_left: int
+    train_tokens: int
+    valid_tokens: int
+    test_tokens: int
+    eval_batch: int
+    test_batch: int  # 1 under the paper's test protocol
+    resumed: bool = False  # it has a checkpoint to resume from
 
 
-def job_seconds(bench: dict, size: str, placement: str, epochs: int, train_tokens: int) -> float:
-    """One job alone: training at the measured speed (concurrency solo, x Lightning / plain loop), validation
-    at the measured evaluation speed, plus the fixed costs above."""
-    rows = {(r["size"], r["placement"], r["impl"]): r for r in bench["placements"]}
-    row = rows[(size, placement, "auto")]
-    train = (bench.get("concurrency") or {}).get("solo_tokens_per_s", {}).get(placement, row["train_tokens_per_s"])
-    ratios = [r["ratio"] for r in bench.get("lightning", []) if r["size"] == size]
-    lightning = median(ratios) if ratios else 0.9
-    per_epoch = train_tokens / (train * lightning) + VALID_TOKENS / row["eval_tokens_per_s"] + PER_EPOCH_S
-    return START_S + TEST_S + epochs * per_epoch
+@dataclass(frozen=True)
+class Work:
+    """One job still to do, in seconds it would take alone."""
+
+    name: str
+    epochs_left: int
+    epoch_s: float  # one epoch: training and validation
+    start_s: float  # process start to the first step: imports, data, model, logger
+    test_s: float  # the test after the last epoch
+    resumed: bool = False
+
+    @property
+    def seconds(self) -> float:
+        return self.start_s + self.epochs_left * self.epoch_s + self.test_s
+
+    @property
+    def first_checkpoint_s(self) -> float:
+        """Seconds until its first epoch is checkpointed (or until it ends, with no epoch left)."""
+        return self.start_s + self.epoch_s if self.epochs_left else self.seconds
+
+
+def estimate(name: str, shape: Shape, speed: Speed, start_s: float) -> Work:
+    """A job's seconds from its shape and speed. The test's speed is taken as the validation speed scaled
+    by the batch (a step costs about the same at batch 1 as at batch 20 on a GPU; on a CPU this
+    overestimates the test, which errs on the safe side)."""
+    epoch = shape.train_tokens / speed.train + shape.valid_tokens / speed.evaluate
+    test = shape.test_tokens / (speed.evaluate * shape.test_batch / shape.eval_batch)
+    return Work(name, shape.epochs_left, epoch, start_s, test, shape.resumed)
+
+
+@dataclass(frozen=True)
+class Sharing:
+    """Each job's speed with k jobs at once as a fraction of its speed alone, at the measured levels k
+    (zr_ablate.bench.concurrency; {1: 1.0} when nothing was measured)."""
+
+    levels: dict[int, float] = field(default_factory=lambda: {1: 1.0})
+
+    @property
+    def most(self) -> int:
+        return max(self.levels)
+
+    def factor(self, k: int) -> float:
+        """Linear between measured levels; beyond the largest, its aggregate is taken as flat."""
+        if k in self.levels:
+            return self.levels[k]
+        known = sorted(self.levels)
+        if k > known[-1]:
+            return self.levels[known[-1]] * known[-1] / k
+        lo, hi = max(n for n in known if n < k), min(n for n in known if n > k)
+        return self.levels[lo] + (self.levels[hi] - self.levels[lo]) * (k - lo) / (hi - lo)
+
+
+def worth_starting(work: Work, left_s: float, rate: float, margin: float, partial: bool) -> str | None:
+    """COMPLETE if the job is expected to finish in left_s at `rate` x its speed alone, PARTIAL if (with
+    `partial`) its first epoch is, else None."""
+    if work.seconds * margin / rate <= left_s:
+        return COMPLETE
+    if partial and work.epochs_left and work.first_checkpoint_s * margin / rate <= left_s:
+        return PARTIAL
+    return None
+
+
+def pick(waiting: list[Work], left_s: float, rate: float, margin: float, partial: bool) -> tuple[Work, str] | None:
+    """The job a free slot takes, and what it is expected to reach: the first waiting job expected to
+    complete; failing that (with `partial`) the first whose first epoch ends in time."""
+    for want in (COMPLETE, PARTIAL):
+        for w in waiting:
+            if worth_starting(w, left_s, rate, margin, partial) == want:
+                return w, want
+    return None
+
+
+def epochs_reached(work: Work, seconds_run: float) -> int:
+    """Epochs a job checkpoints in `seconds_run` of its own time (seconds alone)."""
+    if seconds_run >= work.seconds:
+        return work.epochs_left
+    return max(0, min(work.epochs_left, math.floor((seconds_run - work.start_s) / work.epoch_s)))
+
+
+@dataclass
+class Outcome:
+    expect: str  # COMPLETE, PARTIAL or NOT_STARTED
+    start_s: float | None = None
+    end_s: float | None = None  # when it completes; for a partial job, when it is stopped
+    epochs: int = 0  # epochs it is expected to have checkpointed by then (of epochs_left)
+
+
+def simulate(
+    work: list[Work], at_once: int, sharing: Sharing, available_s: float, margin: float, partial: bool
+) -> dict[str, Outcome]:
+    """The run as it would go if every estimate were right: a free slot takes the first job still waiting
+    that is worth starting; running jobs share the device at sharing.factor(number running); at
+    available_s whatever still runs is stopped."""
+    waiting, running, out, t = list(work), {}, {w.name: Outcome(NOT_STARTED) for w in work}, 0.0
+    by_name = {w.name: w for w in work}
+    while True:
+        while len(running) < at_once:
+            picked = pick(waiting, available_s - t, sharing.factor(len(running) + 1), margin, partial)
+            if picked is None:
+                break
+            job, expect = picked
+            waiting.remove(job)
+            running[job.name] = job.seconds  # seconds alone still to run
+            out[job.name] = Outcome(expect, t)
+        if not running:
+            return out
+        rate = sharing.factor(len(running))
+        step = min(running.values()) / rate
+        if t + step > available_s:  # the deadline comes first: every running job is stopped there
+            for name, left in running.items():
+                w = by_name[name]
+                done = w.seconds - left + (available_s - t) * rate
+                out[name] = Outcome(PARTIAL, out[name].start_s, available_s, epochs_reached(w, done))
+            return out
+        t += step
+        for name in list(running):
+            running[name] -= step * rate
+            if running[name] <= 1e-9:
+                out[name] = Outcome(COMPLETE, out[name].start_s, t, by_name[name].epochs_left)
+                del running[name]
+
+
+@dataclass
+class Plan:
+    at_once: int
+    available_s: float
+    order: list[str]  # the order in which waiting jobs are considered
+    outcomes: dict[str, Outcome]
+    seconds_alone: dict[str, float]
+
+    def names(self, expect: str) -> list[str]:
+        return [n for n in self.order if self.outcomes[n].expect == expect]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 def plan(
-    bench: dict, size: str, epochs: int, train_tokens: int, available_s: float, order: list[str] = PRIORITY
-) -> dict:
-    """The most jobs (a prefix of `order`) that finish inside available_s, and the concurrency that
-    finishes them soonest. If not even the first fits, it runs alone and is expected to be cut short."""
-    alone = {p: job_seconds(bench, size, p, epochs, train_tokens) for p in order}
-    together = bench.get("concurrency") or {"levels": [{"jobs": 1, "placements": [], "slowdown": [1.0]}]}
-    levels = sorted({lv["jobs"] for lv in together["levels"]})
-    best = None
-    for n in range(len(order), 0, -1):
-        for k in sorted(set(levels + [n])):
-            if k > n or k > max(levels):
-                continue
-            finish = simulate(alone, order[:n], k, together)
-            makespan = max(finish.values())
-            if makespan * MARGIN <= available_s and (best is None or makespan < best["makespan_s"]):
-                best = {"jobs": order[:n], "at_once": k, "makespan_s": makespan, "finish_s": finish}
-        if best:
-            break
-    fits = best is not None
-    if not fits:
-        best = {"jobs": order[:1], "at_once": 1, "makespan_s": alone[order[0]], "finish_s": {order[0]: alone[order[0]]}}
-    left_out = order[len(best["jobs"]) :]
-    why = (
-        (
-            f"{', '.join(left_out)} left out: all {len(order)} would need "
-            f"{min(max(simulate(alone, order, k, together).values()) for k in levels):.0f} s at best, "
-            f"{available_s:.0f} s available"
-        )
-        if left_out
-        else ""
+    work: list[Work],
+    available_s: float,
+    sharing: Sharing = Sharing(),
+    at_once: int | None = None,
+    margin: float = 1.1,
+    partial: bool = True,
+) -> Plan:
+    """The number of jobs at once (`at_once`, or from 1 to the most measured) that completes the most jobs,
+    then trains the most epochs, then ends soonest; fewer at once on a tie."""
+    ordered = sorted(work, key=lambda w: not w.resumed)  # stable: otherwise the sweep's order
+
+    def score(k: int) -> tuple:
+        out = simulate(ordered, k, sharing, available_s, margin, partial)
+        complete = [o for o in out.values() if o.expect == COMPLETE]
+        ends = [o.end_s for o in out.values() if o.end_s is not None]
+        return len(complete), sum(o.epochs for o in out.values()), -max(ends, default=0.0), -k
+
+    best = at_once or max(range(1, sharing.most + 1), key=score)
+    return Plan(
+        at_once=best,
+        available_s=available_s,
+        order=[w.name for w in ordered],
+        outcomes=simulate(ordered, best, sharing, available_s, margin, partial),
+        seconds_alone={w.name: w.seconds for w in ordered},
     )
-    if not fits:
-        why = (
-            f"not even {order[0]} alone fits ({alone[order[0]]:.0f} s needed, {available_s:.0f} s available): "
-            f"it runs until the deadline and will be cut short"
-        )
-    return {
-        **best,
-        "fits": fits,
-        "left_out": left_out,
-        "why": why,
-        "seconds_alone": alone,
-        "available_s": available_s,
-        "epochs": epochs,
-        "train_tokens": train_tokens,
-    }
-
-
-def choose(bench: dict | None, size: str, checks: dict) -> list[str]:
-    """The sweep's overrides, from what passed its GPU tests and the bench's medium rows:
-    - cuda_graph: the first passed mode, unless its rows show a failed capture or the other passed mode
-      trained every looped placement >5% faster;
-    - model.lstm_impl=loop (the fused placements on the fast loop rather than cuDNN) if that trains the
-      sweep's placements in >5% less time in all;
-    - model.loop_kernel=torch if the Triton kernels failed their tests, or PyTorch ops trained every looped
-      placement >5% faster."""
-    mode = checks["modes"][0]
-    kernel = [] if checks["triton"] else ["model.loop_kernel=torch"]
-    if bench is None:
-        return [f"cuda_graph={mode}", *kernel]
-    rows = {(r["placement"], r["impl"]): r["train_tokens_per_s"] for r in bench["placements"] if r["size"] == size}
-    errors = {
-        r["placement"]
-        for r in bench["placements"]
-        if r["size"] == size and r["impl"] == "auto" and r.get("graph_error")
-    }
-
-    def faster(variant: str, placements: list[str]) -> bool:
-        measured = [p for p in placements if (p, variant) in rows]
-        return bool(measured) and all(rows[(p, variant)] > 1.05 * rows[(p, "auto")] for p in measured)
-
-    looped = [p for p in PRIORITY if (p, "layers") in rows or (p, "torch") in rows]
-    if mode == "step" and "layers" in checks["modes"] and (errors or faster("layers", looped)):
-        mode = "layers"
-    if not kernel and faster("torch", looped):
-        kernel = ["model.loop_kernel=torch"]
-    seconds = {
-        v: sum(1 / rows.get((p, v), rows[(p, "auto")]) for p in PRIORITY if (p, "auto") in rows)
-        for v in ("auto", "loop")
-    }
-    impl = ["model.lstm_impl=loop"] if seconds["loop"] < seconds["auto"] / 1.05 else []
-    return [f"cuda_graph={mode}", *impl, *kernel]
-
-
-def remaining(args, log: Callable[[str], None]) -> list[str]:
-    """PRIORITY without the placements completed in --done at this size and seed."""
-    if args.done is None or not args.done.is_dir():
-        return list(PRIORITY)
-    from zr_ablate.analysis.runs import NoRunsError, load_sweep
-
-    try:
-        runs, _ = load_sweep(args.done)
-    except NoRunsError:
-        return list(PRIORITY)
-    done = runs[(runs["status"] == "completed") & (runs["size"] == args.size) & (runs["seed"] == args.seed)]
-    finished = set(done["placement"])
-    if finished:
-        log(f"already completed in {args.done}: {', '.join(p for p in PRIORITY if p in finished)}")
-    return [p for p in PRIORITY if p not in finished]
-
-
-def sweep_shape(size: str) -> tuple[int, int]:
-    """(epochs, training tokens per epoch) of the sweep's model profile, as run.py composes it."""
-    from zr_ablate.bench.workload import settings
-
-    cfg = settings(size, PRIORITY[0])
-    return int(cfg.trainer.max_epochs), int(cfg.data.train_tokens or TRAIN_TOKENS)

@@ -1,6 +1,6 @@
 """The bench's workload: configs composed as run.py composes them, models, random windows, the plain
 training loop, FLOP counts and the GEMM ceiling. Used by the bench (measure.py, cli.py), the concurrency
-measurement, the time-budgeted run and the GPU tests."""
+measurement, the budgeted run's speeds and GPU-path checks, and the GPU tests."""
 
 from __future__ import annotations
 
