@@ -1,11 +1,12 @@
-"""CUDA only (skipped without a GPU; the device sprint runs them first and trains with what passed): both
-CUDA-graph modes train exactly as eager does, and cuDNN's fused LSTM runs in FP32 unless TF32 is asked for.
-Test names carry what they vouch for (test_step_graph_*, test_layers_graph_*, test_triton_*), which the
-sprint reads to decide what it may train with."""
+"""CUDA only (skipped without a GPU): both CUDA-graph modes train exactly as eager does, the loop on Triton
+kernels as on PyTorch ops, and cuDNN's fused LSTM runs in FP32 unless TF32 is asked for. The time-budgeted
+run checks the same paths itself before it trains with them (zr_ablate/bench/paths.py, whose training trace
+these tests share)."""
 
 import pytest
 import torch
 
+from zr_ablate.bench.paths import training_trace
 from zr_ablate.bench.workload import PlainLoop, settings
 from zr_ablate.experiment.build import apply_precision, model
 from zr_ablate.training.job import quiet_trainer
@@ -31,24 +32,10 @@ def windows(full: int, last: int):
     return [(stream[:, s : s + k], stream[:, s + 1 : s + k + 1]) for s, k in zip(starts, lengths)]
 
 
-def train(loop: PlainLoop, wins) -> list[list[torch.Tensor]]:
-    """The loss, gradients and weights after each window; masks drawn from seed 100 + window index."""
-    loop.model.train()
-    record = []
-    for k, (x, y) in enumerate(wins):
-        torch.manual_seed(100 + k)
-        state = loop.state if loop.state is not None else loop.model.init_state(x.size(0))
-        nll, loop.state, norm = loop.step(x, y, state)
-        grads = [p.grad.detach().clone() for p in loop.model.parameters()]
-        loop.opt.step()
-        record.append([nll, norm, *grads, *(p.detach().clone() for p in loop.model.parameters())])
-    return record
-
-
-def assert_same(a: list, b: list) -> None:
-    for step_a, step_b in zip(a, b, strict=True):
-        for u, v in zip(step_a, step_b, strict=True):
-            torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-6)
+def assert_same(a: list, b: list, rtol: float = 1e-5, atol: float = 1e-6) -> None:
+    """Two training traces (loss, gradient norm, gradients and weights after each window) agree."""
+    for u, v in zip(a, b, strict=True):
+        torch.testing.assert_close(u, v, rtol=rtol, atol=atol)
 
 
 # The sweep's placements on each path they may take (the CPU tests cover every mask kind of the layers):
@@ -69,7 +56,7 @@ def test_step_graph_training_equals_eager(placement, impl, kernel):
     same = (f"model.lstm_impl={impl}", f"model.loop_kernel={kernel}")
     eager = make(placement, "cuda_graph=off", *same)
     graphed = make(placement, "cuda_graph=step", *same)
-    expected, got = train(eager, wins), train(graphed, wins)
+    expected, got = training_trace(eager, wins), training_trace(graphed, wins)
     assert graphed.step.graph_error is None
     assert graphed.step.replays == 4  # captured on window 1, replayed for the four full ones; the short one eager
     assert_same(expected, got)
@@ -80,7 +67,7 @@ def test_layers_graph_training_equals_eager(placement):
     apply_precision(False)
     wins = windows(3, last=4)
     eager, graphed = make(placement, "cuda_graph=off"), make(placement, "cuda_graph=layers")
-    expected, got = train(eager, wins), train(graphed, wins)
+    expected, got = training_trace(eager, wins), training_trace(graphed, wins)
     assert graphed.model.lstm._graphed is not None and graphed.model.lstm._graphed.replays == 4
     assert_same(expected, got)
 
@@ -93,11 +80,9 @@ def test_triton_training_matches_the_torch_loop(placement):
     wins = windows(3, last=4)
     ref = make(placement, "cuda_graph=off", "model.lstm_impl=loop", "model.loop_kernel=torch")
     tri = make(placement, "cuda_graph=step", "model.lstm_impl=loop", "model.loop_kernel=triton")
-    expected, got = train(ref, wins), train(tri, wins)
+    expected, got = training_trace(ref, wins), training_trace(tri, wins)
     assert tri.step.graph_error is None and tri.step.replays == 4
-    for step_a, step_b in zip(expected, got, strict=True):
-        for u, v in zip(step_a, step_b, strict=True):
-            torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-5)
+    assert_same(expected, got, rtol=1e-4, atol=1e-5)
 
 
 def fit(ptb_dir, *overrides: str):
