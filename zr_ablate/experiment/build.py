@@ -60,6 +60,7 @@ def model(cfg: DictConfig, vocab_size: int) -> LSTMLanguageModel:
         lstm_impl=m.lstm_impl,
         cuda_graph=cfg.cuda_graph == "layers",
         loop_kernel=m.loop_kernel,
+        seed=cfg.seed,
     )
 
 
