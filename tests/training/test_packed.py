@@ -8,8 +8,8 @@ import torch
 from zr_ablate.bench.workload import settings
 from zr_ablate.experiment.build import model as build_model
 from zr_ablate.model.packed import PackedLM
-from zr_ablate.training.packed_step import PackedMCDropoutEval, PackedSGD, PackedTrainStep
 from zr_ablate.training.mc_dropout import MCDropoutEval
+from zr_ablate.training.packed_step import PackedMCDropoutEval, PackedSGD, PackedTrainStep
 from zr_ablate.training.step import PaperSGD, TrainStep
 
 V, B, T = 60, 4, 5

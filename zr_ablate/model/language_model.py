@@ -51,7 +51,9 @@ class LSTMLanguageModel(nn.Module):
         like = self.decoder.weight
         sizes = (self.embedding.embedding_dim, self.lstm.hidden_size, len(self.lstm.layers))
         vocab = self.embedding.num_embeddings
-        return lm_window_masks(self.lstm.spec, tokens, vocab, sizes, like, self.training, self.lstm.generator(like.device))
+        return lm_window_masks(
+            self.lstm.spec, tokens, vocab, sizes, like, self.training, self.lstm.generator(like.device)
+        )
 
     def forward(self, tokens: torch.Tensor, state: State, masks: dict | None = None) -> tuple[torch.Tensor, State]:
         """tokens [T, B] -> logits [T, B, V], new state (h, c) [L, B, H]. masks: from sample_masks (drawn

@@ -230,7 +230,7 @@ def weight_grad(
     if not untied(recurrent, h_in.size(-1)):
         h_in = h_in if recurrent is None else h_in * recurrent
         if w_hh.dim() == 3:
-            members, (steps, rows, four_h) = w_hh.size(0), grad_gates.shape
+            members, (steps, rows, _) = w_hh.size(0), grad_gates.shape
             per = (steps, members, rows // members, -1)
             return torch.einsum("tmbk,tmbh->mkh", grad_gates.view(per), h_in.view(per))
         return grad_gates.flatten(0, 1).t() @ h_in.flatten(0, 1)

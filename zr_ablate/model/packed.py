@@ -44,6 +44,17 @@ class Stacked(nn.Module):
             self.register_parameter(name, nn.Parameter(stacked))
 
 
+def unpackable(spec: DropoutSpec) -> str | None:
+    """Why a placement cannot be a packed member (one line), or None."""
+    untied = [k for k in GATED if getattr(spec, k).untied]
+    if untied:
+        return (
+            f"placement {spec.name!r} masks each gate's input on its own ({', '.join(untied)}: gates=untied), "
+            f"which packed members do not take"
+        )
+    return None
+
+
 def envelope(specs: list[DropoutSpec]) -> DropoutSpec:
     """What the packed masks are, connection by connection: on where any member's is (its largest p),
     per step where any member's is. Run_layers and the CUDA graphs read only which connections are on."""
@@ -92,17 +103,16 @@ class PackedLSTM(DroppedLSTM):
 
     def __init__(self, cores: list[DroppedLSTM], impl: str = "loop", cuda_graph: bool = False, loop_kernel="auto"):
         specs = [c.spec for c in cores]
-        untied = sorted({s.name for s in specs for k in GATED if getattr(s, k).untied})
-        if untied:
-            raise ValueError(
-                f"placement(s) {', '.join(untied)} mask each gate's input on its own (gates=untied), which packed "
-                f"members do not take; run them without hydra/launcher=packed"
-            )
+        refused = [why for s in specs if (why := unpackable(s))]
+        if refused:
+            raise ValueError(f"{refused[0]}; run it without hydra/launcher=packed")
         if impl not in ("loop", "reference"):
             raise ValueError(f"packed members run on the step loop: impl loop or reference, got {impl!r}")
         first = cores[0]
         # DroppedLSTM's settings and checks with no nn.LSTM layers of its own: the members' are stacked below.
-        super().__init__(first.layers[0].input_size, first.hidden_size, 0, envelope(specs), impl, cuda_graph, loop_kernel)
+        super().__init__(
+            first.layers[0].input_size, first.hidden_size, 0, envelope(specs), impl, cuda_graph, loop_kernel
+        )
         self.layers = nn.ModuleList(
             Stacked([c.layers[i] for c in cores], LAYER_PARAMETERS) for i in range(len(first.layers))
         )

@@ -84,3 +84,23 @@ class PackedMCDropoutEval(MCDropoutEval):
         kept = self.masks[k] or [None] * model.members
         self.masks[k] = [held(s, fresh, old) for s, fresh, old in zip(model.specs, model.member_masks(tokens), kept)]
         return model.stack(self.masks[k], tokens.size(1))
+
+
+@torch.no_grad()
+def evaluate(model, windows, device: torch.device, mc: PackedMCDropoutEval | None = None):
+    """Every member over the windows [B, T] of one split, state carried from window to window (LMModule's
+    validation and test) -> (NLL summed per member [M], float64; MC-dropout's [M] or None; tokens)."""
+    model.eval()
+    nll = torch.zeros(model.members, dtype=torch.float64, device=device)
+    mc_nll = torch.zeros_like(nll) if mc is not None and mc.samples else None
+    if mc_nll is not None:
+        mc.reset()
+    state, tokens = None, 0
+    for x, y in windows:
+        x, y = x.to(device), y.to(device)
+        logits, state = model(x.t(), model.init_state(x.size(0)) if state is None else state)
+        nll += member_nll(logits, y).double()
+        if mc_nll is not None:  # K more passes over the same window, each with its own state
+            mc_nll += mc.nll(model, x, y).double()
+        tokens += y.numel()
+    return nll, mc_nll, tokens
