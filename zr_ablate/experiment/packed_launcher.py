@@ -105,10 +105,16 @@ def groups(jobs: list[Prepared], max_members: int) -> list[list[Prepared]]:
 
 
 def why_alone(job: Prepared) -> str | None:
-    """Why a job cannot be packed (one line), or None."""
-    from zr_ablate.experiment.build import dropout_spec
+    """Why a job cannot be packed (its placement, or a Trainer setting the packed loop does not follow), or
+    None."""
+    from zr_ablate.experiment.build import dropout_spec, packed_device, packed_schedule
     from zr_ablate.model.packed import unpackable
 
+    try:
+        packed_schedule(job.cfg)
+        packed_device(job.cfg)
+    except ValueError as e:
+        return str(e)
     return unpackable(dropout_spec(job.cfg))
 
 
