@@ -154,6 +154,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="member m's placement is the m-th (cycled)",
     )
     p.add_argument("--packed-seconds", type=float, default=4.0, help="length of each timed phase")
+    p.add_argument("--packed-threads", type=int, default=None, help="the packed process's torch threads (--threads)")
     p.add_argument(
         "--profile",
         action="store_true",
@@ -168,8 +169,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         p.error("--repeats, --steps, --warmup and --lightning-steps must be at least 1")
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be at least 1")
-    if args.packed is not None and (min(args.packed) < 1 or args.packed_seconds <= 0):
-        p.error("--packed counts must be at least 1 and --packed-seconds > 0")
+    if args.packed is not None and (min(args.packed) < 1 or args.packed_seconds <= 0 or (args.packed_threads or 1) < 1):
+        p.error("--packed counts and --packed-threads must be at least 1 and --packed-seconds > 0")
     return args
 
 
@@ -214,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
             device,
             args.threads,
             args.overrides,
+            args.packed_threads,
         )
         result["command"] = "python -m zr_ablate.bench " + " ".join(argv if argv is not None else sys.argv[1:])
         args.out.write_text(json.dumps(result, indent=1))

@@ -3,7 +3,10 @@ against one solo job and against M solo jobs, one process each, all at once (con
 
     python -m zr_ablate.bench --packed 1 2 4 --packed-size small --threads 1 --device cpu
 
-Each level M times the packed step (training.packed_step: masks, forward, per-member loss, backward and
+On a CPU the packed process runs --packed-threads torch threads (default: --threads, as each solo process);
+--packed-threads M (the cores the M processes share out) asks what packing gains over processes on the same
+cores, where the softmax matmuls set the pace and are already efficient at one thread. Each level M times
+the packed step (training.packed_step: masks, forward, per-member loss, backward and
 clipping, SGD) of M members on the same random windows as the solo jobs, for `seconds` of wall-clock time
 after a warm-up, waiting for the device at both ends. Member m is placement m of the list (cycled) with seed
 m + 1, as a packed sweep over those placements would build it. The M solo processes are those of the
@@ -51,25 +54,38 @@ def packed_rate(size: str, placements: list[str], device: torch.device, seconds:
     return tokens / (time.perf_counter() - began)
 
 
-def measure(size: str, placements: list[str], levels: list[int], seconds: float, device, threads: int, overrides=()):
-    """Per level M: packed tokens/s, and the M solo processes' aggregate; one solo job's figure."""
+def measure(
+    size: str,
+    placements: list[str],
+    levels: list[int],
+    seconds: float,
+    device,
+    threads: int,
+    overrides=(),
+    packed_threads: int | None = None,
+):
+    """Per level M: packed tokens/s, and the M solo processes' aggregate; one solo job's figure. threads: per
+    solo process; packed_threads: the packed process's (default: threads)."""
     members = [placements[m % len(placements)] for m in range(max(levels))]
     solo = concurrency.measure(size, members, levels, seconds, device.type, tuple(overrides), threads=threads)
     together = {level["jobs"]: level["aggregate_tokens_per_s"] for level in solo["levels"]}
     one = together[1]
-    rows = []
+    rows, before = [], torch.get_num_threads()
+    torch.set_num_threads(packed_threads or threads)
     for m in levels:
         rate = packed_rate(size, members[:m], device, seconds, overrides)
         rows.append(
             {
                 "members": m,
                 "placements": members[:m],
+                "packed_threads": torch.get_num_threads() if device.type == "cpu" else None,
                 "packed_tokens_per_s": rate,
                 "packed_x_one_job": rate / one,
                 "processes_tokens_per_s": together.get(m),
                 "packed_x_processes": rate / together[m] if m in together else None,
             }
         )
+    torch.set_num_threads(before)
     return {
         "size": size,
         "device": describe(device, threads),
@@ -86,14 +102,15 @@ def table(result: dict) -> str:
     lines = [
         f"device: {result['device']}; {result['size']}; {result['threads_per_process']} thread(s) per process",
         "",
-        "| M | placements | packed tok/s | x one job | M processes tok/s | packed / M processes |",
-        "|---|---|---|---|---|---|",
+        "| M | placements | packed threads | packed tok/s | x one job | M processes tok/s | packed / M processes |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in result["levels"]:
         processes = f"{r['processes_tokens_per_s']:,.0f}" if r["processes_tokens_per_s"] else "-"
         ratio = f"{r['packed_x_processes']:.2f}" if r["packed_x_processes"] else "-"
         lines.append(
-            f"| {r['members']} | {', '.join(r['placements'])} | {r['packed_tokens_per_s']:,.0f} | "
+            f"| {r['members']} | {', '.join(r['placements'])} | {r['packed_threads'] or '-'} | "
+            f"{r['packed_tokens_per_s']:,.0f} | "
             f"{r['packed_x_one_job']:.2f} | {processes} | {ratio} |"
         )
     return "\n".join(lines) + f"\n\none solo job: {result['one_job_tokens_per_s']:,.0f} tok/s"

@@ -91,7 +91,7 @@ def input_gates(x: torch.Tensor, layer, input_mask: torch.Tensor | None = None) 
             raise ValueError("packed members take tied input masks only (applied to x before the layer)")
         members = layer.weight_ih_l0.size(0)
         per_member = x.view(steps, members, -1, features).transpose(0, 1).reshape(members, -1, features)
-        gates = torch.baddbmm(bias.unsqueeze(1), per_member, layer.weight_ih_l0.transpose(1, 2))  # [M, T*B, 4H]
+        gates = torch.bmm(per_member, layer.weight_ih_l0.transpose(1, 2)).add_(bias.unsqueeze(1))  # [M, T*B, 4H]
         return gates.view(members, steps, -1, gates.size(-1)).transpose(0, 1).reshape(steps, batch, -1)
     if input_mask is None:
         return torch.addmm(bias, x.reshape(steps * batch, -1), layer.weight_ih_l0.t()).view(steps, batch, -1)
