@@ -20,7 +20,7 @@ def test_packed_bench_compares_packing_with_one_job_and_with_processes(tmp_path,
     levels = {r["members"]: r for r in report["levels"]}
     assert list(levels) == [1, 2] and levels[2]["placements"] == ["naive", "variational"]
     assert one == report["concurrency"]["solo_tokens_per_s"]["naive"] > 0
-    for m, r in levels.items():
+    for r in levels.values():
         assert r["packed_tokens_per_s"] > 0 and r["packed_threads"] == 1
         assert r["packed_x_one_job"] == pytest.approx(r["packed_tokens_per_s"] / one)
         assert r["packed_x_processes"] == pytest.approx(r["packed_tokens_per_s"] / r["processes_tokens_per_s"])
