@@ -143,3 +143,15 @@ def test_mc_dropout_evaluation_per_member_equals_each_solo_one():
         model, solo_mc = solo(placement, seed).eval(), MCDropoutEval(3)
         expected = sum(solo_mc.nll(model, x, y) for x, y in wins)
         torch.testing.assert_close(got[m], expected, rtol=1e-10, atol=1e-10)
+
+
+def test_packed_members_on_the_triton_kernels_train_as_on_the_torch_loop():
+    """The Triton loop's gate kernels on M*B rows and its per-member matmuls (Triton's CPU interpreter here;
+    tests/model/test_packed_gpu.py on a GPU)."""
+    pytest.importorskip("triton")
+    wins = windows()
+    members = [("naive", 1), ("zoneout", 2), ("variational", 3)]
+    torch_loop = train_packed(PackedLM([solo(p, s) for p, s in members], loop_kernel="torch"), wins)
+    triton = train_packed(PackedLM([solo(p, s) for p, s in members], loop_kernel="triton"), wins)
+    for m in range(len(members)):
+        assert_same(torch_loop[m], triton[m], tol=1e-9)
