@@ -8,13 +8,14 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.helpers import ptb_slice
+from tests.helpers import ptb_slice, tiny_lm
 from zr_ablate.bench.workload import settings
 from zr_ablate.dropout import DropoutSpec
 from zr_ablate.experiment.build import model as build_model
 from zr_ablate.model.language_model import LSTMLanguageModel
 from zr_ablate.model.packed import PackedLM
 from zr_ablate.records import EPOCH_FIELDS
+from zr_ablate.training.job import run_job
 from zr_ablate.training.packed_job import MemberJob, Schedule, run_packed
 
 SCHEDULE = Schedule(
@@ -79,3 +80,15 @@ def test_a_member_that_diverges_is_recorded_and_the_others_end_as_alone(tmp_path
         for key in ("best_val_ppl", "final_train_ppl", "test_ppl", "mc_test_ppl"):
             assert results[name][key] == pytest.approx(alone[name][key], rel=1e-10), key
         assert results[name]["status"] == "completed"
+
+
+def test_a_member_checkpoint_is_not_resumed_by_a_solo_job(tmp_path, data, ptb_dir):
+    """A packed member's checkpoint holds no Trainer state: a solo rerun says how to resume it instead of
+    starting Lightning from it."""
+    group(tmp_path, data, [("naive", 1)])
+    job = tmp_path / "naive-1"
+    (job / "result.json").unlink()
+    dm, module = tiny_lm(ptb_dir)
+    with pytest.raises(RuntimeError, match="written by a packed sweep; rerun with hydra/launcher=packed"):
+        run_job(module, dm, str(job), {"max_epochs": 1, "enable_progress_bar": False}, {}, "paper")
+    assert json.loads((job / "result.json").read_text())["status"] == "failed"

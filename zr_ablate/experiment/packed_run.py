@@ -17,7 +17,6 @@ import torch
 from omegaconf import OmegaConf
 
 from zr_ablate.experiment import build
-from zr_ablate.experiment.packed_launcher import Prepared
 from zr_ablate.experiment.wandb_run import end_run, start_run
 from zr_ablate.records import FAILED
 from zr_ablate.training.packed_job import MemberJob, run_packed
@@ -25,8 +24,8 @@ from zr_ablate.training.packed_job import MemberJob, run_packed
 log = logging.getLogger(__name__)
 
 
-def _member(job: Prepared, extra: dict) -> MemberJob:
-    """The job's record and its own W&B run (continued when its record names one)."""
+def _member(job, extra: dict) -> MemberJob:
+    """The job's (a packed_launcher.Prepared) record and its own W&B run (continued when its record names one)."""
     cfg, config = job.cfg, OmegaConf.to_container(job.cfg, resolve=True)
     logger = start_run(
         cfg.logger.mode,
@@ -46,8 +45,9 @@ def _member(job: Prepared, extra: dict) -> MemberJob:
     return MemberJob(job.name, job.job_dir, config, extra | {"wandb_run_id": run.id if run else None}, run)
 
 
-def run_group(jobs: list[Prepared]) -> list[str]:
-    """Train and test the jobs packed; returns each one's status."""
+def run_group(jobs: list) -> list[str]:
+    """Train and test the jobs (packed_launcher.Prepared: config, folder, name, record so far) packed; returns
+    each one's status."""
     cfg = jobs[0].cfg
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))

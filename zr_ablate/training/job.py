@@ -139,15 +139,20 @@ def last_checkpoint(job_dir: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def checkpoint_epochs(path: Path) -> int:
-    """Epochs a checkpoint has completed. One cut off mid-write (a kill while saving) is an error that
-    names the fix rather than a crash deep in Lightning."""
+def read_checkpoint(path: Path) -> dict:
+    """A job's checkpoint. One cut off mid-write (a kill while saving) is an error that names the fix rather
+    than a crash deep in Lightning."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)["epoch"] + 1
+        return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise RuntimeError(
             f"cannot read the checkpoint {path} ({e}); delete it to restart this job from scratch"
         ) from e
+
+
+def checkpoint_epochs(path: Path) -> int:
+    """Epochs a checkpoint has completed."""
+    return read_checkpoint(path)["epoch"] + 1
 
 
 def run_job(
@@ -197,7 +202,13 @@ def run_job(
             **trainer_kwargs,
         )
         if resume is not None:
-            recorder.rows = recorder.read_rows(resume_epoch=checkpoint_epochs(resume))
+            saved = read_checkpoint(resume)
+            if "packed_with" in saved:  # training/packed_job.py's: weights and random stream, no Trainer state
+                raise RuntimeError(
+                    f"{resume} was written by a packed sweep; rerun with hydra/launcher=packed to resume this job, "
+                    f"or delete the checkpoint to train it alone from the start"
+                )
+            recorder.rows = recorder.read_rows(resume_epoch=saved["epoch"] + 1)
             result["resumed_from_epoch"] = len(recorder.rows)
             # Clocks continue from the interrupted run's last recorded epoch.
             offset = recorder.rows[-1]["elapsed_s"] if recorder.rows else 0.0

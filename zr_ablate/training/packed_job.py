@@ -33,6 +33,7 @@ from zr_ablate.training.job import (
     curve_summary,
     epoch_line,
     last_checkpoint,
+    read_checkpoint,
     read_rows,
 )
 from zr_ablate.training.lightning_module import divergence, lr_at
@@ -115,7 +116,7 @@ def _resume(members: list[MemberJob], model) -> tuple[int, int]:
         if path is None:
             (member.job_dir / EPOCHS).unlink(missing_ok=True)  # a fresh run rewrites its curve
             continue
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+        saved = read_checkpoint(path)
         model.load_member(
             m, {k.removeprefix("model."): v for k, v in saved["state_dict"].items() if k.startswith("model.")}
         )
