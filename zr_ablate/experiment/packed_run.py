@@ -1,16 +1,17 @@
 """One group of a packed sweep (experiment/packed_launcher.py): its jobs built as one packed model and trained.
 
 What run.py does for one job, done once for the group where it is shared and per member where it is not:
-threads and float32 precision (shared: the members' settings are equal), the data module (shared), the
-packed model (build.packed_model: each member from its own seed), a W&B run per member (its own, resumed
-by the id its record holds), training and test (training/packed_job.run_packed), then each member's run
-summary and final line. An error in the group is recorded in every unfinished member's result.json;
-the sweep goes on with the next group.
+threads, float32 precision and trainer.deterministic (shared: the members' settings are equal), the data
+module (shared), the packed model (build.packed_model: each member from its own seed), a W&B run per member
+(its own, resumed by the id its record holds), training and test (training/packed_job.run_packed), then
+each member's run summary and final line. An error in the group is recorded in every unfinished member's
+result.json; the sweep goes on with the next group.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import torch
@@ -51,6 +52,9 @@ def run_group(jobs: list) -> list[str]:
     cfg = jobs[0].cfg
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
+    if cfg.trainer.get("deterministic"):  # what Lightning's Trainer(deterministic=True) sets, for this process
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
     precision = build.apply_precision(cfg.tf32)
     log.info("packed: %d jobs in one model: %s", len(jobs), "; ".join(job.name for job in jobs))
     try:
