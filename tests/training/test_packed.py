@@ -138,10 +138,10 @@ def test_mc_dropout_evaluation_per_member_equals_each_solo_one():
     members = [("variational", 1), ("naive", 2), ("none", 3)]
     packed = PackedLM([solo(p, s) for p, s in members]).eval()
     mc = PackedMCDropoutEval(3)
-    got = torch.stack([mc.nll(packed, x, y) for x, y in wins]).sum(0)
+    got = sum(mc.nll(packed, x, y).reshape(len(members), -1).sum(1) for x, y in wins)
     for m, (placement, seed) in enumerate(members):
         model, solo_mc = solo(placement, seed).eval(), MCDropoutEval(3)
-        expected = sum(solo_mc.nll(model, x, y) for x, y in wins)
+        expected = sum(solo_mc.nll(model, x, y).sum() for x, y in wins)
         torch.testing.assert_close(got[m], expected, rtol=1e-10, atol=1e-10)
 
 

@@ -101,6 +101,6 @@ def evaluate(model, windows, device: torch.device, mc: PackedMCDropoutEval | Non
         logits, state = model(x.t(), model.init_state(x.size(0)) if state is None else state)
         nll += member_nll(logits, y).double()
         if mc_nll is not None:  # K more passes over the same window, each with its own state
-            mc_nll += mc.nll(model, x, y).double()
+            mc_nll += mc.nll(model, x, y).double().reshape(model.members, -1).sum(1)
         tokens += y.numel()
     return nll, mc_nll, tokens
