@@ -73,7 +73,6 @@ def stack_masks(members: list[dict], batch: int, sizes: tuple[int, int]) -> dict
     layout: one [T or 1, M*B, F] per connection (T where any member's is per step), a member without a mask
     there given the neutral one; DropConnect's W_hh masks [M, 4H, H]. None where no member has one.
     sizes: (embedding width, hidden)."""
-    width, hidden = sizes
     packed = {}
     for key, first in members[0].items():
         if isinstance(first, list):
