@@ -6,4 +6,5 @@
 - budget.py (python -m zr_ablate.bench.budget): a sweep within a wall-clock budget, resumed by the next run;
   its parts: jobs.py (the sweep's jobs and records), paths.py (GPU paths checked), speeds.py, plan.py (pure),
   launch.py and runner.py (the jobs' processes and deadline), mps.py, archive.py, summary.py.
+- packed.py: packed members against one job and against several processes.
 """

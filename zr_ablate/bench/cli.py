@@ -4,6 +4,7 @@
     python -m zr_ablate.bench --sizes medium --threads 2 --reference
     python -m zr_ablate.bench --device cuda --out outputs/bench/gpu.json
     python -m zr_ablate.bench --profile --sizes medium --placements naive --steps 4 --threads 2
+    python -m zr_ablate.bench --packed 1 2 4 --packed-size small --threads 1    # packed members (bench/packed.py)
 
 Sizes and placements are the YAML files in zr_ablate/conf/model and zr_ablate/conf/dropout, composed as run.py
 composes them.
@@ -35,7 +36,7 @@ from pathlib import Path
 import torch
 
 from zr_ablate.analysis.report.tables import markdown_table
-from zr_ablate.bench import concurrency
+from zr_ablate.bench import concurrency, packed
 from zr_ablate.bench.measure import bench_lightning, bench_size, peak_memory, profile_row
 from zr_ablate.bench.workload import APPLIES, BASELINE, BenchError, gemm_peak, needs_loop, settings
 from zr_ablate.training.clock import describe
@@ -137,6 +138,24 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--concurrency-seconds", type=float, default=4.0, help="length of each concurrency phase")
     p.add_argument(
+        "--packed",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="M",
+        help="instead of the tables: training tokens/s of M members packed in one process against one solo job "
+        "and M solo processes, per M (zr_ablate.bench.packed; --threads per process)",
+    )
+    p.add_argument("--packed-size", default="medium", help="model profile of the packed comparison")
+    p.add_argument(
+        "--packed-placements",
+        nargs="+",
+        default=["zaremba", "none", "variational", "naive"],
+        help="member m's placement is the m-th (cycled)",
+    )
+    p.add_argument("--packed-seconds", type=float, default=4.0, help="length of each timed phase")
+    p.add_argument("--packed-threads", type=int, default=None, help="the packed process's torch threads (--threads)")
+    p.add_argument(
         "--profile",
         action="store_true",
         help="instead of the tables: torch.profiler's top ops by input shape over --steps training windows of "
@@ -150,6 +169,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         p.error("--repeats, --steps, --warmup and --lightning-steps must be at least 1")
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be at least 1")
+    if args.packed is not None and (min(args.packed) < 1 or args.packed_seconds <= 0 or (args.packed_threads or 1) < 1):
+        p.error("--packed counts and --packed-threads must be at least 1 and --packed-seconds > 0")
     return args
 
 
@@ -181,8 +202,26 @@ def main(argv: list[str] | None = None) -> None:
                 settings(size, placement, "auto", args.overrides)  # every name checked before anything runs
         for placement in args.concurrency_placements if args.concurrency else []:
             settings(args.concurrency_size, placement, "auto", args.overrides)
+        for placement in args.packed_placements if args.packed else []:
+            settings(args.packed_size, placement, "auto", args.overrides)
     except BenchError as e:
         sys.exit(f"zr_ablate.bench: error: {e}")
+    if args.packed:
+        result = packed.measure(
+            args.packed_size,
+            args.packed_placements,
+            args.packed,
+            args.packed_seconds,
+            device,
+            args.threads,
+            args.overrides,
+            args.packed_threads,
+        )
+        result["command"] = "python -m zr_ablate.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+        args.out.write_text(json.dumps(result, indent=1))
+        print(packed.table(result))
+        print(f"\nwritten: {args.out}")
+        return
     if args.profile:
         for size in args.sizes:
             for placement, _ in placements:

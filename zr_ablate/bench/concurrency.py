@@ -73,10 +73,12 @@ def measure(
     device: str,
     overrides: tuple[str, ...] = (),
     timeout: float = 300.0,
+    threads: int | None = None,
 ) -> dict:
-    """Start one worker per placement, run the schedule, return per-phase and per-level results."""
+    """Start one worker per placement, run the schedule, return per-phase and per-level results. threads:
+    torch threads per worker (default: the cores shared out, as run.py's joblib thread budget)."""
     phases = schedule(len(placements), levels)
-    threads = max(1, (os.cpu_count() or 1) // len(placements))  # as run.py's joblib thread budget
+    threads = threads or max(1, (os.cpu_count() or 1) // len(placements))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     procs = [
         subprocess.Popen(

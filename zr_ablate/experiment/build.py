@@ -9,6 +9,7 @@ tests build through these functions, so a setting is wired to its constructor in
     cfg.data              -> PTBDataModule (its _target_)     datamodule
     cfg.tf32              -> torch's float32 precision flags  apply_precision
     cfg.cuda_graph        -> graphed layers (model) or graphed steps (TrainStep in LMModule and the bench)
+    members' cfgs         -> PackedLM, and the schedule they share    packed_model, packed_schedule
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from zr_ablate.data import EOS, DataError, PTBDataModule
 from zr_ablate.dropout import DropoutSpec
 from zr_ablate.experiment.optuna_sweeper import register_resolvers
 from zr_ablate.model.language_model import LSTMLanguageModel
+from zr_ablate.model.packed import PackedLM
 from zr_ablate.schema import Config, check_ranges
 from zr_ablate.training.lightning_module import LMModule
 from zr_ablate.training.mc_dropout import MCDropoutEval
+from zr_ablate.training.packed_job import Schedule
 from zr_ablate.training.step import TrainStep
 
 CONFIG_ERRORS = (ValueError, DataError, InstantiationException)
@@ -62,7 +65,61 @@ def model(cfg: DictConfig, vocab_size: int) -> LSTMLanguageModel:
         lstm_impl=m.lstm_impl,
         cuda_graph=cfg.cuda_graph == "layers",
         loop_kernel=m.loop_kernel,
+        seed=cfg.seed,
     )
+
+
+def packed_model(cfgs: list[DictConfig], vocab_size: int) -> PackedLM:
+    """The members' models (each `model(cfg)`, its seed's weights and random stream) packed as one. The
+    packed layers run on the step loop: the reference loop when model.lstm_impl=reference, else the fast
+    one (model.loop_kernel picks its kernels)."""
+    m = cfgs[0].model
+    return PackedLM(
+        [model(cfg, vocab_size) for cfg in cfgs],
+        impl="reference" if m.lstm_impl == "reference" else "loop",
+        cuda_graph=cfgs[0].cuda_graph == "layers",
+        loop_kernel=m.loop_kernel,
+    )
+
+
+# The Trainer settings a packed group follows; the others would change what it computes, so they are refused.
+PACKED_TRAINER_KEYS = ("max_epochs", "accelerator", "devices", "enable_progress_bar", "enable_model_summary")
+PACKED_LIMITS = {"train": "limit_train_batches", "val": "limit_val_batches", "test": "limit_test_batches"}
+
+
+def packed_schedule(cfg: DictConfig) -> Schedule:
+    """What a packed group shares besides the data: LMModule's settings, the Trainer's epochs and limits."""
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    unknown = set(trainer) - set(PACKED_TRAINER_KEYS) - set(PACKED_LIMITS.values()) - {"deterministic"}
+    unknown |= {k for k in ("devices",) if trainer.get(k, 1) != 1}
+    if unknown:
+        raise ValueError(
+            f"hydra/launcher=packed does not take trainer.{', trainer.'.join(sorted(unknown))}; run those jobs "
+            f"without it"
+        )
+    if trainer.get("max_epochs") is None:
+        raise ValueError("hydra/launcher=packed needs trainer.max_epochs (the model profiles set it)")
+    LMModule.check_settings(**cfg.optim)
+    return Schedule(
+        **cfg.optim,
+        max_epochs=trainer["max_epochs"],
+        test_protocol=cfg.data.test_protocol,
+        mc_samples=cfg.eval.mc_samples,
+        check_every=cfg.check_every_n_steps,
+        log_every=cfg.logger.log_every_n_steps,
+        cuda_graph=cfg.cuda_graph == "step",
+        limits={split: trainer.get(key) for split, key in PACKED_LIMITS.items()},
+    )
+
+
+def packed_device(cfg: DictConfig) -> torch.device:
+    """trainer.accelerator for a packed group: a GPU under auto when there is one, as Lightning picks."""
+    accelerator = cfg.trainer.get("accelerator", "auto")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(f"trainer.accelerator={accelerator} but torch sees no GPU; use trainer.accelerator=cpu")
+    if accelerator not in ("auto", "cpu", "gpu", "cuda"):
+        raise ValueError(f"hydra/launcher=packed runs on cpu or one GPU, not trainer.accelerator={accelerator}")
+    return torch.device("cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu")
 
 
 def lm_module(cfg: DictConfig, lm: LSTMLanguageModel, sentence_end: int | None = None) -> LMModule:

@@ -6,6 +6,9 @@
   job, and by the Hydra callback `FinishWandbRun` when a job raised. Without this the basic launcher
   (one process) and joblib's reused workers would fold several jobs into one W&B run.
 - The run folder is `<job_dir>/wandb/`. result.json stays the source of truth; W&B is the dashboard.
+- Packed members (hydra/launcher=packed) train in one process, each with its own run: `start_run(...,
+  alongside=True)` opens one more run beside those already open (W&B's reinit="create_new"), and
+  `end_run(result, run)` ends that one.
 """
 
 from __future__ import annotations
@@ -64,10 +67,12 @@ def start_run(
     init_timeout: float = 30.0,
     run_id: str | None = None,
     quiet: bool = True,
+    alongside: bool = False,
 ):
     """Start this job's W&B run and wrap it for Lightning; None when disabled.
 
-    `run_id` given (a resumed job): continue that run rather than start a second one.
+    `run_id` given (a resumed job): continue that run rather than start a second one. alongside: one of
+    several runs open at once in this process (packed members); the runs already open stay open.
     """
     mode, why = resolve_mode(mode)
     log.info(why)
@@ -76,7 +81,8 @@ def start_run(
     import wandb
     from pytorch_lightning.loggers import WandbLogger
 
-    finish_run(exit_code=1)  # a run still open here belongs to an earlier job of this process that died
+    if not alongside:
+        finish_run(exit_code=1)  # a run still open here belongs to an earlier job of this process that died
     kwargs = dict(
         project=project,
         entity=entity,
@@ -88,6 +94,7 @@ def start_run(
         dir=job_dir,
         id=run_id,
         resume="allow" if run_id else None,
+        reinit="create_new" if alongside else None,
     )
     if mode == "online":
         log.info("W&B: starting the run online (waiting up to %.0f s for W&B; logger.init_timeout)", init_timeout)
@@ -101,14 +108,16 @@ def start_run(
     return WandbLogger(experiment=run)
 
 
-def end_run(result: dict) -> None:
-    """Copy the job's result into the run summary and finish it (non-zero exit unless completed)."""
+def end_run(result: dict, run=None) -> None:
+    """Copy the job's result into the run summary and finish it (non-zero exit unless completed). run: the
+    job's run when several are open (packed members); else W&B's current one."""
     import wandb
 
-    if wandb.run is None:
+    run = run or wandb.run
+    if run is None:
         return
-    wandb.run.summary.update({k: result[k] for k in SUMMARY_FIELDS if result.get(k) is not None})
-    finish_run(exit_code=0 if result["status"] == COMPLETED else 1)
+    run.summary.update({k: result[k] for k in SUMMARY_FIELDS if result.get(k) is not None})
+    run.finish(exit_code=0 if result["status"] == COMPLETED else 1)
 
 
 def finish_run(exit_code: int) -> None:

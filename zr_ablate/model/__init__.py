@@ -5,5 +5,6 @@
 - loop.py: the step loop (a readable loop, and a fast one with a hand-written backward);
 - triton_loop.py: the same loop's gate arithmetic as Triton kernels on CUDA;
 - graphs.py: CUDA graphs of the loop's layers;
-- language_model.py: embedding -> DroppedLSTM -> softmax.
+- language_model.py: embedding -> DroppedLSTM -> softmax;
+- packed.py: M language models of one shape as one module (a leading member dimension on every weight).
 """

@@ -7,7 +7,7 @@ from torch import nn
 
 from zr_ablate.dropout import DropoutSpec
 from zr_ablate.model.lstm import DroppedLSTM, State
-from zr_ablate.model.masks import word_mask
+from zr_ablate.model.masks import RandomStream, lm_window_masks
 
 
 class LSTMLanguageModel(nn.Module):
@@ -22,7 +22,11 @@ class LSTMLanguageModel(nn.Module):
         lstm_impl: str = "auto",
         cuda_graph: bool = True,
         loop_kernel: str = "auto",
+        seed: int | None = None,
     ):
+        """seed: draw the initial weights, then every dropout mask, from the model's own generators
+        (masks.RandomStream), so that nothing else in the process changes them; None: torch's global
+        generator (the caller seeds it)."""
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, hidden)
         self.lstm = DroppedLSTM(
@@ -31,25 +35,25 @@ class LSTMLanguageModel(nn.Module):
         self.decoder = nn.Linear(hidden, vocab_size)
         if tie_weights:
             self.decoder.weight = self.embedding.weight
+        self.stream = self.lstm.stream = None if seed is None else RandomStream(seed)
+        init = None if self.stream is None else self.stream.on("cpu")
         # Zaremba: every parameter, biases included, starts U(-a, a).
         for p in self.parameters():
-            nn.init.uniform_(p, -init_scale, init_scale)
+            nn.init.uniform_(p, -init_scale, init_scale, generator=init)
 
     def init_state(self, batch: int) -> State:
         return self.lstm.init_state(batch, self.decoder.weight)
 
     def sample_masks(self, tokens: torch.Tensor) -> dict:
-        """Every dropout mask of one window tokens [T, B]: word dropout's row mask [T, B, 1] under "word", then
-        DroppedLSTM.sample_masks (a fixed order, so a seed gives the same masks whatever runs them). At
+        """Every dropout mask of one window tokens [T, B] (masks.lm_window_masks: word dropout's row mask,
+        then the recurrent core's, in a fixed order, so a seed gives the same masks whatever runs them). At
         evaluation only zoneout's expectation is there."""
-        word = (
-            word_mask(self.lstm.spec.word, tokens, self.embedding.num_embeddings, self.decoder.weight)
-            if self.training
-            else None
+        like = self.decoder.weight
+        sizes = (self.embedding.embedding_dim, self.lstm.hidden_size, len(self.lstm.layers))
+        vocab = self.embedding.num_embeddings
+        return lm_window_masks(
+            self.lstm.spec, tokens, vocab, sizes, like, self.training, self.lstm.generator(like.device)
         )
-        steps, batch = tokens.shape
-        like = self.decoder.weight.new_empty(steps, batch, self.embedding.embedding_dim)  # shape, dtype, device
-        return {"word": word, **self.lstm.sample_masks(like)}
 
     def forward(self, tokens: torch.Tensor, state: State, masks: dict | None = None) -> tuple[torch.Tensor, State]:
         """tokens [T, B] -> logits [T, B, V], new state (h, c) [L, B, H]. masks: from sample_masks (drawn

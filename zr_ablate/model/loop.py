@@ -13,6 +13,12 @@ its weight gradient is T rank-B updates. This Function follows the cuDNN/haste d
             [4H, T*B] @ [T*B, H], which is where the explicit loop gains on a per-step autograd graph.
 The input projection (x @ W_ih + biases for the whole window) stays outside, under ordinary autograd.
 
+Packed members (model/packed.py): the same Functions run M models of one shape at once. Their weights
+have a leading member dimension (W_hh [M, 4H, H]) and the rows of every [rows, ...] tensor are the M
+members' batches one after another (rows = M*B, member-major); each matmul is then one batched matmul
+over the members (`rows_mm`) and the gate arithmetic runs on all M*B rows as it runs on B. One model is
+the plain 2-D case, computed exactly as before.
+
 `lstm.lstm_layer_loop` is the plain reference (autograd over a readable step loop); tests/model/test_lstm.py
 checks this Function against it, outputs and gradients, for every mask kind.
 """
@@ -56,12 +62,37 @@ class LayerMasks(NamedTuple):
 NO_MASKS = LayerMasks()
 
 
+def rows_mm(a: torch.Tensor, b: torch.Tensor, add: torch.Tensor | None = None, out=None) -> torch.Tensor:
+    """a [R, K] @ b (+ add [R, N]) -> [R, N]: one matrix b [K, N] for every row (mm, addmm), or packed
+    members' b [M, K, N], member m's for its block of R/M rows (bmm, baddbmm). out: written in place."""
+    if b.dim() == 2:
+        return torch.mm(a, b, out=out) if add is None else torch.addmm(add, a, b, out=out)
+    members = b.size(0)
+
+    def per(t):  # [R, F] -> [M, R/M, F]
+        return None if t is None else t.view(members, -1, t.size(-1))
+
+    if add is None:
+        done = torch.bmm(per(a), b, out=per(out))
+    else:
+        done = torch.baddbmm(per(add), per(a), b, out=per(out))
+    return done.view(a.size(0), -1)
+
+
 def input_gates(x: torch.Tensor, layer, input_mask: torch.Tensor | None = None) -> torch.Tensor:
     """x [T, B, I] -> x @ W_ih^T + b_ih + b_hh [T, B, 4H]: one [T*B, I] @ [I, 4H] matmul for the window,
     under autograd, since the input side does not depend on the recurrence. input_mask ([T or 1, B, 4I],
-    untied dropout): each gate's copy of x gets its own mask, so each gate's block of W_ih its own input."""
+    untied dropout): each gate's copy of x gets its own mask, so each gate's block of W_ih its own input.
+    Packed members (W_ih [M, 4H, I], rows M*B): one batched matmul [M, T*B, I] @ [M, I, 4H]."""
     steps, batch, features = x.shape
     bias = layer.bias_ih_l0 + layer.bias_hh_l0
+    if layer.weight_ih_l0.dim() == 3:
+        if input_mask is not None:
+            raise ValueError("packed members take tied input masks only (applied to x before the layer)")
+        members = layer.weight_ih_l0.size(0)
+        per_member = x.view(steps, members, -1, features).transpose(0, 1).reshape(members, -1, features)
+        gates = torch.bmm(per_member, layer.weight_ih_l0.transpose(1, 2)).add_(bias.unsqueeze(1))  # [M, T*B, 4H]
+        return gates.view(members, steps, -1, gates.size(-1)).transpose(0, 1).reshape(steps, batch, -1)
     if input_mask is None:
         return torch.addmm(bias, x.reshape(steps * batch, -1), layer.weight_ih_l0.t()).view(steps, batch, -1)
     per_gate = x[:, :, None, :] * input_mask.view(input_mask.size(0), batch, 4, features)  # [T, B, 4, I]
@@ -75,10 +106,10 @@ def untied(mask: torch.Tensor | None, hid: int) -> bool:
 
 
 def recurrent_term(h: torch.Tensor, r: torch.Tensor | None, w_hh: torch.Tensor) -> torch.Tensor:
-    """h [B, H] through W_hh [4H, H] with its recurrent mask r: None, [B, H] (tied: one mask for all gates)
-    or [B, 4H] (untied: each gate's copy of h masked on its own) -> [B, 4H]."""
+    """h [B, H] through W_hh [4H, H] (packed: [M, 4H, H]) with its recurrent mask r: None, [B, H] (tied:
+    one mask for all gates) or [B, 4H] (untied: each gate's copy of h masked on its own) -> [B, 4H]."""
     if not untied(r, h.size(-1)):
-        return (h if r is None else h * r) @ w_hh.t()
+        return rows_mm(h if r is None else h * r, w_hh.transpose(-2, -1))
     batch, hid = h.shape
     per_gate = (h[:, None, :] * r.view(batch, 4, hid)).transpose(0, 1)  # [4, B, H]
     return torch.bmm(per_gate, w_hh.view(4, hid, hid).transpose(1, 2)).transpose(0, 1).reshape(batch, 4 * hid)
@@ -86,8 +117,8 @@ def recurrent_term(h: torch.Tensor, r: torch.Tensor | None, w_hh: torch.Tensor) 
 
 def recurrent_grad(grad_gates: torch.Tensor, r: torch.Tensor | None, w_hh: torch.Tensor) -> torch.Tensor:
     """The gradient reaching h [B, H] from d pre-activation [B, 4H] through recurrent_term."""
-    if not untied(r, w_hh.size(1)):
-        dh = grad_gates @ w_hh
+    if not untied(r, w_hh.size(-1)):
+        dh = rows_mm(grad_gates, w_hh)
         return dh if r is None else dh * r
     batch, hid = grad_gates.size(0), w_hh.size(1)
     per_gate = torch.einsum("bgk,gkh->bgh", grad_gates.view(batch, 4, hid), w_hh.view(4, hid, hid))
@@ -102,7 +133,7 @@ class Saved(NamedTuple):
     tanh_c: torch.Tensor  # [T, B, H] tanh of the new cell, before zoneout
     out: torch.Tensor  # [T, B, H] h_t
     h0: torch.Tensor  # [B, H]
-    w_hh: torch.Tensor  # [4H, H]
+    w_hh: torch.Tensor  # [4H, H], packed [M, 4H, H]
     recurrent: torch.Tensor | None
     cell_update: torch.Tensor | None
     zoneout_c: torch.Tensor | None
@@ -118,7 +149,7 @@ class LoopLSTM(torch.autograd.Function):
     def forward(ctx, gates_x, h0, c0, w_hh, recurrent, cell_update, zoneout_c, zoneout_h):
         steps, batch, four_h = gates_x.shape
         hid = four_h // 4
-        w_t = w_hh.t()  # [H, 4H] view; BLAS reads the transpose in place
+        w_t = w_hh.transpose(-2, -1)  # [H, 4H] (packed [M, H, 4H]) view; BLAS reads the transpose in place
         gates = torch.empty_like(gates_x)  # activated i, f, g, o per step
         cells = gates_x.new_empty(steps + 1, batch, hid)  # cells[t] = c_{t-1} (after zoneout), cells[0] = c0
         tanh_c = gates_x.new_empty(steps, batch, hid)  # tanh of the new cell, before zoneout
@@ -129,7 +160,7 @@ class LoopLSTM(torch.autograd.Function):
             r, m = mask_at(recurrent, t), mask_at(cell_update, t)
             g = gates[t]
             if not untied(r, hid):
-                torch.addmm(gates_x[t], h if r is None else h * r, w_t, out=g)
+                rows_mm(h if r is None else h * r, w_t, add=gates_x[t], out=g)
             else:  # untied: a mask per gate's copy of h
                 torch.add(gates_x[t], recurrent_term(h, r, w_hh), out=g)
             g[:, : 2 * hid].sigmoid_()
@@ -185,18 +216,23 @@ class LoopLSTM(torch.autograd.Function):
             dh = recurrent_grad(grad_gates[t], r, w_hh)  # [B, 4H] @ [4H, H], masked
             if zh is not None:
                 dh = dh + dh_t * zh
-        return grad_gates, dh, dc, weight_grad(grad_gates, h0, out, recurrent), None, None, None, None
+        return grad_gates, dh, dc, weight_grad(grad_gates, h0, out, recurrent, w_hh), None, None, None, None
 
 
 def weight_grad(
-    grad_gates: torch.Tensor, h0: torch.Tensor, out: torch.Tensor, recurrent: torch.Tensor | None
+    grad_gates: torch.Tensor, h0: torch.Tensor, out: torch.Tensor, recurrent: torch.Tensor | None, w_hh: torch.Tensor
 ) -> torch.Tensor:
     """The W_hh gradient of a whole window in one matmul after the backward walk:
     grad_gates [T, B, 4H], h0 [B, H], out [T, B, H] -> [4H, T*B] @ [T*B, H] = [4H, H] (untied recurrent
-    masks: each gate's block from its own masked copy of h, one batched matmul)."""
+    masks: each gate's block from its own masked copy of h, one batched matmul). Packed members (w_hh
+    [M, 4H, H]): per member [4H, T*B] @ [T*B, H], one batched matmul -> [M, 4H, H]."""
     h_in = torch.cat([h0[None], out[:-1]])  # h_{t-1} as it entered each step's matmul: [T, B, H]
     if not untied(recurrent, h_in.size(-1)):
         h_in = h_in if recurrent is None else h_in * recurrent
+        if w_hh.dim() == 3:
+            members, (steps, rows, _) = w_hh.size(0), grad_gates.shape
+            per = (steps, members, rows // members, -1)
+            return torch.einsum("tmbk,tmbh->mkh", grad_gates.view(per), h_in.view(per))
         return grad_gates.flatten(0, 1).t() @ h_in.flatten(0, 1)
     steps, batch, hid = h_in.shape
     per_gate = h_in[:, :, None, :] * recurrent.view(recurrent.size(0), batch, 4, hid)  # [T, B, 4, H]

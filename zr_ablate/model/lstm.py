@@ -24,10 +24,10 @@ import functools
 import torch
 from torch import nn
 
-from zr_ablate.dropout import IN_LOOP, ZONEOUT, DropoutSpec
+from zr_ablate.dropout import IN_LOOP, DropoutSpec
 from zr_ablate.model.graphs import GraphedLayers
 from zr_ablate.model.loop import NO_MASKS, LayerMasks, input_gates, lstm_layer_fast, recurrent_term
-from zr_ablate.model.masks import mask_at, sample_mask, weight_mask, zoneout_mask
+from zr_ablate.model.masks import RandomStream, mask_at, window_masks
 
 IMPLS = ("auto", "fused", "loop", "reference")
 LOOP_KERNELS = ("auto", "torch", "triton")
@@ -143,6 +143,7 @@ class DroppedLSTM(nn.Module):
         self._graphed = None  # graphs.GraphedLayers once captured; a plain attribute, not a submodule
         self.record_masks = False
         self.last_masks: dict | None = None
+        self.stream: RandomStream | None = None
 
     def path(self, masks_in_loop: bool) -> str:
         """The layer implementation a forward takes: "reference", "loop" (the fast loop) or "fused".
@@ -155,29 +156,15 @@ class DroppedLSTM(nn.Module):
         zeros = like.new_zeros(len(self.layers), batch, self.hidden_size)
         return zeros, zeros.clone()
 
-    def _mask(self, which: str, like: torch.Tensor, features: int) -> torch.Tensor | None:
-        """The mask of connection `which` for a window shaped like `like` [T, B, *], with `features` units."""
-        steps, batch, _ = like.shape
-        conn = getattr(self.spec, which)
-        if which in ZONEOUT:
-            return zoneout_mask(conn, steps, batch, features, like, self.training)
-        return sample_mask(conn, steps, batch, features, like) if self.training else None
+    def generator(self, device: torch.device) -> torch.Generator | None:
+        """Where this core's masks come from on `device`: its `stream` (masks.RandomStream, set by the
+        language model built with a seed), else None: torch's global generator."""
+        return None if self.stream is None else self.stream.on(device)
 
     def sample_masks(self, x: torch.Tensor) -> dict:
-        """Every mask of one window x [T, B, I], drawn in the order embedding, then per layer (between,
-        recurrent, cell_update, zoneout_c, zoneout_h, weight_hh), then output. Layout: see the class."""
-        hid = self.hidden_size
-        masks = {"embedding": self._mask("embedding", x, x.size(-1)), "between": [], "weight_hh": []}
-        masks |= {k: [] for k in IN_LOOP}
-        for i, layer in enumerate(self.layers):
-            if i > 0:
-                masks["between"].append(self._mask("between", x, hid))
-            for k in IN_LOOP:
-                masks[k].append(self._mask(k, x, hid))
-            w_mask = weight_mask(self.spec.weight_hh, layer.weight_hh_l0) if self.training else None
-            masks["weight_hh"].append(w_mask)
-        masks["output"] = self._mask("output", x, hid)
-        return masks
+        """Every mask of one window x [T, B, I] (masks.window_masks: its order and layout)."""
+        hid, layers = self.hidden_size, len(self.layers)
+        return window_masks(self.spec, x, hid, layers, self.training, self.generator(x.device))
 
     def run_layers(self, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, masks: dict):
         """x [T, B, I] (the embedded words), h0, c0 [L, B, H] -> top outputs [T, B, H] (before the

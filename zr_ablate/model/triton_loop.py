@@ -28,6 +28,7 @@ from zr_ablate.model.loop import (
     input_gates,
     recurrent_grad,
     recurrent_term,
+    rows_mm,
     untied,
     weight_grad,
 )
@@ -191,7 +192,7 @@ class TritonLoopLSTM(torch.autograd.Function):
         per_gate = _untied(masks[0], hid)  # [.., B, 4H]: the masked matmul runs in PyTorch, not in the kernel
         recurrent, cell_update, zoneout_c, zoneout_h = None if per_gate is not None else masks[0], *masks[1:]
         flags = _flags(recurrent, cell_update, zoneout_c, zoneout_h)
-        w_t = w_hh.t()
+        w_t = w_hh.transpose(-2, -1)  # [H, 4H], packed members [M, H, 4H]
         pre = gates_x.new_empty(batch, four_h)
         gates = torch.empty_like(gates_x)
         cells = gates_x.new_empty(steps + 1, batch, hid)  # cells[t] = c_{t-1} (after zoneout)
@@ -207,7 +208,7 @@ class TritonLoopLSTM(torch.autograd.Function):
             if per_gate is not None:
                 torch.add(gates_x[t], recurrent_term(h_prev, mask_at(per_gate, t), w_hh), out=pre)
             else:
-                torch.addmm(gates_x[t], h_prev if masked is None else masked[t % 2], w_t, out=pre)
+                rows_mm(h_prev if masked is None else masked[t % 2], w_t, add=gates_x[t], out=pre)
             r_next = mask_at(recurrent, t + 1) if recurrent is not None and t + 1 < steps else None
             _forward_step[grid](
                 pre,
@@ -267,11 +268,11 @@ class TritonLoopLSTM(torch.autograd.Function):
             if per_gate is not None:  # through each gate's masked copy of h_{t-1}
                 dh_mm = recurrent_grad(grad_gates[t], mask_at(per_gate, t), s.w_hh)
             else:
-                torch.mm(grad_gates[t], s.w_hh, out=dh_mm)  # [B, 4H] @ [4H, H]
+                rows_mm(grad_gates[t], s.w_hh, out=dh_mm)  # [B, 4H] @ [4H, H] (per member when packed)
         dh0 = dh_mm if recurrent is None else dh_mm * mask_at(recurrent, 0)
         if zoneout_h is not None:
             dh0 = dh0 + carry
-        return grad_gates, dh0, dc, weight_grad(grad_gates, s.h0, s.out, s.recurrent), None, None, None, None
+        return grad_gates, dh0, dc, weight_grad(grad_gates, s.h0, s.out, s.recurrent, s.w_hh), None, None, None, None
 
 
 def _untied(recurrent: torch.Tensor | None, hid: int) -> torch.Tensor | None:

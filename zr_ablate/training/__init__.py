@@ -4,5 +4,6 @@
 - lightning_module.py: LMModule, the LightningModule (state carried across windows, paper evaluation);
 - mc_dropout.py: MC-dropout test evaluation;
 - job.py: one job: fit, test, resume, divergence, its records (result.json, epochs.csv);
-- clock.py: honest timing on a GPU and the name of the device a speed is reported beside.
+- clock.py: honest timing on a GPU and the name of the device a speed is reported beside;
+- packed_step.py, packed_job.py: packed members trained as if alone, and their jobs' records.
 """

@@ -51,17 +51,7 @@ class EpochRecorder(pl.Callback):
         self.start = time.perf_counter()
 
     def read_rows(self, resume_epoch: int) -> list[dict]:
-        """The rows of the epochs a checkpoint holds; later rows (an epoch cut short) are dropped."""
-        if not self.path.exists():
-            return []
-        with open(self.path, newline="") as f:
-            rows = [{k: float(v) if v else None for k, v in r.items()} for r in csv.DictReader(f)]
-        rows = [dict(r, epoch=int(r["epoch"])) for r in rows if r["epoch"] <= resume_epoch]
-        with open(self.path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=EPOCH_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-        return rows
+        return read_rows(self.path, resume_epoch)
 
     def on_train_epoch_start(self, trainer, pl_module):
         self.train_s, self.tokens = None, 0
@@ -96,20 +86,55 @@ class EpochRecorder(pl.Callback):
         }
         self.rows.append(row)
         pl_module.log("tokens_per_s", row["tokens_per_s"])
-        log.info(
-            "epoch %d: lr %.4g, train ppl %.2f, val ppl %.2f, %.0f tokens/s",
-            row["epoch"],
-            row["lr"],
-            row["train_ppl"],
-            row["val_ppl"] or float("nan"),
-            row["tokens_per_s"],
-        )
-        new = not self.path.exists()
-        with open(self.path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=EPOCH_FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        log.info(epoch_line(row))
+        append_row(self.path, row)
+
+
+def epoch_line(row: dict) -> str:
+    """The console line of one finished epoch (an epochs.csv row)."""
+    val = row["val_ppl"] if row["val_ppl"] is not None else float("nan")
+    return (
+        f"epoch {row['epoch']}: lr {row['lr']:.4g}, train ppl {row['train_ppl']:.2f}, val ppl {val:.2f}, "
+        f"{row['tokens_per_s']:.0f} tokens/s"
+    )
+
+
+def append_row(path: Path, row: dict) -> None:
+    """One finished epoch's row at the end of epochs.csv (its header first, in a new file)."""
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=EPOCH_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def read_rows(path: Path, resume_epoch: int) -> list[dict]:
+    """The rows of the epochs a checkpoint holds; later rows (an epoch cut short) are dropped, from the file
+    too."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        rows = [{k: float(v) if v else None for k, v in r.items()} for r in csv.DictReader(f)]
+    rows = [dict(r, epoch=int(r["epoch"])) for r in rows if r["epoch"] <= resume_epoch]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=EPOCH_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
+
+
+def curve_summary(rows: list[dict]) -> dict:
+    """result.json's numbers that come from the epoch curve (epochs.csv rows)."""
+    vals = [r["val_ppl"] for r in rows if r["val_ppl"] is not None]
+    speeds = [r["tokens_per_s"] for r in rows]
+    return dict(
+        epochs=len(rows),
+        best_val_ppl=min(vals) if vals else None,
+        final_val_ppl=vals[-1] if vals else None,
+        final_train_ppl=rows[-1]["train_ppl"] if rows else None,
+        tokens_per_s=sum(speeds) / len(speeds) if speeds else None,
+    )
 
 
 def last_checkpoint(job_dir: str) -> Path | None:
@@ -117,15 +142,20 @@ def last_checkpoint(job_dir: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def checkpoint_epochs(path: Path) -> int:
-    """Epochs a checkpoint has completed. One cut off mid-write (a kill while saving) is an error that
-    names the fix rather than a crash deep in Lightning."""
+def read_checkpoint(path: Path) -> dict:
+    """A job's checkpoint. One cut off mid-write (a kill while saving) is an error that names the fix rather
+    than a crash deep in Lightning."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)["epoch"] + 1
+        return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise RuntimeError(
             f"cannot read the checkpoint {path} ({e}); delete it to restart this job from scratch"
         ) from e
+
+
+def checkpoint_epochs(path: Path) -> int:
+    """Epochs a checkpoint has completed."""
+    return read_checkpoint(path)["epoch"] + 1
 
 
 def run_job(
@@ -176,7 +206,13 @@ def run_job(
             **trainer_kwargs,
         )
         if resume is not None:
-            recorder.rows = recorder.read_rows(resume_epoch=checkpoint_epochs(resume))
+            saved = read_checkpoint(resume)
+            if "packed_with" in saved:  # training/packed_job.py's: weights and random stream, no Trainer state
+                raise RuntimeError(
+                    f"{resume} was written by a packed sweep; rerun with hydra/launcher=packed to resume this job, "
+                    f"or delete the checkpoint to train it alone from the start"
+                )
+            recorder.rows = recorder.read_rows(resume_epoch=saved["epoch"] + 1)
             result["resumed_from_epoch"] = len(recorder.rows)
             # Clocks continue from the interrupted run's last recorded epoch.
             offset = recorder.rows[-1]["elapsed_s"] if recorder.rows else 0.0
@@ -199,16 +235,7 @@ def run_job(
         result.update(status=FAILED, error=f"{type(e).__name__}: {e}")
         raise
     finally:
-        vals = [r["val_ppl"] for r in recorder.rows if r["val_ppl"] is not None]
-        speeds = [r["tokens_per_s"] for r in recorder.rows]
-        result.update(
-            epochs=len(recorder.rows),
-            best_val_ppl=min(vals) if vals else None,
-            final_val_ppl=vals[-1] if vals else None,
-            final_train_ppl=recorder.rows[-1]["train_ppl"] if recorder.rows else None,
-            tokens_per_s=sum(speeds) / len(speeds) if speeds else None,
-            wall_time_s=time.perf_counter() - start,
-        )
+        result.update(**curve_summary(recorder.rows), wall_time_s=time.perf_counter() - start)
         write_json_atomic(job / RESULT, result)
     return result
 

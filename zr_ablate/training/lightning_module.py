@@ -41,6 +41,19 @@ class Diverged(RuntimeError):
 MAX_NLL = math.log(torch.finfo(torch.float64).max)  # a mean NLL above this overflows exp() in float64
 
 
+def divergence(stage: str, mean: float, epoch: int, where: str) -> str | None:
+    """What a job that diverged records as its error, or None while the mean NLL of `stage` (fit, val) so
+    far is finite and its perplexity does not overflow. epoch: 0-based; where: "step N" or "end"."""
+    if mean <= MAX_NLL:  # False for NaN too
+        return None
+    return f"{'training' if stage == 'fit' else stage} loss is {mean:.4g} nats/token at epoch {epoch + 1} {where}"
+
+
+def lr_at(epoch: int, lr: float, lr_decay: float, decay_after: int) -> float:
+    """Epoch e (0-based) trains with lr / lr_decay ** max(0, e + 1 - decay_after)."""
+    return lr * lr_decay ** -max(0, epoch + 1 - decay_after)
+
+
 class TokenPerplexity(torchmetrics.Metric):
     """exp(sum of NLL / number of tokens), token-weighted over everything seen since the last reset."""
 
@@ -148,11 +161,9 @@ class LMModule(pl.LightningModule):
         if not metric.update_count:
             return
         mean = float(metric.nll / metric.tokens)  # the one host-GPU sync
-        if not mean <= MAX_NLL:  # also NaN
-            raise Diverged(
-                f"{'training' if stage == 'fit' else stage} loss is {mean:.4g} nats/token at epoch "
-                f"{self.current_epoch + 1} {where}"
-            )
+        said = divergence(stage, mean, self.current_epoch, where)
+        if said:
+            raise Diverged(said)
 
     def validation_step(self, batch, batch_idx):
         nll = self._window(batch, "val")
@@ -204,9 +215,11 @@ class LMModule(pl.LightningModule):
 
     # --- checkpoints: the RNG too, so a resumed run draws the same dropout masks ---------------------
     def on_save_checkpoint(self, checkpoint):
+        stream = getattr(self.model, "stream", None)  # the model's own generators (built with a seed)
         checkpoint["rng"] = {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "model": None if stream is None else stream.state_dict(),
         }
 
     def on_load_checkpoint(self, checkpoint):
@@ -215,14 +228,15 @@ class LMModule(pl.LightningModule):
             torch.set_rng_state(rng["torch"])
             if rng["cuda"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
+            if rng.get("model") is not None and getattr(self.model, "stream", None) is not None:
+                self.model.stream.load_state_dict(rng["model"])
 
     # --- optimisation -------------------------------------------------------------------------------
     def configure_optimizers(self):
         return PaperSGD(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
     def lr_at(self, epoch: int) -> float:
-        """Epoch e (0-based) trains with lr / lr_decay ** max(0, e + 1 - decay_after)."""
-        return self.lr * self.lr_decay ** -max(0, epoch + 1 - self.decay_after)
+        return lr_at(epoch, self.lr, self.lr_decay, self.decay_after)
 
     def _set_lr(self, epoch: int) -> None:
         for group in self.trainer.optimizers[0].param_groups:

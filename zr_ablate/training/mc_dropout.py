@@ -39,16 +39,12 @@ class MCDropoutEval:
     def _masks(self, model: nn.Module, k: int, tokens: torch.Tensor) -> dict:
         """Pass k's masks for the window tokens [T, B]: its held sequence masks, fresh step masks, no word
         dropout. (model.sample_masks draws every mask, so the random stream advances as in training.)"""
-        fresh = model.sample_masks(tokens)
-        held = self.masks[k]
-        spec = model.lstm.spec
-        if held is not None:
-            fresh |= {key: held[key] for key in fresh if key != "word" and getattr(spec, key).mask == "sequence"}
-        self.masks[k] = fresh | {"word": None}
+        self.masks[k] = held(model.lstm.spec, model.sample_masks(tokens), self.masks[k])
         return self.masks[k]
 
     def nll(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """x, y [B, T] (one window) -> the NLL of each target y under the K-pass average, [T, B]."""
+        """x, y [B, T] (one window) -> the NLL of each target y under the K-pass average, [T, B] ([M, T, B]
+        for packed members, whose logits are [M, T, B, V])."""
         was_training = model.training
         model.train()  # every dropout mask on, as in training
         try:
@@ -57,8 +53,17 @@ class MCDropoutEval:
                 state = model.init_state(x.size(0)) if state is None else state
                 logits, (h, c) = model(x.t(), state, self._masks(model, k, x.t()))
                 self.states[k] = (h.detach(), c.detach())
-                log_p.append(logits.log_softmax(-1).gather(-1, y.t().unsqueeze(-1)).squeeze(-1))
+                target = y.t().unsqueeze(-1).expand(*logits.shape[:-1], 1)  # [(M,) T, B, 1]
+                log_p.append(logits.log_softmax(-1).gather(-1, target).squeeze(-1))
         finally:
             model.train(was_training)
         # log mean_k p_k = logsumexp_k(log p_k) - log K: stable where some p_k underflow.
         return -(torch.logsumexp(torch.stack(log_p), dim=0) - math.log(self.samples))
+
+
+def held(spec, fresh: dict, kept: dict | None) -> dict:
+    """One pass's masks for a window: `fresh` (just drawn) with the connections whose masks are per sequence
+    taken from `kept` (the pass's masks of its previous window, None at its first), and no word dropout."""
+    if kept is not None:
+        fresh |= {key: kept[key] for key in fresh if key != "word" and getattr(spec, key).mask == "sequence"}
+    return fresh | {"word": None}

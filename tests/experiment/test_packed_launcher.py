@@ -1,0 +1,103 @@
+"""hydra/launcher=packed end to end: a packed sweep writes each job's folder as the solo sweep does, with the
+same numbers (float32 rounding apart); a rerun skips finished members; a sweep killed mid-epoch resumes
+every member to an uninterrupted packed run's numbers, in the same W&B runs."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO
+from tests.experiment.test_sweep import TIMING, run_id
+from tests.helpers import cmd, read_run, run
+
+pytestmark = pytest.mark.slow  # whole sweeps in subprocesses
+PACKED = "hydra/launcher=packed"
+ONE_EPOCH = ["trainer.max_epochs=1", "logger.mode=offline"]
+
+
+def results(root) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in root.glob("adhoc/*/result.json")}
+
+
+def test_a_packed_sweep_gives_each_job_what_the_solo_sweep_gives(tmp_path, ptb_dir):
+    sweep = ["dropout=none,variational,gal", "seed=1,2", *ONE_EPOCH]
+    packed = run(tmp_path / "packed", ptb_dir, *sweep, PACKED, multirun=True)
+    assert packed.returncode == 0, packed.stderr[-3000:]
+    solo = run(tmp_path / "solo", ptb_dir, *sweep, multirun=True)
+    assert solo.returncode == 0, solo.stderr[-3000:]
+    got, expected = results(tmp_path / "packed"), results(tmp_path / "solo")
+    assert got.keys() == expected.keys() and len(got) == 6
+    for name, a in expected.items():
+        b = got[name]
+        assert b["status"] == a["status"] == "completed"
+        for key in ("best_val_ppl", "final_train_ppl", "test_ppl"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4), (name, key)
+        assert b["n_params"] == a["n_params"] and dict(b["config"], out_root=0) == dict(a["config"], out_root=0)
+        job = tmp_path / "packed" / "adhoc" / name
+        assert (job / ".hydra" / "config.yaml").is_file() and (job / "checkpoints" / "last.ckpt").is_file()
+        assert read_run(job)["run_id"] == b["wandb_run_id"]  # its own W&B run
+        if "gal" in name:  # untied gates: run alone, as the basic launcher runs it
+            assert "packed_with" not in b and f"runs alone: {name}" in packed.stdout
+        else:  # the four others in one group
+            assert sorted(b["packed_with"] + [name]) == sorted(n for n in got if "gal" not in n)
+            assert f"[{name}] epoch 1: lr 1" in packed.stdout
+    assert "6 completed, 0 diverged, 0 failed, 0 skipped" in packed.stdout
+
+
+def test_a_rerun_skips_finished_members_and_packs_the_rest(tmp_path, ptb_dir):
+    first = run(tmp_path, ptb_dir, "dropout=none,zaremba", *ONE_EPOCH, PACKED, multirun=True)
+    assert first.returncode == 0 and "2 completed, 0 diverged, 0 failed, 0 skipped" in first.stdout
+    again = run(tmp_path, ptb_dir, "dropout=none,zaremba,naive", *ONE_EPOCH, PACKED, multirun=True)
+    assert again.returncode == 0 and "1 completed, 0 diverged, 0 failed, 2 skipped" in again.stdout
+    naive = "dropout=naive,model=tiny,trainer.max_epochs=1"
+    assert f"packed: 1 jobs in one model: {naive}\n" in again.stdout
+    assert results(tmp_path)[naive]["packed_with"] == []
+
+
+# Tiny models on 20k training tokens: 1,000 windows an epoch, a few seconds, long enough to kill mid-epoch.
+RESUMABLE = ["dropout=none,variational", "data.train_tokens=20000", "trainer.max_epochs=3", "logger.mode=offline"]
+
+
+def test_a_killed_packed_sweep_resumes_every_member_to_the_uninterrupted_numbers(tmp_path, ptb_dir):
+    whole = run(tmp_path / "whole", ptb_dir, *RESUMABLE, PACKED, multirun=True)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    names = sorted(results(tmp_path / "whole"))
+    proc = subprocess.Popen(
+        cmd(tmp_path / "cut", ptb_dir, *RESUMABLE, PACKED, multirun=True),
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    jobs = [tmp_path / "cut" / "adhoc" / name for name in names]
+    deadline = time.time() + 300
+    while not all((job / "checkpoints" / "last.ckpt").exists() for job in jobs):  # the end of epoch 1
+        assert proc.poll() is None and time.time() < deadline, "the sweep ended before it could be killed"
+        time.sleep(0.05)
+    time.sleep(1.0)  # into epoch 2
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its W&B services, with no chance to clean up
+    proc.wait()
+    killed = results(tmp_path / "cut")
+    assert all(r["status"] == "running" for r in killed.values()) and len(killed) == 2
+
+    again = run(tmp_path / "cut", ptb_dir, *RESUMABLE, PACKED, multirun=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    whole_results, cut_results = results(tmp_path / "whole"), results(tmp_path / "cut")
+    for name, job in zip(names, jobs):
+        a, b = whole_results[name], cut_results[name]
+        assert b["status"] == "completed" and b["resumed_from_epoch"] in (1, 2)
+        for key in ("best_val_ppl", "final_val_ppl", "final_train_ppl", "test_ppl", "epochs"):
+            assert a[key] == b[key], (name, key)  # bit-identical, not approximately equal
+        curve_a = pd.read_csv(tmp_path / "whole" / "adhoc" / name / "epochs.csv").drop(columns=TIMING)
+        curve_b = pd.read_csv(job / "epochs.csv").drop(columns=TIMING)
+        pd.testing.assert_frame_equal(curve_a, curve_b, check_exact=True)
+        # The resumed member continued its own W&B run.
+        assert b["wandb_run_id"] == killed[name]["wandb_run_id"]
+        logs = sorted(job.glob("wandb/offline-run-*/run-*.wandb"))
+        assert len(logs) == 2 and {log.stem.removeprefix("run-") for log in logs} == {b["wandb_run_id"]}
+        assert run_id(logs[-1]) == b["wandb_run_id"]

@@ -1,0 +1,188 @@
+"""The packed launcher (hydra/launcher=packed): a sweep's jobs of one shape trained together in one process.
+
+    python run.py -m dropout=none,naive,zaremba,variational seed=1,2,3 model=medium hydra/launcher=packed
+
+An ablation is many small jobs that differ only in where dropout goes and in the seed; on one GPU each
+leaves most of the device idle. Here:
+- every job's folder is prepared as Hydra's basic launcher prepares it (.hydra/, its log file) and its
+  record is read as run.py reads it: a completed or diverged job is skipped, a record made with other
+  settings is set aside (on_stale=rerun) or stops the sweep (stop), an interrupted job resumes;
+- the jobs left are grouped: equal settings but for the dropout node and the seed, the same epoch to
+  resume from, at most `max_members` a group (in sweep order). A job whose placement cannot be packed
+  (untied gates) runs alone, through run.py as the basic launcher runs it;
+- groups run one after another, each as one packed model (experiment/packed_run.py); every member's job
+  folder ends as its solo job's would (training/packed_job.py). A rerun after a kill resumes each member
+  from its checkpoint; members already finished are skipped, so a group can shrink.
+The sweep's pre-check and stale-settings guard (experiment/guard.py) run before this, for every job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from zr_ablate.records import (
+    FINAL_STATUSES,
+    RecordError,
+    changed_settings,
+    job_name,
+    read_result,
+    set_aside,
+    stale_line,
+)
+
+log = logging.getLogger(__name__)
+PER_MEMBER = ("dropout", "seed")  # what members of one group may differ in
+
+
+@dataclass
+class Prepared:
+    """One job of the sweep, its folder made and its record read."""
+
+    cfg: DictConfig  # the job's config (no hydra node)
+    job_dir: Path
+    name: str  # its folder's name
+    previous: dict  # its record so far ({} when it starts afresh)
+    log_file: Path
+
+
+def prepare(cfg: DictConfig) -> Prepared | str:
+    """Hydra's task for one job of a packed sweep (run inside hydra.core.utils.run_job, which made the folder
+    and wrote .hydra/): its record as run.py decides on it. Returns the final status of a job to skip."""
+    hydra_cfg = HydraConfig.get()
+    job_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        previous = read_result(job_dir) or {}
+    except RecordError as e:
+        sys.exit(f"zr_ablate: error: {e}")
+    changed = changed_settings(previous.get("config") or {}, OmegaConf.to_container(cfg, resolve=True))
+    if changed and cfg.on_stale == "rerun":
+        log.info(
+            "rerun: %s ran with other settings (%s); its records are now in %s",
+            job_dir,
+            "; ".join(changed),
+            set_aside(job_dir),
+        )
+        previous = {}
+    elif changed and cfg.on_stale == "stop":
+        sys.exit(f"zr_ablate: error: {stale_line(job_dir, changed)}")
+    if previous.get("status") in FINAL_STATUSES:
+        log.info("skip: %s is already %s (delete its result.json to run it again)", job_dir, previous["status"])
+        return previous["status"]
+    log_file = job_dir / f"{hydra_cfg.job.name}.log"
+    return Prepared(cfg, job_dir, job_name(hydra_cfg.job.override_dirname), previous, log_file)
+
+
+def group_key(job: Prepared) -> str:
+    """Jobs with equal keys can be packed: every setting but PER_MEMBER, and the epoch they resume from."""
+    from zr_ablate.training.job import checkpoint_epochs, last_checkpoint
+
+    settings = {k: v for k, v in OmegaConf.to_container(job.cfg, resolve=True).items() if k not in PER_MEMBER}
+    checkpoint = last_checkpoint(str(job.job_dir))
+    try:
+        epochs = checkpoint_epochs(checkpoint) if checkpoint else 0
+    except RuntimeError as e:
+        sys.exit(f"zr_ablate: error: {e}")
+    return json.dumps([settings, epochs], sort_keys=True, default=str)
+
+
+def groups(jobs: list[Prepared], max_members: int) -> list[list[Prepared]]:
+    """The packable jobs in groups of equal keys, in sweep order, at most max_members each."""
+    by_key: dict[str, list[Prepared]] = {}
+    for job in jobs:
+        by_key.setdefault(group_key(job), []).append(job)
+    return [same[i : i + max_members] for same in by_key.values() for i in range(0, len(same), max_members)]
+
+
+def why_alone(job: Prepared) -> str | None:
+    """Why a job cannot be packed (its placement, or a Trainer setting the packed loop does not follow), or
+    None."""
+    from zr_ablate.experiment.build import dropout_spec, packed_device, packed_schedule
+    from zr_ablate.model.packed import unpackable
+
+    try:
+        packed_schedule(job.cfg)
+        packed_device(job.cfg)
+    except ValueError as e:
+        return str(e)
+    return unpackable(dropout_spec(job.cfg))
+
+
+@contextmanager
+def member_logs(jobs: list[Prepared]):
+    """While a group trains, the log lines (each member's prefixed with its name) go to every member's log
+    file, instead of the file of the job prepared last."""
+    root = logging.getLogger()
+    stashed = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
+    added = [logging.FileHandler(job.log_file) for job in jobs]
+    for handler in added:
+        handler.setFormatter(stashed[0].formatter if stashed else logging.Formatter("[%(asctime)s] %(message)s"))
+    for handler in stashed:
+        root.removeHandler(handler)
+    for handler in added:
+        root.addHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in added:
+            root.removeHandler(handler)
+            handler.close()
+        for handler in stashed:
+            root.addHandler(handler)
+
+
+class PackedLauncher(Launcher):
+    def __init__(self, max_members: int = 12):
+        if not isinstance(max_members, int) or max_members < 1:
+            sys.exit(f"zr_ablate: error: hydra.launcher.max_members={max_members!r}; it must be an integer >= 1")
+        self.max_members = max_members
+        self.config = self.hydra_context = self.task_function = None
+
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def _job(self, task, overrides: Sequence[str], idx: int) -> JobReturn:
+        """One job through Hydra's run_job (its folder, .hydra/, logging, callbacks) with `task`."""
+        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
+            sweep_config.hydra.job.num = idx
+        return run_job(
+            hydra_context=self.hydra_context,
+            task_function=task,
+            config=sweep_config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from zr_ablate.experiment.packed_run import run_group
+
+        setup_globals()
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        returns = [self._job(prepare, overrides, initial_job_idx + i) for i, overrides in enumerate(job_overrides)]
+        for ret in returns:
+            if ret.status.name == "FAILED":  # prepare raised: an error of this command, not of a job
+                raise ret.return_value
+        todo = [(i, ret.return_value) for i, ret in enumerate(returns) if isinstance(ret.return_value, Prepared)]
+        alone = {i: why for i, job in todo if (why := why_alone(job))}
+        for i, why in alone.items():
+            log.info("runs alone: %s (%s)", returns[i].return_value.name, why)
+            returns[i] = self._job(self.task_function, job_overrides[i], initial_job_idx + i)
+        index = {id(job): i for i, job in todo}
+        for group in groups([job for i, job in todo if i not in alone], self.max_members):
+            with member_logs(group):
+                statuses = run_group(group)
+            for job, status in zip(group, statuses):
+                returns[index[id(job)]].return_value = status
+        return returns

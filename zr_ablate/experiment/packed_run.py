@@ -1,0 +1,85 @@
+"""One group of a packed sweep (experiment/packed_launcher.py): its jobs built as one packed model and trained.
+
+What run.py does for one job, done once for the group where it is shared and per member where it is not:
+threads, float32 precision and trainer.deterministic (shared: the members' settings are equal), the data
+module (shared), the packed model (build.packed_model: each member from its own seed), a W&B run per member
+(its own, resumed by the id its record holds), training and test (training/packed_job.run_packed), then
+each member's run summary and final line. An error in the group is recorded in every unfinished member's
+result.json; the sweep goes on with the next group.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import torch
+from omegaconf import OmegaConf
+
+from zr_ablate.experiment import build
+from zr_ablate.experiment.wandb_run import end_run, start_run
+from zr_ablate.records import FAILED
+from zr_ablate.training.packed_job import MemberJob, run_packed
+
+log = logging.getLogger(__name__)
+
+
+def _member(job, extra: dict) -> MemberJob:
+    """The job's (a packed_launcher.Prepared) record and its own W&B run (continued when its record names one)."""
+    cfg, config = job.cfg, OmegaConf.to_container(job.cfg, resolve=True)
+    logger = start_run(
+        cfg.logger.mode,
+        project=cfg.logger.project,
+        entity=cfg.logger.entity,
+        group=cfg.sweep,
+        name=job.name,
+        tags=[cfg.dropout.name, cfg.model.name, "ptb", "packed"],
+        config=config,
+        job_dir=str(job.job_dir),
+        init_timeout=cfg.logger.init_timeout,
+        run_id=job.previous.get("wandb_run_id"),
+        quiet=cfg.logger.quiet,
+        alongside=True,
+    )
+    run = logger.experiment if logger else None
+    return MemberJob(job.name, job.job_dir, config, extra | {"wandb_run_id": run.id if run else None}, run)
+
+
+def run_group(jobs: list) -> list[str]:
+    """Train and test the jobs (packed_launcher.Prepared: config, folder, name, record so far) packed; returns
+    each one's status."""
+    cfg = jobs[0].cfg
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    if cfg.trainer.get("deterministic"):  # what Lightning's Trainer(deterministic=True) sets, for this process
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    precision = build.apply_precision(cfg.tf32)
+    log.info("packed: %d jobs in one model: %s", len(jobs), "; ".join(job.name for job in jobs))
+    try:
+        data = build.datamodule(cfg)
+        data.setup()
+        schedule, device = build.packed_schedule(cfg), build.packed_device(cfg)
+        model = build.packed_model([job.cfg for job in jobs], len(data.vocab))
+    except build.CONFIG_ERRORS as e:
+        sys.exit(f"zr_ablate: error: {build.error_line(e)}")
+    members = [_member(job, {"threads": cfg.threads, "precision": precision}) for job in jobs]
+    try:
+        results = run_packed(model, data, members, schedule, device)
+    except Exception:
+        # In a sweep a failed group must not stop the others: its members' records say "failed", the sweep's
+        # summary counts them and the sweep exits non-zero at the end.
+        log.exception("packed jobs failed: %s", "; ".join(job.name for job in jobs))
+        for member in members:
+            if member.run is not None:
+                member.run.finish(exit_code=1)
+        return [FAILED] * len(jobs)
+    for member, result in zip(members, results):
+        if member.run is not None:
+            end_run(result, member.run)
+        print(
+            f"[{member.name}] {result['status']}: best val ppl {result['best_val_ppl']}, test ppl "
+            f"{result.get('test_ppl')} ({result['test_protocol']} protocol) -> {result['job_dir']}"
+        )
+    return [result["status"] for result in results]
