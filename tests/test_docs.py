@@ -40,7 +40,7 @@ TINY = ["model=tiny", "trainer.max_epochs=1", "threads=1", "logger.mode=disabled
 def quoted_commands(text: str) -> list[str]:
     """The commands in code blocks (indented or fenced; a trailing `# comment` dropped) and in inline code."""
     found, prose, fenced = [], [], False
-    for line in text.splitlines():
+    for line in re.sub(r"\\\n\s*", " ", text).splitlines():  # a shell line continued with a backslash is one
         if line.lstrip().startswith("```"):
             fenced = not fenced
             continue
@@ -59,12 +59,24 @@ RUN = [c for c in COMMANDS if c[1].startswith("python run.py")]
 MODULE = [c for c in COMMANDS if c[1].startswith("python -m ")]
 
 
+def written(text: str) -> str:
+    """The page without what a program printed: lines of a fenced block that are not a command (a log line
+    may repeat a command after its timestamp)."""
+    kept, fenced = [], False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced or line.lstrip().startswith(PREFIXES):
+            kept.append(line)
+    return "\n".join(kept)
+
+
 def test_every_quoted_command_is_found():
     """Each mention of a command in the pages is one the tests below check (none hides in a form the
     reader above does not see), and the README's two commands are among them."""
     for page in PAGES:
         text = page.read_text()
-        mentions = sum(text.count(prefix) for prefix in PREFIXES)
+        mentions = sum(written(text).count(prefix) for prefix in PREFIXES)
         assert mentions == len(quoted_commands(text)), f"{page.name}: a command outside code the tests read"
     assert ("README.md", HEADLINE) in COMMANDS
 
@@ -105,16 +117,20 @@ class Parsed(Exception):
     """Raised right after a module's parser accepted the quoted arguments: nothing else runs."""
 
 
+def stop_after(parse):
+    def parse_then_stop(self, argv=None, namespace=None):
+        parse(self, argv, namespace)
+        raise Parsed
+
+    return parse_then_stop
+
+
 @pytest.mark.parametrize("page,command", MODULE, ids=[f"{p}: {c}" for p, c in MODULE])
 def test_module_command_parses_its_arguments(monkeypatch, capsys, page, command):
     module, *args = shlex.split(command)[2:]
-    parse_args = argparse.ArgumentParser.parse_args
-
-    def parse_then_stop(self, argv=None, namespace=None):
-        parse_args(self, argv, namespace)
-        raise Parsed
-
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    # every way a module's parser may be asked (budget's overrides mix with its options: parse_intermixed_args)
+    for name in ("parse_args", "parse_intermixed_args"):
+        monkeypatch.setattr(argparse.ArgumentParser, name, stop_after(getattr(argparse.ArgumentParser, name)))
     monkeypatch.setattr(sys, "argv", [module, *args])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # runpy: the module was imported before (by the tests)
