@@ -51,7 +51,15 @@ def main(argv: list[str] | None = None) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         sys.exit(f"zr_ablate.report: error: cannot create {out} ({e.strerror}); pass a writable folder with --out")
+    try:
+        write(args, argv, out, name, runs, curves)
+    except OSError as e:  # a folder that exists but cannot be written, a full disk
+        where = e.filename or out
+        sys.exit(f"zr_ablate.report: error: cannot write {where} ({e.strerror}); pass a writable folder with --out")
 
+
+def write(args: argparse.Namespace, argv: list[str] | None, out: Path, name: str, runs, curves) -> None:
+    """Every table, figure and results.md into `out`, and the W&B run with --wandb."""
     view, view_curves = as_variants(runs), as_variants(curves)
     numbers = tables(view)
     markdown_tables = {key: write_table(out, key, *pair) for key, pair in numbers.items()}
@@ -60,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         keep_runs(Path(args.source), out)
     done, done_curves = view[view["status"] == COMPLETED], view_curves[view_curves["status"] == COMPLETED]
     figs = figures(done, done_curves, numbers["perplexity"][0], out, swept(view)) if len(done) else []
-    command = shlex.join(["python", "-m", "zr_ablate.analysis.report", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "-m", "zr_ablate.report", *(sys.argv[1:] if argv is None else argv)])
     text = markdown(name, args.source, command, view, markdown_tables, figs)
     probe = None if args.source.startswith("wandb:") else memory.load(Path(args.source))
     if probe is not None:  # python -m zr_ablate.probe ran on this sweep: how much context each placement uses
