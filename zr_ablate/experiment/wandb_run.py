@@ -6,6 +6,9 @@
   job, and by the Hydra callback `FinishWandbRun` when a job raised. Without this the basic launcher
   (one process) and joblib's reused workers would fold several jobs into one W&B run.
 - The run folder is `<job_dir>/wandb/`. result.json stays the source of truth; W&B is the dashboard.
+- Online, without a network: the job waits logger.init_timeout, then logs offline (`wandb sync` later). The
+  first job of a sweep that finds W&B unreachable leaves OFFLINE_MARKER in the sweep folder, so the
+  sweep's other jobs (in this process or another) go offline at once rather than each wait again.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+from pathlib import Path
 from urllib.parse import urlparse
 
 from hydra.core.utils import JobStatus
@@ -22,6 +26,7 @@ from zr_ablate.records import COMPLETED, SUMMARY_FIELDS
 from zr_ablate.schema import LOGGER_MODES
 
 log = logging.getLogger(__name__)
+OFFLINE_MARKER = ".wandb-offline"  # in a sweep folder: W&B was unreachable (removed when a sweep starts)
 
 
 def logged_in() -> bool:
@@ -64,12 +69,16 @@ def start_run(
     init_timeout: float = 30.0,
     run_id: str | None = None,
     quiet: bool = True,
+    offline_marker: Path | None = None,
 ):
     """Start this job's W&B run and wrap it for Lightning; None when disabled.
 
-    `run_id` given (a resumed job): continue that run rather than start a second one.
+    `run_id` given (a resumed job): continue that run rather than start a second one. `offline_marker` (a
+    sweep's OFFLINE_MARKER): written when W&B is unreachable; where it exists, the run starts offline at once.
     """
     mode, why = resolve_mode(mode)
+    if mode == "online" and offline_marker is not None and offline_marker.is_file():
+        mode, why = "offline", f"W&B: offline (an earlier job of this sweep found W&B unreachable: {offline_marker})"
     log.info(why)
     if mode == "disabled":
         return None
@@ -77,6 +86,7 @@ def start_run(
     from pytorch_lightning.loggers import WandbLogger
 
     finish_run(exit_code=1)  # a run still open here belongs to an earlier job of this process that died
+    wandb.setup(wandb.Settings(silent=quiet))  # W&B's global settings: its login line comes before the run's
     kwargs = dict(
         project=project,
         entity=entity,
@@ -96,8 +106,11 @@ def start_run(
     except Exception as e:  # no network, server down: keep the job, keep the record
         if mode != "online":
             raise
-        log.warning("W&B: online start failed (%s); logging offline instead, `wandb sync` later", e)
-        run = wandb.init(mode="offline", **kwargs)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        log.warning("W&B: online start failed (%s); logging offline instead, `wandb sync` later", reason)
+        if offline_marker is not None:
+            offline_marker.write_text(reason + "\n")
+        run = wandb.init(mode="offline", settings=wandb.Settings(silent=quiet), **kwargs)
     return WandbLogger(experiment=run)
 
 
