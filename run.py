@@ -170,18 +170,19 @@ def run(cfg: DictConfig, hydra_cfg, job_dir: str) -> str:
             loggers=[wandb_logger] if wandb_logger else None,
         )
     except Exception as e:
-        if isinstance(e, OSError):  # a full disk, a folder gone: one line, its record says failed
-            log.error("job failed: %s (%s)", job_dir, e)
-        if hydra_cfg.mode != RunMode.MULTIRUN:
-            if isinstance(e, OSError):
-                finish_run(exit_code=1)
-                sys.exit(f"zr_ablate: error: job {job_dir} failed ({e}); free space or fix the folder, then rerun")
+        multirun = hydra_cfg.mode == RunMode.MULTIRUN
+        if not multirun and not isinstance(e, OSError):
             raise  # FinishWandbRun ends the W&B run with exit code 1
-        # In a sweep one failed job must not stop the others: result.json says "failed", the
-        # sweep's summary counts it and the sweep exits non-zero at the end.
-        if not isinstance(e, OSError):
-            log.exception("job failed: %s", job_dir)
         finish_run(exit_code=1)
+        if isinstance(e, OSError):  # a full disk, a folder gone: one line (its record says failed)
+            line = f"job {job_dir} failed ({e}); free space or fix the folder, then rerun to resume"
+            if not multirun:
+                sys.exit(f"zr_ablate: error: {line}")
+            log.error(line)
+        else:
+            # In a sweep one failed job must not stop the others: result.json says "failed", the
+            # sweep's summary counts it and the sweep exits non-zero at the end.
+            log.exception("job failed: %s", job_dir)
         return FAILED
     except BaseException:  # Interrupted: the sweep stops here, and cli() sums it up
         finish_run(exit_code=1)

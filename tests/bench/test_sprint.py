@@ -187,7 +187,11 @@ def test_successive_leases_skip_what_is_already_completed(tmp_path):
         folder = tmp_path / name
         folder.mkdir()
         config = {"dropout": {"name": placement}, "model": {"name": size}, "seed": seed}
-        (folder / "result.json").write_text(json.dumps({"status": status, "config": config}))
+        numbers = dict.fromkeys(["best_val_ppl", "final_val_ppl", "test_ppl", "final_train_ppl"], 100.0)
+        record = {"status": status, "config": config} | (
+            numbers | {"test_protocol": "paper"} if status == "completed" else {}
+        )
+        (folder / "result.json").write_text(json.dumps(record))
 
     job("a", "zaremba", "completed")
     job("b", "none", "failed")

@@ -123,6 +123,30 @@ def test_sigint_ends_a_single_run_with_130_and_its_record_says_interrupted(tmp_p
     assert record["status"] == "failed" and record["error"].startswith("interrupted by SIGINT; rerun")
 
 
+def test_an_interrupted_sweep_records_the_jobs_its_workers_left_running(tmp_path, capsys):
+    """joblib's workers die with the sweep (SIGKILL), leaving records at running: the summary records those
+    that ran on this machine as interrupted, and leaves one whose lock names another machine to it."""
+    from omegaconf import OmegaConf
+
+    from zr_ablate.experiment.guard import SweepGuard
+
+    config = {"model": {"name": "tiny"}, "dropout": {"name": "none"}, "seed": 1}
+    for name, host in (("here", socket.gethostname()), ("there", "another-node")):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text("[]\n")
+        (tmp_path / name / "result.json").write_text(json.dumps({"status": "running", "config": config}))
+        (tmp_path / name / LOCK).write_text(f"pid 1 on host {host}\n")  # its process gone
+    guard = SweepGuard("zr_ablate.experiment.build.check")
+    guard.started = 0
+    guard.summarise(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "sweep": "s"}), "SIGTERM")
+    assert "interrupted by SIGTERM (the jobs it had not started are left for a rerun): 0 completed" in (
+        capsys.readouterr().out
+    )
+    here, there = (json.loads((tmp_path / name / "result.json").read_text()) for name in ("here", "there"))
+    assert here["status"] == "failed" and here["error"].startswith("interrupted by SIGTERM (the sweep was)")
+    assert there["status"] == "running"
+
+
 def test_two_sweeps_into_one_folder_train_each_job_once(tmp_path, ptb_dir):
     """Started together: the second reaches a job the first is running and skips it (its lock), or finds it
     completed; no job is trained twice, no epoch recorded twice."""

@@ -205,7 +205,10 @@ def record_interrupted(job: Path, signal_name: str) -> None:
     if f"on host {socket.gethostname()}" not in (lock.read_text() if lock.is_file() else ""):
         return  # run on another machine (SLURM): its lock may not be visible from here
     with job_lock(job) as holder:
-        record = read_result(job) if holder is None else None
+        try:
+            record = read_result(job) if holder is None else None
+        except RecordError:
+            return  # counted failed already; the report says why
         if record and record["status"] == RUNNING:
             error = f"interrupted by {signal_name} (the sweep was); rerun the same command to resume"
             write_json_atomic(job / RESULT, dict(record, status=FAILED, error=error))
