@@ -81,7 +81,7 @@ NEUTRAL_KEYS = [
 ]
 
 
-NAME_MAX = 255  # bytes in one file name, on Linux, macOS and Windows file systems alike
+NAME_MAX = 255  # bytes in one file name (ext4, XFS, APFS; NFS and Lustre mounts of them)
 
 
 def folder_name_problem(name: str) -> str | None:
