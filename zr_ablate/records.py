@@ -7,21 +7,30 @@ torch. One job folder (a Hydra job; see zr_ablate/conf/config.yaml for its name)
     epochs.csv         EPOCHS: one row per finished epoch (EPOCH_FIELDS)
     sentences_test.csv SENTENCES: per test sentence, its tokens and summed NLL (SENTENCE_FIELDS); paper protocol
     checkpoints/last.ckpt   the weights, optimiser and RNG after the last finished epoch (resume)
-    .hydra/config.yaml      the job's composed config, written by Hydra before the job starts
+    .hydra/config.yaml      the job's composed config, written by run.py when the job starts (not when a
+                            record is kept or refused, so that it always matches result.json)
+    .lock              LOCK: the advisory lock a running job holds (job_lock), with its pid and host
+    .result.failed.json     FALLBACK: the record that replaces result.json if the final one cannot be written
 """
 
 from __future__ import annotations
 
 import csv
+import errno
+import fcntl
 import json
 import os
 import shutil
+import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 RESULT, EPOCHS, CHECKPOINTS, HYDRA_CONFIG = "result.json", "epochs.csv", "checkpoints", ".hydra/config.yaml"
+HYDRA, LOCK, FALLBACK = ".hydra", ".lock", ".result.failed.json"
 LAST_CHECKPOINT = f"{CHECKPOINTS}/last.ckpt"
 # Statuses a job records in result.json, and those the readers add: "missing" (Hydra made the folder but the
 # job never wrote result.json), "unreadable" (its result.json is not JSON) and, in a sweep's summary,
@@ -49,6 +58,18 @@ RECORD_FIELDS = [
     "error",
 ]
 SUMMARY_FIELDS = ["status", *RECORD_FIELDS]
+# What a reader may rely on: each field's type where it is given (null always allowed), the fields a
+# completed record must give, and the config entries every record must give. A record that breaks one is
+# unreadable, named with the field (record_problem).
+NUMBER, INTEGER, TEXT = (int, float), (int,), (str,)
+FIELD_TYPES = {
+    **dict.fromkeys(["best_val_ppl", "final_val_ppl", "test_ppl", "mc_test_ppl", "final_train_ppl"], NUMBER),
+    **dict.fromkeys(["wall_time_s", "tokens_per_s"], NUMBER),
+    **dict.fromkeys(["epochs", "n_params", "mc_samples"], INTEGER),
+    **dict.fromkeys(["test_protocol", "error"], TEXT),
+}
+COMPLETED_FIELDS = ["best_val_ppl", "final_val_ppl", "test_ppl", "final_train_ppl", "test_protocol"]
+CONFIG_FIELDS = {"model.name": TEXT, "dropout.name": TEXT, "seed": INTEGER}
 EPOCH_FIELDS = ["epoch", "lr", "train_loss", "train_ppl", "val_loss", "val_ppl", "tokens_per_s", "train_s", "elapsed_s"]
 # Per test sentence (the predicted tokens up to and including each <eos>, in stream order; a stream cut short
 # ends in a last, open sentence): tokens, the NLL summed over them in nats, and the same under MC-dropout
@@ -73,9 +94,30 @@ NEUTRAL_KEYS = [
 ]
 
 
+NAME_MAX = 255  # bytes in one file name (ext4, XFS, APFS; NFS and Lustre mounts of them)
+
+
+def folder_name_problem(name: str) -> str | None:
+    """Why `name` cannot be one folder inside the sweep folder, as the fix to make, or None: a `/` would
+    split it into folders, `..` or `.` would leave the sweep folder."""
+    if "/" in name or "\0" in name or name in ("", ".", ".."):
+        return f"{name!r} is not one folder's name inside the sweep folder; pass values without '/', '..' or NUL"
+    if len(name.encode()) > NAME_MAX:
+        return (
+            f"{name[:60]!r}... is {len(name.encode())} bytes, more than the {NAME_MAX} a file name may have; pass "
+            f"fewer or shorter overrides (those that cannot change results, e.g. data.dir, are left out of it)"
+        )
+    return None
+
+
 def job_name(override_dirname: str) -> str:
-    """A job folder's name: its overrides (minus NEUTRAL_KEYS), as Hydra joins them; no overrides: default."""
-    return override_dirname or "default"
+    """A job folder's name: its overrides (minus NEUTRAL_KEYS), as Hydra joins them; no overrides: default.
+    Raises ValueError when that cannot be a folder inside the sweep folder."""
+    name = override_dirname or "default"
+    problem = folder_name_problem(name)
+    if problem:
+        raise ValueError(f"job folder {problem}")
+    return name
 
 
 def register_resolvers() -> None:
@@ -121,7 +163,7 @@ def set_aside(job_dir: str | Path) -> Path:
     job = Path(job_dir)
     target = job / time.strftime("stale-%Y%m%d-%H%M%S")
     target.mkdir()
-    for name in (RESULT, EPOCHS, SENTENCES, CHECKPOINTS, "wandb"):
+    for name in (RESULT, EPOCHS, SENTENCES, CHECKPOINTS, HYDRA, "wandb"):
         if (job / name).exists():
             shutil.move(str(job / name), str(target / name))
     return target
@@ -138,9 +180,58 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def start_record(job_dir: str | Path, record: dict) -> None:
+    """Write a job's first record (running) and, beside it, the failed record that end_record falls back to."""
+    job = Path(job_dir)
+    unwritten = "its final record could not be written (a full disk?); free space and rerun to resume"
+    write_json_atomic(job / FALLBACK, dict(record, status=FAILED, error=unwritten))
+    write_json_atomic(job / RESULT, record)
+
+
+def end_record(job_dir: str | Path, record: dict) -> None:
+    """Write a job's final record. If it cannot be written (a full disk), the record start_record prepared takes
+    its place, so the job never stays `running`: a rename needs no free space."""
+    job = Path(job_dir)
+    try:
+        write_json_atomic(job / RESULT, record)
+    except OSError:
+        os.replace(job / FALLBACK, job / RESULT)
+        raise
+    (job / FALLBACK).unlink(missing_ok=True)
+
+
+def _type_problem(name: str, value, types: tuple) -> str | None:
+    if value is None or (isinstance(value, types) and not isinstance(value, bool)):
+        return None
+    kind = {NUMBER: "a number", INTEGER: "an integer", TEXT: "text"}[types]
+    return f"{name} is {type(value).__name__} {value!r:.40}, not {kind}"
+
+
+def record_problem(record: dict) -> str | None:
+    """What makes `record` unusable (a missing field, one of the wrong type), naming the field; or None."""
+    if record.get("status") not in (COMPLETED, DIVERGED, FAILED, RUNNING):
+        return f"status {record.get('status')!r:.40} is none of {COMPLETED}, {DIVERGED}, {FAILED}, {RUNNING}"
+    config = record.get("config")
+    if not isinstance(config, dict):
+        return "it has no config" if config is None else f"config is {type(config).__name__}, not a mapping"
+    settings = flat(config)
+    for key, types in CONFIG_FIELDS.items():
+        problem = _type_problem(f"config {key}", settings.get(key), types)
+        if problem or settings.get(key) is None:
+            return problem or f"config {key} is missing"
+    for key, types in FIELD_TYPES.items():
+        problem = _type_problem(key, record.get(key), types)
+        if problem:
+            return problem
+    missing = [key for key in COMPLETED_FIELDS if record.get(key) is None]
+    if record["status"] == COMPLETED and missing:
+        return f"it says {COMPLETED} but gives no {', '.join(missing)}"
+    return None
+
+
 def read_result(job_dir: str | Path) -> dict | None:
     """The job's result.json, or None if it has none. A file that is not JSON (a write cut short outside
-    write_json_atomic, a hand edit) raises RecordError naming it."""
+    write_json_atomic, a hand edit) or not a usable record (record_problem) raises RecordError naming it."""
     path = Path(job_dir) / RESULT
     if not path.is_file():
         return None
@@ -150,6 +241,9 @@ def read_result(job_dir: str | Path) -> dict | None:
         raise RecordError(f"{path} is not a readable result ({e}); delete it to rerun the job, or restore it") from e
     if not isinstance(result, dict):
         raise RecordError(f"{path} holds {type(result).__name__}, not a result record; delete it to rerun the job")
+    problem = record_problem(result)
+    if problem:
+        raise RecordError(f"{path} is not a usable result: {problem}; delete it to rerun the job, or restore it")
     return result
 
 
@@ -163,6 +257,61 @@ def write_sentences(job_dir: str | Path, tokens: list[int], nll: list[float], mc
         for i, (n, loss) in enumerate(zip(tokens, nll)):
             writer.writerow([n, repr(loss), "" if mc_nll is None else repr(mc_nll[i])])
     os.replace(tmp, path)
+
+
+def _flock(fd: int, mode: int, tries: int = 1) -> bool | None:
+    """Take a flock without waiting: True if taken, False if another process holds it, None where the file
+    system has no flock (some cluster mounts: ENOSYS, EOPNOTSUPP, ENOLCK)."""
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return True
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                return None
+        if attempt + 1 < tries:
+            time.sleep(0.1)  # lock_holder's look lasts microseconds: do not take it for a job running
+    return False
+
+
+def _holder(fd: int) -> str:
+    return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+
+
+@contextmanager
+def job_lock(job_dir: str | Path) -> Iterator[str | None]:
+    """Hold the job folder's lock while the block runs, so that two sweeps writing the same folder never train
+    one job twice. Yields None when this process holds it, else who does ("pid 123 on host node7"). The lock
+    is advisory (flock) and ends with its process, so a lock left by a process that died is taken over. On a
+    file system without flock, the job runs unlocked."""
+    path = Path(job_dir) / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        taken = _flock(fd, fcntl.LOCK_EX, tries=5)
+        if taken is False:
+            yield _holder(fd)
+            return
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+        try:
+            yield None
+        finally:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
+
+
+def lock_holder(job_dir: str | Path) -> str | None:
+    """Who holds the job folder's lock now ("pid 123 on host node7"), or None if nobody does. Looks with a
+    shared lock, released at once, and writes nothing."""
+    path = Path(job_dir) / LOCK
+    if not path.is_file():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _holder(fd) if _flock(fd, fcntl.LOCK_SH) is False else None
+    finally:
+        os.close(fd)
 
 
 def is_job_folder(path: Path) -> bool:

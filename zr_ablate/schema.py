@@ -7,10 +7,14 @@ settings and every dropout connection switched off, so a profile (zr_ablate/conf
 and a preset (zr_ablate/conf/dropout/) only the connections it turns on, while `dropout.recurrent.p=0.2` still works
 on any preset.
 
-Ranges: `check_ranges`, run by build.check for every job of a sweep before any job trains (and by
-run.py for a single job), names the key and what it must be.
+Keys and ranges: `check_keys` refuses a key the schema does not have (Hydra lets `+model.hiden=32` add one
+to any node), naming the close matches; `check_ranges` refuses a value outside its range, NaN and infinity
+included, naming the key and what it must be. Both run in build.check for every job of a sweep before any
+job trains (and in build.build for a single job).
 """
 
+import difflib
+import math
 from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, get_type_hints  # noqa: UP035  OmegaConf reads these typing forms
@@ -144,7 +148,49 @@ def register() -> None:
 
 register()
 
-# key -> (test, what it must be). Checked after types, so values are ints and floats here.
+
+def _keys(node: DictConfig | dict, prefix: str = "") -> list[str]:
+    """Every dotted key of a config node, nodes and leaves (values left unresolved, missing ones too)."""
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=False)
+    keys = []
+    for key, value in node.items():
+        keys.append(f"{prefix}{key}")
+        if isinstance(value, dict):
+            keys += _keys(value, f"{prefix}{key}.")
+    return keys
+
+
+# Nodes that take any key: Trainer arguments (build.check checks them against the Trainer) and the data's
+# per-split addresses and checksums (data.py checks those). `hydra` is Hydra's own.
+FREE_FORM = ("trainer", "data.urls", "data.sha256", "hydra")
+
+
+def unknown_key_line(key: str, known: list[str] | None = None) -> str:
+    """The one line that refuses a setting the schema does not have: the close matches at its depth, else the
+    same name elsewhere (`hidden` -> model.hidden), else what its node does take."""
+    known = known if known is not None else _keys(OmegaConf.structured(Config))
+    node, _, leaf = key.rpartition(".")
+    close = difflib.get_close_matches(key, [k for k in known if k.count(".") == key.count(".")], n=2, cutoff=0.8)
+    close = close or [k for k in known if k.rpartition(".")[2] == leaf]
+    if close:
+        hint = f"did you mean {' or '.join(close)}?"
+    else:
+        siblings = [k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == node]
+        hint = f"{node or 'the top level'} takes {', '.join(siblings)}" if siblings else "see zr_ablate/schema.py"
+    return f"unknown setting {key} ({hint}); remove it or correct its name"
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """Raise ValueError naming the first key the schema does not have, such as `+model.hiden=32`."""
+    known = _keys(OmegaConf.structured(Config))
+    for key in _keys(cfg):
+        if key not in known and not key.startswith(tuple(f"{node}." for node in FREE_FORM)) and key != "hydra":
+            raise ValueError(unknown_key_line(key, known))
+
+
+# key -> (test, what it must be). Checked after types, so values are ints and floats here; a float that is
+# NaN or infinite is refused for every key before these tests (a comparison with NaN is always false).
 RANGES = {
     "seed": (lambda v: v >= 0, "an integer >= 0"),
     "threads": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
@@ -167,17 +213,45 @@ RANGES = {
     "logger.mode": one_of(LOGGER_MODES),
     "logger.log_every_n_steps": (lambda v: v >= 1, "an integer >= 1"),
     "logger.init_timeout": (lambda v: v > 0, "> 0 seconds"),
+    "optim.lr": (lambda v: v > 0, "> 0"),
+    "optim.lr_decay": (lambda v: v >= 1, ">= 1 (the lr is divided by it)"),
+    "optim.decay_after": (lambda v: v >= 0, "an integer >= 0"),
+    "optim.clip": (lambda v: v > 0, "> 0 (a gradient norm)"),
+    "optim.weight_decay": (lambda v: 0 <= v < 1, "in [0, 1) (each step scales the weights by 1 - it)"),
     "trainer.max_epochs": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1 (0 records an untrained model)"),
 }
 
 
+def check_value(key: str, value) -> None:
+    """Raise ValueError if `value` is NaN or infinite, or outside RANGES[key]."""
+    ok, must = RANGES.get(key, (lambda v: True, None))
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{key}={value!r} is out of range: it must be a finite number" + (f", {must}" if must else ""))
+    if not ok(value):
+        raise ValueError(f"{key}={value!r} is out of range: it must be {must}")
+
+
 def check_ranges(cfg: DictConfig) -> None:
-    """Raise ValueError naming the first key whose value is out of range and what it must be."""
-    for key, (ok, must) in RANGES.items():
-        node, _, leaf = key.rpartition(".")
-        parent = OmegaConf.select(cfg, node) if node else cfg
-        value = parent.get(leaf) if parent is not None else None
+    """Raise ValueError naming the first key whose value is NaN, infinite or out of range, and what it must be."""
+    values = dict(flat_leaves(cfg))
+    for key, value in values.items():
+        if isinstance(value, float):
+            check_value(key, value)
+    for key in RANGES:
+        value = values.get(key)
         if value is None and key == "trainer.max_epochs":
             continue  # Lightning's default then
-        if not ok(value):
-            raise ValueError(f"{key}={value!r} is out of range: it must be {must}")
+        check_value(key, value)
+
+
+def flat_leaves(cfg: DictConfig, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, resolved value) of every leaf outside Hydra's own node."""
+    leaves = []
+    for key, value in cfg.items():
+        if key == "hydra" and not prefix:
+            continue
+        if isinstance(value, DictConfig):
+            leaves += flat_leaves(value, f"{prefix}{key}.")
+        else:
+            leaves.append((f"{prefix}{key}", value))
+    return leaves

@@ -18,7 +18,7 @@ from tests.helpers import read_run
 from zr_ablate.analysis.recipes import recipes
 from zr_ablate.analysis.runs import RUN_COLUMNS, load_sweep, runs_from_wandb
 from zr_ablate.dropout import CONNECTIONS
-from zr_ablate.records import EPOCH_FIELDS
+from zr_ablate.records import COMPLETED_FIELDS, EPOCH_FIELDS
 
 pytestmark = pytest.mark.slow  # its fixtures train sweeps in subprocesses
 
@@ -267,12 +267,40 @@ def test_bad_source_fails_with_one_line(sweep, tmp_path, source, message):
     assert not (tmp_path / "report").exists()
 
 
-def test_unwritable_out_fails_with_one_line(sweep, tmp_path):
+@pytest.mark.parametrize("where", ["a_file/report", "/proc/self"], ids=["under-a-file", "existing-unwritable"])
+def test_unwritable_out_fails_with_one_line(sweep, tmp_path, where):
+    """A folder that cannot be made, or one that exists but takes no files (also for root): one line."""
     (tmp_path / "a_file").write_text("")
-    proc = report(sweep, "--out", tmp_path / "a_file" / "report")
+    proc = report(sweep, "--out", tmp_path / where)
     assert proc.returncode != 0
     [line] = proc.stderr.strip().splitlines()
-    assert line.startswith("zr_ablate.report: error: cannot create") and "--out" in line
+    assert line.startswith("zr_ablate.report: error: cannot ") and "pass a writable folder with --out" in line
+
+
+def test_records_missing_a_field_or_of_the_wrong_type_are_unreadable_and_the_report_goes_on(sweep, out, tmp_path):
+    """Records that parse but cannot be used: a completed record without each field it needs in turn, one
+    whose config is a string, one whose test perplexity is text. Each is listed unreadable, naming the field;
+    one that says completed with an infinite test perplexity counts as diverged; the tables are as before."""
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy, ignore=shutil.ignore_patterns("checkpoints", "wandb"))
+    record = json.loads((sweep / "dropout=none,model=tiny,seed=1" / "result.json").read_text())
+    broken = {f"no-{field}": field for field in ["status", "config", *COMPLETED_FIELDS]}
+    records = {name: {k: v for k, v in record.items() if k != field} for name, field in broken.items()}
+    records |= {"config-a-string": record | {"config": "dropout=none"}, "test-ppl-text": record | {"test_ppl": "9"}}
+    broken |= {"config-a-string": "config is str", "test-ppl-text": "test_ppl is str"}
+    records["infinite-test-ppl"] = record | {"test_ppl": float("inf")}  # written as Infinity
+    for name, content in records.items():
+        (copy / name).mkdir()
+        (copy / name / "result.json").write_text(json.dumps(content))
+    runs = pd.read_csv(in_process_report(copy, tmp_path / "out") / "runs.csv").set_index("job")
+    for name, field in broken.items():
+        assert runs.loc[name, "status"] == "unreadable" and field in runs.loc[name, "error"], name
+    assert (
+        runs.loc["infinite-test-ppl", "status"] == "diverged"
+        and "test_ppl=inf" in runs.loc["infinite-test-ppl", "error"]
+    )
+    assert (tmp_path / "out" / "perplexity.csv").read_text() == (out / "perplexity.csv").read_text()
+    assert "unreadable (9)" in (tmp_path / "out" / "results.md").read_text()
 
 
 # ---- variants, swept probabilities, MC: job folders fabricated from the tiny sweep's, not trained ----

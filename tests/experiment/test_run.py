@@ -77,30 +77,56 @@ def test_same_seed_same_result_in_the_same_folder(tmp_path, ptb_dir, sweep):
     )
 
 
+NO_CONFIG = {"status": "completed"}  # a record that says nothing of the settings it was made with
+
+
 @pytest.mark.parametrize(
-    "args,message",
+    "args,message,planted",
     [
-        (["dropout.p=1.2"], "dropout probability must be in [0, 1)"),
-        (["dropout.recurrent.mask=sometimes"], "dropout mask must be one of"),
-        (["data.bptt=600", "data.train_tokens=2000"], "unroll 600 is longer"),
-        (["data.dir=/nonexistent/ptb"], "missing PTB split file /nonexistent/ptb/ptb.train.txt"),
-        (["data.test_protocol=quick"], "data.test_protocol='quick' is out of range: it must be one of paper, fast"),
-        (["data.batch_size=0"], "data.batch_size=0 is out of range: it must be an integer >= 1"),
-        (["trainer.max_epochs=0"], "trainer.max_epochs=0 is out of range: it must be an integer >= 1"),
+        (["dropout.p=1.2"], "dropout probability must be in [0, 1)", None),
+        (["dropout.recurrent.mask=sometimes"], "dropout mask must be one of", None),
+        (["data.bptt=600", "data.train_tokens=2000"], "unroll 600 is longer", None),
+        (["data.dir=/nonexistent/ptb"], "missing PTB split file /nonexistent/ptb/ptb.train.txt", None),
+        (
+            ["data.test_protocol=quick"],
+            "data.test_protocol='quick' is out of range: it must be one of paper, fast",
+            None,
+        ),
+        (["data.batch_size=0"], "data.batch_size=0 is out of range: it must be an integer >= 1", None),
+        (["trainer.max_epochs=0"], "trainer.max_epochs=0 is out of range: it must be an integer >= 1", None),
+        # an unknown key, with `+` (which Hydra adds to any node) or without (Hydra's error, in one line)
+        (["+model.hiden=32"], "unknown setting model.hiden (did you mean model.hidden?)", None),
+        (["model.hiden=32"], "unknown setting model.hiden (did you mean model.hidden?)", None),
+        (["optim.lr=nan"], "optim.lr=nan is out of range: it must be a finite number, > 0", None),
+        (["seed=abc"], "seed=abc (Value 'abc' of type 'str' could not be converted to Integer)", None),
+        (["dropout=gaal"], "there is no dropout=gaal (did you mean dropout=gal?); pass one of dropout=gal,", None),
+        # a job folder or sweep name that would not be one folder inside out_root/<sweep>/
+        (["dropout.name=../../x"], "'dropout.name=../../x,model=tiny' is not one folder's name", None),
+        (["sweep=../.."], "sweep=../..: '../..' is not one folder's name inside the sweep folder", None),
+        ([f"dropout.name={'x' * 300}"], "bytes, more than the 255 a file name may have", None),
+        (
+            ["-m", "dropout=none,zaremba", "dropout.name=a/b"],
+            "dropout=none,dropout.name=a/b: job folder 'dropout.name=a/b,dropout=none,model=tiny' is not",
+            None,
+        ),
+        # a completed record without its config: never silently reused (the stale-settings check needs it)
+        ([], "model=tiny/result.json is not a usable result: it has no config; delete it to rerun", NO_CONFIG),
     ],
 )
-def test_bad_settings_fail_at_start_with_one_line(tmp_path, ptb_dir, args, message):
-    proc = run(tmp_path, f"data.dir={ptb_dir}", *args, check=False)
-    assert proc.returncode != 0
-    lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("zr_ablate: error:")]
-    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
-    assert not list(tmp_path.rglob("result.json"))  # nothing started
-
-
-def test_unknown_placement_is_rejected_by_name(tmp_path, ptb_dir):
-    proc = run(tmp_path, f"data.dir={ptb_dir}", "dropout=gaal", check=False)
-    assert proc.returncode != 0 and "Could not find 'dropout/gaal'" in proc.stderr
-    assert "Available options" in proc.stderr and "zaremba" in proc.stderr
+def test_bad_settings_fail_at_start_with_one_line(tmp_path, ptb_dir, args, message, planted):
+    """Each bad input: one line on stderr naming the fix, no traceback, and nothing trained or written."""
+    out = tmp_path / "out"
+    if planted:
+        (out / "adhoc" / "model=tiny").mkdir(parents=True)
+        (out / "adhoc" / "model=tiny" / "result.json").write_text(json.dumps(planted))
+    multirun = args[:1] == ["-m"]
+    proc = run(out, f"data.dir={ptb_dir}", *args[multirun:], check=False, multirun=multirun)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("zr_ablate: error:") and message in line, line
+    assert [json.loads(p.read_text()) for p in tmp_path.rglob("result.json")] == ([planted] if planted else [])
+    assert {p.name for p in tmp_path.iterdir()} <= {"out"}  # nothing written beside out_root (../..)
+    assert not list(tmp_path.rglob("epochs.csv"))
 
 
 @pytest.mark.parametrize("multirun", [False, True], ids=["run", "multirun"])

@@ -94,15 +94,19 @@ def test_mode_resolution_never_prompts(monkeypatch, tmp_path):
         resolve_mode("cloud")
 
 
-def test_online_without_a_network_says_it_waits_and_falls_back_to_offline(tmp_path, ptb_dir):
-    """A key but no reachable W&B: one line says how long it may wait, then the job logs offline."""
+def test_online_without_a_network_falls_back_to_offline_once_per_sweep_and_quietly(tmp_path, ptb_dir):
+    """A key but no reachable W&B: the first job says how long it may wait, then logs offline; the sweep's
+    other jobs go offline at once rather than wait again; no W&B banner either way (logger.quiet)."""
     env = dict(os.environ, WANDB_API_KEY="x" * 40, WANDB_BASE_URL="http://127.0.0.1:9")
     env.pop("WANDB_MODE", None)
     cmd = [
         sys.executable,
         "run.py",
+        "-m",
         f"out_root={tmp_path}",
         "model=tiny",
+        "dropout=none,zaremba",
+        "trainer.max_epochs=1",
         "logger.mode=online",
         "logger.init_timeout=5",
         f"data.dir={ptb_dir}",
@@ -110,6 +114,9 @@ def test_online_without_a_network_says_it_waits_and_falls_back_to_offline(tmp_pa
         "threads=1",
     ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    console = proc.stdout + proc.stderr
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "W&B: starting the run online (waiting up to 5 s for W&B" in proc.stdout + proc.stderr
-    assert list(tmp_path.glob("adhoc/*/wandb/offline-run-*/run-*.wandb"))
+    assert console.count("W&B: starting the run online (waiting up to 5 s for W&B") == 1
+    assert "W&B: offline (an earlier job of this sweep found W&B unreachable" in console
+    assert len(list(tmp_path.glob("adhoc/*/wandb/offline-run-*/run-*.wandb"))) == 2
+    assert "wandb:" not in console  # W&B's own banner and run summary

@@ -136,10 +136,15 @@ def test_gradients_are_clipped_to_global_norm(ptb_dir):
 
 
 def test_bad_optimisation_settings_are_rejected():
-    with pytest.raises(ValueError, match="lr_decay>=1"):
+    with pytest.raises(ValueError, match=r"optim.lr_decay=0.5 is out of range: it must be >= 1"):
         LMModule(torch.nn.Linear(2, 2), lr=1.0, lr_decay=0.5, decay_after=1, clip=5.0)
-    with pytest.raises(ValueError, match="0<=weight_decay<1"):
+    with pytest.raises(ValueError, match=r"optim.weight_decay=1.0 is out of range: it must be in \[0, 1\)"):
         LMModule(torch.nn.Linear(2, 2), lr=1.0, lr_decay=1.2, decay_after=1, clip=5.0, weight_decay=1.0)
+    # NaN passes every comparison test (nan <= 0 is false): refused as not finite, as is infinity
+    for bad in (dict(lr=float("nan")), dict(lr=float("inf")), dict(clip=float("nan"))):
+        settings = dict(lr=1.0, lr_decay=1.2, decay_after=1, clip=5.0) | bad
+        with pytest.raises(ValueError, match="it must be a finite number"):
+            LMModule(torch.nn.Linear(2, 2), **settings)
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])

@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 
 from zr_ablate.experiment import build
 from zr_ablate.model.language_model import LSTMLanguageModel
-from zr_ablate.records import COMPLETED, LAST_CHECKPOINT, is_job_folder, read_result
+from zr_ablate.records import COMPLETED, LAST_CHECKPOINT, RecordError, is_job_folder, read_result
 
 KS = [1, 2, 5, 10, 20, 50, 100, 200]
 WHOLE = "whole"
@@ -116,10 +116,17 @@ def jobs_of(sweep: Path) -> list[Path]:
     return [
         job
         for job in sorted(sweep.iterdir())
-        if is_job_folder(job)
-        and (read_result(job) or {}).get("status") == COMPLETED
-        and (job / LAST_CHECKPOINT).is_file()
+        if is_job_folder(job) and _completed(job) and (job / LAST_CHECKPOINT).is_file()
     ]
+
+
+def _completed(job: Path) -> bool:
+    """Whether the job's record says completed; a record that cannot be used is passed over, with a warning."""
+    try:
+        return (read_result(job) or {}).get("status") == COMPLETED
+    except RecordError as e:
+        print(f"warning: {e}", file=sys.stderr)
+        return False
 
 
 def run(

@@ -7,6 +7,7 @@ whoever aggregates decides what to leave out.
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from zr_ablate.analysis.recipes import match, setup
 from zr_ablate.dropout import CONNECTIONS
 from zr_ablate.records import (
     COMPLETED,
+    DIVERGED,
     EPOCH_FIELDS,
     EPOCHS,
     FAILED,
@@ -31,6 +33,7 @@ from zr_ablate.records import (
     flat,
     is_job_folder,
     read_result,
+    record_problem,
 )
 
 # Each connection of the DropoutSpec gives a column <connection>_p, its probability, so a sweep over one
@@ -44,6 +47,8 @@ IDENTITY = ["job", "placement", "size", "seed", "status", "variant", "p", *RATES
 # (recipes.setup: runs that share it differ only in where dropout goes and in seed).
 RUN_COLUMNS = IDENTITY + ["recipe", "recipe_note", "setup"] + RECORD_FIELDS
 CURVE_COLUMNS = IDENTITY + EPOCH_FIELDS
+# A completed record with one of these NaN or infinite counts as diverged.
+PERPLEXITIES = ["best_val_ppl", "final_val_ppl", "test_ppl", "mc_test_ppl", "final_train_ppl"]
 # W&B run state -> our status, for runs whose summary does not say how the job ended.
 WANDB_STATES = {"finished": COMPLETED, "crashed": FAILED, "failed": FAILED, "killed": FAILED, "running": RUNNING}
 
@@ -60,6 +65,9 @@ def variant(placement: str | None, tied: bool, word_p: float) -> str | None:
 
 
 def _row(job: str, config: dict, record: dict, status: str) -> dict:
+    infinite = [k for k in PERPLEXITIES if isinstance(record.get(k), float) and not math.isfinite(record[k])]
+    if status == COMPLETED and infinite:  # e.g. a test perplexity that overflowed: no mean may include it
+        status, record = DIVERGED, dict(record, error=f"recorded {COMPLETED} with {infinite[0]}={record[infinite[0]]}")
     settings = flat(config)
     placement = settings.get("dropout.name")
     # A connection a (pre-)preset does not name is off; a job without any config has no rates at all.
@@ -83,6 +91,12 @@ def _row(job: str, config: dict, record: dict, status: str) -> dict:
         "setup": setup(settings) if settings else None,
         **fields,
     }
+
+
+def _unreadable(job: str, why: str) -> dict:
+    """The row of a job whose record cannot be used; the warning names the file or run and the field."""
+    print(f"warning: {why}", file=sys.stderr)
+    return _row(job, {}, {"error": why}, UNREADABLE)
 
 
 def _frames(rows: list[dict], curves: list[pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -125,23 +139,40 @@ def load_sweep(path) -> tuple[pd.DataFrame, pd.DataFrame]:
         )
     rows, curves = [], []
     for job in jobs:
-        status, why = MISSING, "no result.json: the job never started or was killed before writing it"
         try:
             result = read_result(job)
         except RecordError as e:  # one unreadable record must not take the whole report down
-            result, status, why = None, UNREADABLE, str(e)
-            print(f"warning: {e}", file=sys.stderr)
+            rows.append(_unreadable(job.name, str(e)))
+            continue
         if result is not None:
-            row = _row(job.name, result.get("config") or {}, result, result.get("status"))
+            row = _row(job.name, result["config"], result, result["status"])
         else:
-            # Hydra writes .hydra/config.yaml before the job starts; result.json comes a moment later.
+            # run.py writes .hydra/config.yaml as the job starts; result.json comes a moment later.
             hydra_config = job / HYDRA_CONFIG
             config = _hydra_config(hydra_config) if hydra_config.exists() else {}
-            row = _row(job.name, config, {"error": why}, status)
+            row = _row(
+                job.name,
+                config,
+                {"error": "no result.json: the job never started or was killed before writing it"},
+                MISSING,
+            )
         rows.append(row)
-        if (job / EPOCHS).exists():
-            curves.append(_with_identity(pd.read_csv(job / EPOCHS), row))
+        curve = _epochs(job / EPOCHS)
+        if curve is not None:
+            curves.append(_with_identity(curve, row))
     return _frames(rows, curves)
+
+
+def _epochs(path: Path) -> pd.DataFrame | None:
+    """A job's epochs.csv, or None if it has none or it cannot be read as numbers (a warning says which)."""
+    if not path.exists():
+        return None
+    try:
+        curve = pd.read_csv(path)
+        return curve.assign(**{k: pd.to_numeric(curve[k]) for k in EPOCH_FIELDS})
+    except (ValueError, KeyError, UnicodeDecodeError, pd.errors.ParserError) as e:
+        print(f"warning: {path} is not a readable epoch curve ({e}); its job's curve is left out", file=sys.stderr)
+        return None
 
 
 def _wandb_curve(run) -> pd.DataFrame:
@@ -168,6 +199,10 @@ def runs_from_wandb(wandb_runs) -> tuple[pd.DataFrame, pd.DataFrame]:
         status = run.summary.get("status")
         if status in (None, RUNNING):  # a job that crashed never wrote its final status
             status = WANDB_STATES.get(run.state, run.state)
+        problem = record_problem(dict(run.summary, status=status, config=run.config))
+        if problem:
+            rows.append(_unreadable(run.name, f"W&B run {run.name}: {problem}"))
+            continue
         row = _row(run.name, run.config, run.summary, status)
         rows.append(row)
         curves.append(_with_identity(_wandb_curve(run), row))

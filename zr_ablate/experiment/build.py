@@ -14,17 +14,22 @@ tests build through these functions, so a setting is wired to its constructor in
 
 from __future__ import annotations
 
+import difflib
+import inspect
+
+import pytorch_lightning as pl
 import torch
-from hydra.errors import ConfigCompositionException, InstantiationException
+from hydra.errors import ConfigCompositionException, InstantiationException, MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from zr_ablate.data import EOS, DataError, PTBDataModule
 from zr_ablate.dropout import DropoutSpec
 from zr_ablate.experiment.optuna_sweeper import register_resolvers
 from zr_ablate.model.language_model import LSTMLanguageModel
 from zr_ablate.model.packed import PackedLM
-from zr_ablate.schema import Config, check_ranges
+from zr_ablate.schema import Config, check_keys, check_ranges, unknown_key_line
 from zr_ablate.training.lightning_module import LMModule
 from zr_ablate.training.mc_dropout import MCDropoutEval
 from zr_ablate.training.packed_job import Schedule
@@ -36,10 +41,18 @@ register_resolvers()  # ${zr_tuned:...}: the tuned=<placement> presets read thei
 
 def error_line(e: BaseException) -> str:
     """One line that names the fix. instantiate() wraps the constructor's own error: unwrap it. Hydra's
-    compose wraps OmegaConf's (a value of the wrong type, an unknown key): keep both first lines."""
+    compose wraps OmegaConf's: an unknown key becomes check_keys' line (not Hydra's advice to add it with
+    `+`), an unknown preset lists the presets there are, and a value of the wrong type keeps both first lines."""
     cause = e.__cause__
     if isinstance(e, InstantiationException) and cause:
         return _first_line(cause)
+    if isinstance(e, MissingConfigException) and e.options is not None and e.missing_cfg_file:
+        group, _, name = e.missing_cfg_file.rpartition("/")
+        close = difflib.get_close_matches(name, e.options, n=1)
+        hint = f" (did you mean {group}={close[0]}?)" if close else ""
+        return f"there is no {group}={name}{hint}; pass one of {group}={', '.join(e.options)}"
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and getattr(cause, "full_key", None):
+        return unknown_key_line(cause.full_key)
     if isinstance(e, ConfigCompositionException) and cause:
         return f"{_first_line(e).rstrip('.')} ({_first_line(cause)})"
     return _first_line(e)
@@ -163,16 +176,40 @@ def datamodule(cfg: DictConfig) -> PTBDataModule:
 def check(cfg: DictConfig) -> None:
     """Cheap checks of one job's settings, without data or model: raises ValueError naming the fix.
     Run for every job of a sweep before any job trains (zr_ablate.experiment.guard.SweepGuard)."""
+    check_keys(cfg)
     check_ranges(cfg)
+    check_trainer(cfg)
     dropout_spec(cfg)
     LMModule.check_settings(**cfg.optim)
     MCDropoutEval(cfg.eval.mc_samples)
     datamodule(cfg).check_shape()
 
 
+def check_trainer(cfg: DictConfig) -> None:
+    """The trainer node is free-form (any Trainer argument): its keys must be the Trainer's, and an
+    accelerator must exist on this machine when the jobs run on it (not under SLURM, where the login node
+    that checks may have no GPU while the compute nodes do)."""
+    known = [k for k in inspect.signature(pl.Trainer.__init__).parameters if k != "self"]
+    for key in cfg.trainer:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=2, cutoff=0.8)
+            hint = f"did you mean {' or '.join(f'trainer.{k}' for k in close)}?" if close else "not a Trainer argument"
+            raise ValueError(f"unknown setting trainer.{key} ({hint}); remove it or correct its name")
+    accelerator = str(cfg.trainer.get("accelerator") or "auto")
+    launcher = str(OmegaConf.select(cfg, "hydra.launcher._target_", default=""))
+    present = torch.cuda.is_available() or (accelerator == "gpu" and torch.backends.mps.is_available())
+    if accelerator in ("gpu", "cuda") and not present and "Slurm" not in launcher:
+        raise ValueError(
+            f"trainer.accelerator={accelerator} but this machine has no GPU that torch can use; pass "
+            f"trainer.accelerator=auto (a GPU where there is one, else the CPU) or trainer.accelerator=cpu"
+        )
+
+
 def build(cfg: DictConfig) -> tuple[LMModule, PTBDataModule]:
     """Config -> (Lightning module, data module). Raises one of CONFIG_ERRORS on bad settings."""
+    check_keys(cfg)
     check_ranges(cfg)
+    check_trainer(cfg)
     data = datamodule(cfg)
     data.setup()  # the vocabulary size shapes the model
     return lm_module(cfg, model(cfg, len(data.vocab)), data.vocab.stoi[EOS]), data

@@ -1,20 +1,25 @@
 """Sweep-level Hydra plumbing: check every job before any trains, and sum up how the sweep ended.
 
 `SweepGuard` is a Hydra callback (zr_ablate/conf/config.yaml, hydra.callbacks):
-- on_multirun_start: composes each job's config from the sweep's overrides and runs `check` on it, so an
-  impossible combination (a value of the wrong type, a bad probability, an unroll longer than the data) is
-  one line before any job trains, naming the job; and stops, with on_stale=stop, if a job's folder holds
+- on_run_start / on_multirun_start: the sweep's name and each job folder's name must be one folder inside
+  out_root (no `/`, `..`), and the output folder writable, before Hydra makes any folder; then, for a sweep,
+  it composes each job's config from the sweep's overrides and runs `check` on it, so an impossible
+  combination (an unknown key, a value of the wrong type, a bad probability, an unroll longer than the data)
+  is one line before any job trains, naming the job; and stops, with on_stale=stop, if a job's folder holds
   a record made with other settings (records.changed_settings);
-- on_multirun_end: one summary line, completed / diverged / failed / skipped, then the command that makes
-  the sweep's report, and a non-zero exit if any job failed. The table of jobs printed before them is the
-  report's callback (zr_ablate.analysis.report.summary): this floor does not read results. Jobs of this
-  command are those whose .hydra/ files Hydra wrote after the sweep started, or whose record the launcher
-  wrote then (a SLURM job cancelled before it started: zr_ablate/experiment/slurm.py).
+- on_multirun_end: one summary line over the sweep's jobs, completed / diverged / failed / skipped, then the
+  command that makes the sweep's report, and a non-zero exit if any job failed. The table of jobs printed
+  before them is the report's callback (zr_ablate.analysis.report.summary): this floor does not read
+  results. Jobs of this command are those whose .hydra/overrides.yaml run.py wrote after the sweep started,
+  or whose record the launcher wrote then (a SLURM job cancelled before it started: slurm.py). A job counts
+  as skipped when it was final before the sweep started, or when another process holds its lock
+  (records.job_lock) and runs it still. `summarise` also sums up a sweep a signal stopped (run.py's cli).
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 import time
 from collections import Counter
@@ -28,15 +33,21 @@ from zr_ablate.records import (
     DIVERGED,
     FAILED,
     FINAL_STATUSES,
+    HYDRA,
+    LOCK,
     RESULT,
     RUNNING,
     SKIPPED,
     RecordError,
     changed_settings,
+    folder_name_problem,
     is_job_folder,
+    job_lock,
     job_name,
+    lock_holder,
     read_result,
     stale_line,
+    write_json_atomic,
 )
 
 log = logging.getLogger(__name__)
@@ -53,6 +64,19 @@ def writable_or_exit(folder: Path) -> None:
         sys.exit(
             f"zr_ablate: error: cannot write job folders in {folder} ({e.strerror}); pass out_root=<a writable folder>"
         )
+
+
+def names_or_exit(config, job: bool) -> None:
+    """One line when the sweep's name (or, for a single run, its job's name) is not one folder's name: a `/`
+    or `..` would write outside out_root/<sweep>/."""
+    problem = folder_name_problem(str(config.sweep))
+    if problem:
+        sys.exit(f"zr_ablate: error: sweep={config.sweep}: {problem}")
+    if job:
+        try:
+            job_name(config.hydra.job.override_dirname)
+        except ValueError as e:
+            sys.exit(f"zr_ablate: error: {e}")
 
 
 def job_record(job) -> tuple[Path, dict]:
@@ -88,24 +112,39 @@ def job_overrides(config) -> list[list[str]]:
 
 
 class SweepGuard(Callback):
+    current: SweepGuard | None = None  # the guard of the sweep this process runs, for run.py's summary
+
     def __init__(self, check: str):
         self.check = check  # dotted path of a function(job_config) that raises ValueError
         self.started = time.time()
 
     def on_run_start(self, config, **kwargs) -> None:
-        """A single job: the output folder must be writable before Hydra makes the job's folder in it."""
+        """A single job: its settings checked and the output folder writable before Hydra makes the job's
+        folder in it."""
+        from hydra.utils import get_method
+
+        from zr_ablate.experiment.build import error_line
+
+        names_or_exit(config, job=True)
+        try:
+            get_method(self.check)(config)
+        except Exception as e:
+            sys.exit(f"zr_ablate: error: {error_line(e)}")
         writable_or_exit(Path(config.out_root) / config.sweep)
 
     def on_multirun_start(self, config, **kwargs) -> None:
         from hydra import compose
         from hydra.utils import get_method
 
+        names_or_exit(config, job=False)
         writable_or_exit(Path(config.hydra.sweep.dir))
-        self.started = time.time()
+        self.started, self.config, SweepGuard.current = time.time(), config, self
         from zr_ablate.experiment.build import (
             error_line,  # the guard's check is build.check: torch is loaded for it anyway
         )
+        from zr_ablate.experiment.wandb_run import OFFLINE_MARKER
 
+        (Path(config.hydra.sweep.dir) / OFFLINE_MARKER).unlink(missing_ok=True)  # an earlier sweep's
         check = get_method(self.check)
         jobs = job_overrides(config)
         for overrides in jobs:
@@ -120,11 +159,17 @@ class SweepGuard(Callback):
         log.info("checked the settings of %d jobs", len(jobs))
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        if self.summarise(config):
+            sys.exit(1)
+
+    def summarise(self, config, interrupted: str | None = None) -> bool:
+        """Print the sweep's summary line and its report's command; True if a job failed. `interrupted`: the
+        signal that stopped the sweep; then a job it left running on this machine is recorded as interrupted."""
         sweep = Path(config.hydra.sweep.dir)
-        counts, failed = Counter(), []
+        counts, failed, elsewhere = Counter(), [], []
         for job in sorted(filter(is_job_folder, sweep.iterdir())):
-            path, launched = job / RESULT, job / ".hydra" / "overrides.yaml"
-            # A job of this command: Hydra wrote its .hydra/ now, or (SLURM ended it before it started) the
+            path, launched = job / RESULT, job / HYDRA / "overrides.yaml"
+            # A job of this command: run.py wrote its overrides now, or (SLURM ended it before it started) the
             # launcher recorded it now; else a job of an earlier command in the same sweep folder.
             if max((p.stat().st_mtime for p in (launched, path) if p.exists()), default=0) < self.started:
                 continue
@@ -132,15 +177,42 @@ class SweepGuard(Callback):
                 status = (read_result(job) or {}).get("status", FAILED)
             except RecordError:
                 status = FAILED  # its record is unreadable: count it, name it, let the report say why
-            if status == RUNNING:
+            holder = lock_holder(job) if status == RUNNING else None
+            if holder:
+                status = SKIPPED  # another process runs it (a second sweep into this folder)
+                elsewhere.append(f"{job.name} ({holder})")
+            elif status == RUNNING:
                 status = FAILED  # its process died without recording how
+                if interrupted:
+                    record_interrupted(job, interrupted)
             elif status in FINAL_STATUSES and path.stat().st_mtime < self.started:
                 status = SKIPPED  # finished by an earlier command; this one left it alone
             counts[status] += 1
             if status == FAILED:
                 failed.append(job.name)
         line = ", ".join(f"{counts[s]} {s}" for s in (COMPLETED, DIVERGED, FAILED, SKIPPED))
-        print(f"sweep {config.sweep} ({sweep}): {line}" + (f"; failed: {'; '.join(failed)}" if failed else ""))
+        line += f"; failed: {'; '.join(failed)}" if failed else ""
+        line += f"; running in another process: {'; '.join(elsewhere)}" if elsewhere else ""
+        stop = (
+            f"interrupted by {interrupted} (the jobs it had not started are left for a rerun): " if interrupted else ""
+        )
+        print(f"sweep {config.sweep} ({sweep}): {stop}{line}")
         print(f"its report: python -m zr_ablate.report {sweep}")
-        if failed:
-            sys.exit(1)
+        return bool(failed)
+
+
+def record_interrupted(job: Path, signal_name: str) -> None:
+    """A job this sweep left `running` when a signal stopped it (its worker process was ended with the
+    sweep, e.g. joblib's): record it as failed by that signal, so that its record says what happened. Only
+    under its lock, taken at once, so never a job still running in another process."""
+    lock = job / LOCK
+    if f"on host {socket.gethostname()}" not in (lock.read_text() if lock.is_file() else ""):
+        return  # run on another machine (SLURM): its lock may not be visible from here
+    with job_lock(job) as holder:
+        try:
+            record = read_result(job) if holder is None else None
+        except RecordError:
+            return  # counted failed already; the report says why
+        if record and record["status"] == RUNNING:
+            error = f"interrupted by {signal_name} (the sweep was); rerun the same command to resume"
+            write_json_atomic(job / RESULT, dict(record, status=FAILED, error=error))

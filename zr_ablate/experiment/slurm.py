@@ -25,7 +25,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as HydraSlurmLauncher
 
 from zr_ablate.experiment.guard import job_record
-from zr_ablate.records import FAILED, RESULT, read_result, write_json_atomic
+from zr_ablate.records import FAILED, RESULT, RecordError, read_result, write_json_atomic
 
 log = logging.getLogger(__name__)
 # sinfo's compact node states (%t) in which a node will not take new jobs.
@@ -137,7 +137,10 @@ class SlurmLauncher(HydraSlurmLauncher):
         overrides = list(job.submission().args[0])
         folder, settings = job_record(self.hydra_context.config_loader.load_sweep_config(self.config, overrides))
         folder.mkdir(parents=True, exist_ok=True)
-        record = read_result(folder) or {"config": settings}
+        try:
+            record = read_result(folder) or {"config": settings}
+        except RecordError:  # a record it cannot use: the launcher's own replaces it
+            record = {"config": settings}
         record.update(status=FAILED, error=f"SLURM job {job.job_id} ended {job.state}: {reason(error)}")
         write_json_atomic(folder / RESULT, record)
         log.error("job failed: %s (%s)", folder, record["error"])

@@ -9,6 +9,9 @@
 - Packed members (hydra/launcher=packed) train in one process, each with its own run: `start_run(...,
   alongside=True)` opens one more run beside those already open (W&B's reinit="create_new"), and
   `end_run(result, run)` ends that one.
+- Online, without a network: the job waits logger.init_timeout, then logs offline (`wandb sync` later). The
+  first job of a sweep that finds W&B unreachable leaves OFFLINE_MARKER in the sweep folder, so the
+  sweep's other jobs (in this process or another) go offline at once rather than each wait again.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+from pathlib import Path
 from urllib.parse import urlparse
 
 from hydra.core.utils import JobStatus
@@ -25,6 +29,7 @@ from zr_ablate.records import COMPLETED, SUMMARY_FIELDS
 from zr_ablate.schema import LOGGER_MODES
 
 log = logging.getLogger(__name__)
+OFFLINE_MARKER = ".wandb-offline"  # in a sweep folder: W&B was unreachable (removed when a sweep starts)
 
 
 def logged_in() -> bool:
@@ -68,13 +73,18 @@ def start_run(
     run_id: str | None = None,
     quiet: bool = True,
     alongside: bool = False,
+    offline_marker: Path | None = None,
 ):
     """Start this job's W&B run and wrap it for Lightning; None when disabled.
 
     `run_id` given (a resumed job): continue that run rather than start a second one. alongside: one of
     several runs open at once in this process (packed members); the runs already open stay open.
+    `offline_marker` (a sweep's OFFLINE_MARKER): written when W&B is unreachable; where it exists, the run
+    starts offline at once.
     """
     mode, why = resolve_mode(mode)
+    if mode == "online" and offline_marker is not None and offline_marker.is_file():
+        mode, why = "offline", f"W&B: offline (an earlier job of this sweep found W&B unreachable: {offline_marker})"
     log.info(why)
     if mode == "disabled":
         return None
@@ -83,6 +93,7 @@ def start_run(
 
     if not alongside:
         finish_run(exit_code=1)  # a run still open here belongs to an earlier job of this process that died
+    wandb.setup(wandb.Settings(silent=quiet))  # W&B's global settings: its login line comes before the run's
     kwargs = dict(
         project=project,
         entity=entity,
@@ -103,8 +114,11 @@ def start_run(
     except Exception as e:  # no network, server down: keep the job, keep the record
         if mode != "online":
             raise
-        log.warning("W&B: online start failed (%s); logging offline instead, `wandb sync` later", e)
-        run = wandb.init(mode="offline", **kwargs)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        log.warning("W&B: online start failed (%s); logging offline instead, `wandb sync` later", reason)
+        if offline_marker is not None:
+            offline_marker.write_text(reason + "\n")
+        run = wandb.init(mode="offline", settings=wandb.Settings(silent=quiet), **kwargs)
     return WandbLogger(experiment=run)
 
 

@@ -27,13 +27,14 @@ from zr_ablate.records import (
     EPOCHS,
     FAILED,
     LAST_CHECKPOINT,
-    RESULT,
     RUNNING,
     SENTENCES,
-    write_json_atomic,
+    end_record,
+    start_record,
     write_sentences,
 )
 from zr_ablate.training.clock import sync
+from zr_ablate.training.interrupt import as_interrupted
 from zr_ablate.training.lightning_module import Diverged
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,7 @@ def run_job(
         **(extra or {}),
         "resumed_from_epoch": None,
     }
-    write_json_atomic(job / RESULT, result)
+    start_record(job, result)
     start = time.perf_counter()
     try:
         # Saved at every epoch end (after validation), when the carried state is reset anyway.
@@ -232,11 +233,13 @@ def run_job(
     except Diverged as e:
         result.update(status=DIVERGED, error=str(e))
     except BaseException as e:
-        result.update(status=FAILED, error=f"{type(e).__name__}: {e}")
+        interrupted = as_interrupted(e)
+        error = f"{interrupted}; rerun the same command to resume from the last checkpoint" if interrupted else None
+        result.update(status=FAILED, error=error or f"{type(e).__name__}: {e}")
         raise
     finally:
         result.update(**curve_summary(recorder.rows), wall_time_s=time.perf_counter() - start)
-        write_json_atomic(job / RESULT, result)
+        end_record(job, result)
     return result
 
 

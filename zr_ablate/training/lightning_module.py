@@ -26,6 +26,7 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import nn
 
+from zr_ablate.schema import check_value
 from zr_ablate.training.mc_dropout import MCDropoutEval
 from zr_ablate.training.sentences import SentenceLosses
 from zr_ablate.training.step import PaperSGD, TrainStep
@@ -112,11 +113,10 @@ class LMModule(pl.LightningModule):
 
     @staticmethod
     def check_settings(lr: float, lr_decay: float, decay_after: int, clip: float, weight_decay: float = 0.0) -> None:
-        if lr <= 0 or lr_decay < 1 or decay_after < 0 or clip <= 0 or not 0 <= weight_decay < 1:
-            raise ValueError(
-                f"bad optimisation settings: lr={lr} lr_decay={lr_decay} decay_after={decay_after} "
-                f"clip={clip} weight_decay={weight_decay}; need lr>0, lr_decay>=1, clip>0, 0<=weight_decay<1"
-            )
+        """The config's optim.* ranges (zr_ablate.schema), NaN and infinity refused, for a module built directly."""
+        settings = dict(lr=lr, lr_decay=lr_decay, decay_after=decay_after, clip=clip, weight_decay=weight_decay)
+        for key, value in settings.items():
+            check_value(f"optim.{key}", value)
 
     # --- one window --------------------------------------------------------------------------------
     def _window(self, batch, stage: str) -> torch.Tensor:

@@ -63,7 +63,16 @@ def main(argv: list[str] | None = None) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         sys.exit(f"zr_ablate.report: error: cannot create {out} ({e.strerror}); pass a writable folder with --out")
+    try:
+        write(args, argv, out, name, runs, curves, tuned)
+    except OSError as e:  # a folder that exists but cannot be written, a full disk
+        where = e.filename or out
+        sys.exit(f"zr_ablate.report: error: cannot write {where} ({e.strerror}); pass a writable folder with --out")
 
+
+def write(args: argparse.Namespace, argv: list[str] | None, out: Path, name: str, runs, curves, tuned) -> None:
+    """Every table, figure and results.md into `out`, and the W&B run with --wandb. `tuned`: the --tuned
+    sweep's runs, or None."""
     view, view_curves = as_variants(runs), as_variants(curves)
     numbers = tables(view)
     markdown_tables = {key: write_table(out, key, *pair) for key, pair in numbers.items()}
