@@ -41,6 +41,7 @@ STATUSES = (COMPLETED, DIVERGED, FAILED, RUNNING, MISSING, UNREADABLE)
 # And those only a time-budgeted run records (zr_ablate.bench.jobs): "stopped" at its deadline, resumable from
 # the last checkpoint; "not started", no room in the budget. Reports list them where they occur.
 STOPPED, NOT_STARTED = "stopped", "not started"
+WRITTEN = (COMPLETED, DIVERGED, FAILED, RUNNING, STOPPED, NOT_STARTED)  # what a result.json may say
 FINAL_STATUSES = (COMPLETED, DIVERGED)  # a rerun skips these; running and failed jobs are resumed
 # The per-job numbers of result.json; wandb_run.end_run copies them into the W&B run summary.
 RECORD_FIELDS = [
@@ -209,8 +210,8 @@ def _type_problem(name: str, value, types: tuple) -> str | None:
 
 def record_problem(record: dict) -> str | None:
     """What makes `record` unusable (a missing field, one of the wrong type), naming the field; or None."""
-    if record.get("status") not in (COMPLETED, DIVERGED, FAILED, RUNNING):
-        return f"status {record.get('status')!r:.40} is none of {COMPLETED}, {DIVERGED}, {FAILED}, {RUNNING}"
+    if record.get("status") not in WRITTEN:
+        return f"status {record.get('status')!r:.40} is none of {', '.join(WRITTEN)}"
     config = record.get("config")
     if not isinstance(config, dict):
         return "it has no config" if config is None else f"config is {type(config).__name__}, not a mapping"
