@@ -11,7 +11,7 @@ completed jobs and resumes interrupted ones from their last checkpoint (same job
 A job returns its status to Hydra, or, under an optimising sweeper (one whose config names a `direction`:
 the Optuna sweeper of hparams_search=...), the number the sweeper minimises: its best validation perplexity.
 
-A job holds its folder's lock while it runs (records.job_lock): a second sweep writing the same folder skips
+A job holds its folder's lock while it runs (job_folder.job_lock): a second sweep writing the same folder skips
 a job the first is running, saying which process has it. SIGTERM or SIGINT stops the job and the sweep: the
 job records how it ended, the sweep sums up, and the exit code is 143 or 130 (training.interrupt).
 """
@@ -36,6 +36,7 @@ from omegaconf.errors import OmegaConfBaseException
 from zr_ablate.console import silence
 from zr_ablate.experiment.build import CONFIG_ERRORS, apply_precision, build, error_line
 from zr_ablate.experiment.guard import SweepGuard
+from zr_ablate.experiment.job_folder import job_lock, previous_record, save_hydra_files
 from zr_ablate.experiment.optuna_sweeper import objective
 from zr_ablate.experiment.wandb_run import OFFLINE_MARKER, end_run, finish_run, start_run
 from zr_ablate.records import (
@@ -44,12 +45,6 @@ from zr_ablate.records import (
     HYDRA,
     LOCK,
     SKIPPED,
-    RecordError,
-    changed_settings,
-    job_lock,
-    read_result,
-    set_aside,
-    stale_line,
 )
 from zr_ablate.training.interrupt import as_interrupted, raise_on_signals
 from zr_ablate.training.job import run_job
@@ -94,39 +89,14 @@ def main(cfg: DictConfig) -> str | float:
     return math.nan if optimising else SKIPPED
 
 
-def save_hydra_files(job_dir: str, cfg: DictConfig, config: bool = True) -> None:
-    """The job's .hydra/ files, as Hydra writes them (overrides.yaml, then hydra.yaml and config.yaml unless
-    `config` is false). Written here (hydra.output_subdir is null) once the job holds its folder: the config
-    of a record kept or refused, or of a job another process runs, is never rewritten. overrides.yaml marks
-    the job as one of this command for the sweep's summary (guard.SweepGuard), also when it is skipped."""
-    folder = Path(job_dir) / HYDRA
-    folder.mkdir(exist_ok=True)
-    hydra_cfg = HydraConfig.instance().cfg  # {"hydra": ...}
-    OmegaConf.save(hydra_cfg.hydra.overrides.task, folder / "overrides.yaml")
-    if config:
-        OmegaConf.save(hydra_cfg, folder / "hydra.yaml")
-        OmegaConf.save(cfg, folder / "config.yaml")
-
-
 def run(cfg: DictConfig, hydra_cfg, job_dir: str, optimising: bool) -> str | float:
     """One job, its folder locked: skip it if final, else train it (resuming) and record how it ended. Returns
     its status, or under an optimising sweeper its objective."""
     try:
-        previous = read_result(job_dir) or {}
         config = OmegaConf.to_container(cfg, resolve=True)  # a resolver's error (no tuned study) is one line
-    except (RecordError, *CONFIG_ERRORS) as e:
+    except CONFIG_ERRORS as e:
         sys.exit(f"zr_ablate: error: {error_line(e)}")
-    changed = changed_settings(previous.get("config") or {}, config)
-    if changed and cfg.on_stale == "rerun":
-        log.info(
-            "rerun: %s ran with other settings (%s); its records are now in %s",
-            job_dir,
-            "; ".join(changed),
-            set_aside(job_dir),
-        )
-        previous = {}
-    elif changed and cfg.on_stale == "stop":
-        sys.exit(f"zr_ablate: error: {stale_line(job_dir, changed)}")
+    previous = previous_record(job_dir, config, cfg.on_stale)
     if previous.get("status") in FINAL_STATUSES:
         save_hydra_files(job_dir, cfg, config=False)  # the config it ran with stays beside its record
         log.info("skip: %s is already %s (delete its result.json to run it again)", job_dir, previous["status"])

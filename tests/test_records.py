@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 
 from zr_ablate import records
+from zr_ablate.experiment.job_folder import job_lock, lock_holder
 from zr_ablate.records import (
     FALLBACK,
     LOCK,
     RESULT,
-    job_lock,
     job_name,
-    lock_holder,
     read_result,
     record_problem,
 )

@@ -16,15 +16,10 @@ torch. One job folder (a Hydra job; see zr_ablate/conf/config.yaml for its name)
 from __future__ import annotations
 
 import csv
-import errno
-import fcntl
 import json
 import os
 import shutil
-import socket
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -258,61 +253,6 @@ def write_sentences(job_dir: str | Path, tokens: list[int], nll: list[float], mc
         for i, (n, loss) in enumerate(zip(tokens, nll)):
             writer.writerow([n, repr(loss), "" if mc_nll is None else repr(mc_nll[i])])
     os.replace(tmp, path)
-
-
-def _flock(fd: int, mode: int, tries: int = 1) -> bool | None:
-    """Take a flock without waiting: True if taken, False if another process holds it, None where the file
-    system has no flock (some cluster mounts: ENOSYS, EOPNOTSUPP, ENOLCK)."""
-    for attempt in range(tries):
-        try:
-            fcntl.flock(fd, mode | fcntl.LOCK_NB)
-            return True
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES):
-                return None
-        if attempt + 1 < tries:
-            time.sleep(0.1)  # lock_holder's look lasts microseconds: do not take it for a job running
-    return False
-
-
-def _holder(fd: int) -> str:
-    return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-
-
-@contextmanager
-def job_lock(job_dir: str | Path) -> Iterator[str | None]:
-    """Hold the job folder's lock while the block runs, so that two sweeps writing the same folder never train
-    one job twice. Yields None when this process holds it, else who does ("pid 123 on host node7"). The lock
-    is advisory (flock) and ends with its process, so a lock left by a process that died is taken over. On a
-    file system without flock, the job runs unlocked."""
-    path = Path(job_dir) / LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        taken = _flock(fd, fcntl.LOCK_EX, tries=5)
-        if taken is False:
-            yield _holder(fd)
-            return
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
-        try:
-            yield None
-        finally:
-            os.ftruncate(fd, 0)
-    finally:
-        os.close(fd)  # closing the last descriptor releases the lock
-
-
-def lock_holder(job_dir: str | Path) -> str | None:
-    """Who holds the job folder's lock now ("pid 123 on host node7"), or None if nobody does. Looks with a
-    shared lock, released at once, and writes nothing."""
-    path = Path(job_dir) / LOCK
-    if not path.is_file():
-        return None
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return _holder(fd) if _flock(fd, fcntl.LOCK_SH) is False else None
-    finally:
-        os.close(fd)
 
 
 def is_job_folder(path: Path) -> bool:

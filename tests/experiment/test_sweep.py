@@ -16,7 +16,8 @@ from hydra import compose, initialize_config_dir
 
 from tests.conftest import REPO
 from tests.helpers import WANDB_CLI, cmd, run
-from zr_ablate.records import LOCK, job_lock
+from zr_ablate.experiment.job_folder import job_lock
+from zr_ablate.records import LOCK
 from zr_ablate.schema import CONF_DIR
 
 pytestmark = pytest.mark.slow  # whole sweeps in subprocesses

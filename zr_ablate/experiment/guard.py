@@ -13,7 +13,7 @@
   results. Jobs of this command are those whose .hydra/overrides.yaml run.py wrote after the sweep started,
   or whose record the launcher wrote then (a SLURM job cancelled before it started: slurm.py). A job counts
   as skipped when it was final before the sweep started, or when another process holds its lock
-  (records.job_lock) and runs it still. `summarise` also sums up a sweep a signal stopped (run.py's cli).
+  (job_folder.job_lock) and runs it still. `summarise` also sums up a sweep a signal stopped (run.py's cli).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from zr_ablate.experiment.job_folder import job_lock, lock_holder
 from zr_ablate.experiment.optuna_sweeper import bounds
 from zr_ablate.records import (
     COMPLETED,
@@ -42,9 +43,7 @@ from zr_ablate.records import (
     changed_settings,
     folder_name_problem,
     is_job_folder,
-    job_lock,
     job_name,
-    lock_holder,
     read_result,
     stale_line,
     write_json_atomic,

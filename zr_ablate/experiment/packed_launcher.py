@@ -31,18 +31,14 @@ from hydra.core.utils import JobReturn, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from zr_ablate.experiment.job_folder import previous_record, save_hydra_files
 from zr_ablate.records import (
     FINAL_STATUSES,
-    RecordError,
-    changed_settings,
     job_name,
-    read_result,
-    set_aside,
-    stale_line,
 )
 
 log = logging.getLogger(__name__)
-PER_MEMBER = ("dropout", "seed")  # what members of one group may differ in
+PER_MEMBER = ("dropout", "seed", "study")  # what members of one group may differ in (a study is named by dropout)
 
 
 @dataclass
@@ -61,24 +57,12 @@ def prepare(cfg: DictConfig) -> Prepared | str:
     and wrote .hydra/): its record as run.py decides on it. Returns the final status of a job to skip."""
     hydra_cfg = HydraConfig.get()
     job_dir = Path(hydra_cfg.runtime.output_dir)
-    try:
-        previous = read_result(job_dir) or {}
-    except RecordError as e:
-        sys.exit(f"zr_ablate: error: {e}")
-    changed = changed_settings(previous.get("config") or {}, OmegaConf.to_container(cfg, resolve=True))
-    if changed and cfg.on_stale == "rerun":
-        log.info(
-            "rerun: %s ran with other settings (%s); its records are now in %s",
-            job_dir,
-            "; ".join(changed),
-            set_aside(job_dir),
-        )
-        previous = {}
-    elif changed and cfg.on_stale == "stop":
-        sys.exit(f"zr_ablate: error: {stale_line(job_dir, changed)}")
+    previous = previous_record(job_dir, OmegaConf.to_container(cfg, resolve=True), cfg.on_stale)
     if previous.get("status") in FINAL_STATUSES:
+        save_hydra_files(job_dir, cfg, config=False)  # the config it ran with stays beside its record
         log.info("skip: %s is already %s (delete its result.json to run it again)", job_dir, previous["status"])
         return previous["status"]
+    save_hydra_files(job_dir, cfg)
     log_file = job_dir / f"{hydra_cfg.job.name}.log"
     return Prepared(cfg, job_dir, job_name(hydra_cfg.job.override_dirname), previous, log_file)
 
