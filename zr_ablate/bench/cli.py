@@ -75,6 +75,17 @@ def table(results: list[dict], columns: dict) -> str:
     return markdown_table(pd.DataFrame(shown))
 
 
+def timed_comparison(p: argparse.ArgumentParser, name: str, nargs: str, metavar: str, help: str, placements: str):
+    """--NAME levels, and the model profile, placements and phase length they are measured with (the
+    concurrency and packing comparisons take the same four options)."""
+    p.add_argument(f"--{name}", nargs=nargs, type=int, default=None, metavar=metavar, help=help)
+    p.add_argument(f"--{name}-size", default="medium", help="model profile of the comparison")
+    p.add_argument(
+        f"--{name}-placements", nargs="+", default=["zaremba", "none", "variational", "naive"], help=placements
+    )
+    p.add_argument(f"--{name}-seconds", type=float, default=4.0, help="length of each timed phase")
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m zr_ablate.bench", description=__doc__.split("\n")[0])
     p.add_argument("--sizes", nargs="+", default=["medium", "large"], help="zr_ablate/conf/model profiles")
@@ -120,40 +131,24 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="config overrides for every row, as on run.py's command line (e.g. model.cuda_graph=false)",
     )
-    p.add_argument(
-        "--concurrency",
+    timed_comparison(
+        p,
+        "concurrency",
         nargs="*",
-        type=int,
-        default=None,
         metavar="K",
-        help="aggregate throughput of K jobs at once, one process each (default: 1 2 4 on CUDA, "
-        "none on CPU; zr_ablate.bench.concurrency)",
+        help="aggregate throughput of K jobs at once, one process each (default: 1 2 4 on CUDA, none on CPU; "
+        "zr_ablate.bench.concurrency)",
+        placements="one concurrent job per placement; level K runs the first K",
     )
-    p.add_argument("--concurrency-size", default="medium", help="model profile of the concurrent jobs")
-    p.add_argument(
-        "--concurrency-placements",
+    timed_comparison(
+        p,
+        "packed",
         nargs="+",
-        default=["zaremba", "none", "variational", "naive"],
-        help="one concurrent job per placement; level K runs the first K",
-    )
-    p.add_argument("--concurrency-seconds", type=float, default=4.0, help="length of each concurrency phase")
-    p.add_argument(
-        "--packed",
-        nargs="+",
-        type=int,
-        default=None,
         metavar="M",
         help="instead of the tables: training tokens/s of M members packed in one process against one solo job "
         "and M solo processes, per M (zr_ablate.bench.packed; --threads per process)",
+        placements="member m's placement is the m-th (cycled)",
     )
-    p.add_argument("--packed-size", default="medium", help="model profile of the packed comparison")
-    p.add_argument(
-        "--packed-placements",
-        nargs="+",
-        default=["zaremba", "none", "variational", "naive"],
-        help="member m's placement is the m-th (cycled)",
-    )
-    p.add_argument("--packed-seconds", type=float, default=4.0, help="length of each timed phase")
     p.add_argument("--packed-threads", type=int, default=None, help="the packed process's torch threads (--threads)")
     p.add_argument(
         "--profile",
