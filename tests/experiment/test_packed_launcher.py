@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import REPO
 from tests.experiment.test_sweep import TIMING, run_id
 from tests.helpers import cmd, read_run, run
+from zr_ablate.experiment.job_folder import job_lock
 from zr_ablate.records import NEUTRAL_KEYS, flat
 
 pytestmark = pytest.mark.slow  # whole sweeps in subprocesses
@@ -107,3 +108,17 @@ def test_a_killed_packed_sweep_resumes_every_member_to_the_uninterrupted_numbers
         logs = sorted(job.glob("wandb/offline-run-*/run-*.wandb"))
         assert len(logs) == 2 and {log.stem.removeprefix("run-") for log in logs} == {b["wandb_run_id"]}
         assert run_id(logs[-1]) == b["wandb_run_id"]
+
+
+def test_a_member_another_process_is_training_is_left_to_it(tmp_path, ptb_dir):
+    """The packed launcher takes each member's job lock as run.py does: a member whose folder another
+    process holds is skipped (never trained twice), and the rest of the group trains."""
+    locked = tmp_path / "adhoc" / "dropout=zaremba,model=tiny,trainer.max_epochs=1"
+    locked.mkdir(parents=True)
+    with job_lock(locked) as holder:
+        assert holder is None
+        proc = run(tmp_path, ptb_dir, "dropout=none,zaremba", *ONE_EPOCH, PACKED, multirun=True)
+    assert "is being run by another process" in proc.stdout + proc.stderr
+    done = results(tmp_path)
+    assert list(done) == ["dropout=none,model=tiny,trainer.max_epochs=1"] and not (locked / "result.json").exists()
+    assert done["dropout=none,model=tiny,trainer.max_epochs=1"]["status"] == "completed"

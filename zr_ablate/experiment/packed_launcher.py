@@ -22,7 +22,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,10 +31,13 @@ from hydra.core.utils import JobReturn, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from zr_ablate.experiment.job_folder import previous_record, save_hydra_files
+from zr_ablate.experiment.job_folder import job_lock, previous_record, save_hydra_files
+from zr_ablate.experiment.optuna_sweeper import objective
 from zr_ablate.records import (
     FINAL_STATUSES,
+    SKIPPED,
     job_name,
+    read_result,
 )
 
 log = logging.getLogger(__name__)
@@ -165,8 +168,19 @@ class PackedLauncher(Launcher):
             returns[i] = self._job(self.task_function, job_overrides[i], initial_job_idx + i)
         index = {id(job): i for i, job in todo}
         for group in groups([job for i, job in todo if i not in alone], self.max_members):
-            with member_logs(group):
-                statuses = run_group(group)
-            for job, status in zip(group, statuses):
-                returns[index[id(job)]].return_value = status
+            with ExitStack() as locks:  # each member's folder locked while the group trains, as run.py locks a job
+                held = [job for job in group if locks.enter_context(job_lock(job.job_dir)) is None]
+                for job in group:
+                    if job not in held:
+                        log.warning("skip: %s is being run by another process; this sweep leaves it", job.job_dir)
+                        returns[index[id(job)]].return_value = SKIPPED
+                if held:
+                    with member_logs(held):
+                        statuses = run_group(held)
+                    for job, status in zip(held, statuses):
+                        returns[index[id(job)]].return_value = status
+        if self.config.hydra.sweeper.get("direction") is not None:  # an optimising sweeper reads a number
+            for ret in returns:
+                if isinstance(ret.return_value, str):
+                    ret.return_value = objective(read_result(ret.hydra_cfg.hydra.runtime.output_dir) or {})
         return returns

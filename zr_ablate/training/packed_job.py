@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from zr_ablate.records import COMPLETED, DIVERGED, EPOCHS, FAILED, RESULT, RUNNING, write_json_atomic
+from zr_ablate.records import COMPLETED, DIVERGED, EPOCHS, FAILED, RUNNING, SENTENCES, end_record, start_record
 from zr_ablate.training.clock import sync
 from zr_ablate.training.job import (
     append_row,
@@ -195,7 +195,9 @@ def run_packed(model, data, members: list[MemberJob], schedule: Schedule, device
             "resumed_from_epoch": first_epoch or None,
             "packed_with": [n for n in names if n != member.name],
         }
-        write_json_atomic(member.job_dir / RESULT, member.result)
+        # Packed evaluation keeps no per-sentence losses: a file left by an earlier solo run would not match.
+        (member.job_dir / SENTENCES).unlink(missing_ok=True)
+        start_record(member.job_dir, member.result)
     model.to(device)
     opt = PackedSGD(model.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
     step = PackedTrainStep(model, schedule.clip, schedule.cuda_graph)
@@ -214,7 +216,7 @@ def run_packed(model, data, members: list[MemberJob], schedule: Schedule, device
     finally:
         for member in members:
             member.result.update(**curve_summary(member.rows), wall_time_s=time.perf_counter() - member.start)
-            write_json_atomic(member.job_dir / RESULT, member.result)
+            end_record(member.job_dir, member.result)
     return [m.result for m in members]
 
 
