@@ -104,7 +104,7 @@ def job_overrides(config) -> list[list[str]]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     if config.hydra.sweeper.get("n_trials") is not None:
-        return bounds(config.hydra.sweeper.params, config.hydra.overrides.task)
+        return bounds(config.hydra.sweeper.get("params") or {}, config.hydra.overrides.task)
     params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
     parsed = OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task))
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]

@@ -18,7 +18,7 @@ import torch
 from omegaconf import OmegaConf
 
 from zr_ablate.experiment import build
-from zr_ablate.experiment.wandb_run import end_run, start_run
+from zr_ablate.experiment.wandb_run import OFFLINE_MARKER, end_run, start_run
 from zr_ablate.records import FAILED
 from zr_ablate.training.packed_job import MemberJob, run_packed
 
@@ -41,6 +41,7 @@ def _member(job, extra: dict) -> MemberJob:
         run_id=job.previous.get("wandb_run_id"),
         quiet=cfg.logger.quiet,
         alongside=True,
+        offline_marker=job.job_dir.parent / OFFLINE_MARKER,  # the sweep folder's, as run.py's jobs use it
     )
     run = logger.experiment if logger else None
     return MemberJob(job.name, job.job_dir, config, extra | {"wandb_run_id": run.id if run else None}, run)
