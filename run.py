@@ -36,7 +36,7 @@ from omegaconf.errors import OmegaConfBaseException
 from zr_ablate.console import silence
 from zr_ablate.experiment.build import CONFIG_ERRORS, apply_precision, build, error_line
 from zr_ablate.experiment.guard import SweepGuard
-from zr_ablate.experiment.job_folder import job_lock, previous_record, save_hydra_files
+from zr_ablate.experiment.job_folder import job_lock, open_job
 from zr_ablate.experiment.optuna_sweeper import objective
 from zr_ablate.experiment.wandb_run import OFFLINE_MARKER, end_run, finish_run, start_run
 from zr_ablate.records import (
@@ -96,12 +96,9 @@ def run(cfg: DictConfig, hydra_cfg, job_dir: str, optimising: bool) -> str | flo
         config = OmegaConf.to_container(cfg, resolve=True)  # a resolver's error (no tuned study) is one line
     except CONFIG_ERRORS as e:
         sys.exit(f"zr_ablate: error: {error_line(e)}")
-    previous = previous_record(job_dir, config, cfg.on_stale)
+    previous = open_job(job_dir, cfg, config)
     if previous.get("status") in FINAL_STATUSES:
-        save_hydra_files(job_dir, cfg, config=False)  # the config it ran with stays beside its record
-        log.info("skip: %s is already %s (delete its result.json to run it again)", job_dir, previous["status"])
         return objective(previous) if optimising else previous["status"]
-    save_hydra_files(job_dir, cfg)
     threads = thread_budget(cfg, hydra_cfg)
     if threads:
         torch.set_num_threads(threads)

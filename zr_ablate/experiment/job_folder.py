@@ -4,7 +4,7 @@ whichever launcher runs it.
 
 - job_lock: an advisory lock (flock on LOCK, holding "pid N on host H") held while the job runs, so that two
   sweeps writing the same folder never train one job twice; a lock left by a dead process is taken over.
-- previous_record: the record the job resumes from, {} to start afresh, under the on_stale setting.
+- open_job: the record the job resumes from or skips ({} to start afresh, under on_stale), its .hydra/ files.
 - save_hydra_files: the job's .hydra/ files, written once the job holds its folder.
 """
 
@@ -24,7 +24,16 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from zr_ablate.records import HYDRA, LOCK, RecordError, changed_settings, read_result, set_aside, stale_line
+from zr_ablate.records import (
+    FINAL_STATUSES,
+    HYDRA,
+    LOCK,
+    RecordError,
+    changed_settings,
+    read_result,
+    set_aside,
+    stale_line,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +55,18 @@ def previous_record(job_dir: str | Path, config: dict, on_stale: str) -> dict:
         return {}
     if changed and on_stale == "stop":
         sys.exit(f"zr_ablate: error: {stale_line(job_dir, changed)}")
+    return previous
+
+
+def open_job(job_dir: str | Path, cfg: DictConfig, config: dict) -> dict:
+    """Take a job's folder for this run (its lock held): the record it resumes from or skips (previous_record),
+    with its .hydra/ files written; a final record keeps the config it ran with. A record whose status is in
+    FINAL_STATUSES means: skip the job."""
+    previous = previous_record(job_dir, config, cfg.on_stale)
+    final = previous.get("status") in FINAL_STATUSES
+    save_hydra_files(job_dir, cfg, config=not final)
+    if final:
+        log.info("skip: %s is already %s (delete its result.json to run it again)", job_dir, previous["status"])
     return previous
 
 

@@ -31,7 +31,7 @@ from hydra.core.utils import JobReturn, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from zr_ablate.experiment.job_folder import job_lock, previous_record, save_hydra_files
+from zr_ablate.experiment.job_folder import job_lock, open_job
 from zr_ablate.experiment.optuna_sweeper import objective
 from zr_ablate.records import (
     FINAL_STATUSES,
@@ -56,16 +56,13 @@ class Prepared:
 
 
 def prepare(cfg: DictConfig) -> Prepared | str:
-    """Hydra's task for one job of a packed sweep (run inside hydra.core.utils.run_job, which made the folder
-    and wrote .hydra/): its record as run.py decides on it. Returns the final status of a job to skip."""
+    """Hydra's task for one job of a packed sweep (run inside hydra.core.utils.run_job, which made the
+    folder): its record and .hydra/ files as run.py takes them. Returns the final status of a job to skip."""
     hydra_cfg = HydraConfig.get()
     job_dir = Path(hydra_cfg.runtime.output_dir)
-    previous = previous_record(job_dir, OmegaConf.to_container(cfg, resolve=True), cfg.on_stale)
+    previous = open_job(job_dir, cfg, OmegaConf.to_container(cfg, resolve=True))
     if previous.get("status") in FINAL_STATUSES:
-        save_hydra_files(job_dir, cfg, config=False)  # the config it ran with stays beside its record
-        log.info("skip: %s is already %s (delete its result.json to run it again)", job_dir, previous["status"])
         return previous["status"]
-    save_hydra_files(job_dir, cfg)
     log_file = job_dir / f"{hydra_cfg.job.name}.log"
     return Prepared(cfg, job_dir, job_name(hydra_cfg.job.override_dirname), previous, log_file)
 
