@@ -15,7 +15,7 @@ from tests.conftest import REPO
 from tests.experiment.test_sweep import TIMING, run_id
 from tests.helpers import cmd, read_run, run
 from zr_ablate.experiment.job_folder import job_lock
-from zr_ablate.records import NEUTRAL_KEYS, flat
+from zr_ablate.records import NEUTRAL_KEYS, SENTENCES, flat
 
 pytestmark = pytest.mark.slow  # whole sweeps in subprocesses
 PACKED = "hydra/launcher=packed"
@@ -46,6 +46,9 @@ def test_a_packed_sweep_gives_each_job_what_the_solo_sweep_gives(tmp_path, ptb_d
             assert b[key] == pytest.approx(a[key], rel=1e-4), (name, key)
         assert b["n_params"] == a["n_params"] and settings(b["config"]) == settings(a["config"])
         job = tmp_path / "packed" / "adhoc" / name
+        mine, twin = (pd.read_csv(root / "adhoc" / name / SENTENCES) for root in (tmp_path / "packed", tmp_path / "solo"))
+        assert mine["tokens"].tolist() == twin["tokens"].tolist() and len(mine) > 10  # the same test sentences
+        assert mine["nll"].to_numpy() == pytest.approx(twin["nll"].to_numpy(), rel=1e-4, abs=1e-4)
         assert (job / ".hydra" / "config.yaml").is_file() and (job / "checkpoints" / "last.ckpt").is_file()
         assert read_run(job)["run_id"] == b["wandb_run_id"]  # its own W&B run
         if "gal" in name:  # untied gates: run alone, as the basic launcher runs it

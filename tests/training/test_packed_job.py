@@ -1,8 +1,9 @@
 """A packed group's jobs end as their solo jobs would (training/packed_job.run_packed, float64 on a PTB slice):
-each folder gets its record, curve and checkpoint; a member whose loss blows up is recorded diverged and the
+each folder gets its record, curve, per-sentence test losses and checkpoint; a member whose loss blows up is recorded diverged and the
 others end with the numbers they get alone."""
 
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -14,7 +15,7 @@ from zr_ablate.dropout import DropoutSpec
 from zr_ablate.experiment.build import model as build_model
 from zr_ablate.model.language_model import LSTMLanguageModel
 from zr_ablate.model.packed import PackedLM
-from zr_ablate.records import EPOCH_FIELDS
+from zr_ablate.records import EPOCH_FIELDS, SENTENCES
 from zr_ablate.training.job import run_job
 from zr_ablate.training.packed_job import MemberJob, Schedule, run_packed
 
@@ -58,6 +59,11 @@ def test_each_member_folder_is_written_as_a_solo_job_writes_it(tmp_path, data):
         curve = pd.read_csv(job / "epochs.csv")
         assert list(curve.columns) == EPOCH_FIELDS and list(curve.epoch) == [1, 2] and list(curve.lr) == [1.0, 0.5]
         assert result["best_val_ppl"] == curve.val_ppl.min() and result["final_train_ppl"] == curve.train_ppl.iloc[-1]
+        # Its test sentences (one stream at batch 1) sum back to its own test and MC-dropout perplexities.
+        sentences = pd.read_csv(job / SENTENCES)
+        assert sentences.tokens.sum() == 40 * 5 and (sentences.tokens > 0).all()
+        for column, key in (("nll", "test_ppl"), ("mc_nll", "mc_test_ppl")):
+            assert math.exp(sentences[column].sum() / sentences.tokens.sum()) == pytest.approx(result[key], rel=1e-12)
         # The checkpoint is a solo model's: the context probe's way of loading it gives that member's weights.
         saved = torch.load(job / "checkpoints" / "last.ckpt", weights_only=False)
         assert saved["epoch"] == 1 and saved["packed_with"] == result["packed_with"]

@@ -5,6 +5,7 @@ run, the shared schedule); experiment/packed_run.py builds them from the members
 each member's folder gets, as training/job.run_job writes it for one job:
     result.json            status running, then how it ended, its numbers (+ packed_with: the others' names)
     epochs.csv             one row per finished epoch (records.EPOCH_FIELDS)
+    sentences_test.csv     under the paper test protocol (one stream), its per-sentence test losses
     checkpoints/last.ckpt  after every epoch: its own weights (the solo state_dict names, under "model.") and
                            random stream, so a rerun resumes it (and the context probe reads it as a solo one)
 and console lines prefixed with its name. Divergence is checked as LMModule checks it (every check_every
@@ -25,7 +26,18 @@ from pathlib import Path
 
 import torch
 
-from zr_ablate.records import COMPLETED, DIVERGED, EPOCHS, FAILED, RUNNING, SENTENCES, end_record, start_record
+from zr_ablate.data import EOS
+from zr_ablate.records import (
+    COMPLETED,
+    DIVERGED,
+    EPOCHS,
+    FAILED,
+    RUNNING,
+    SENTENCES,
+    end_record,
+    start_record,
+    write_sentences,
+)
 from zr_ablate.training.clock import sync
 from zr_ablate.training.job import (
     append_row,
@@ -38,6 +50,7 @@ from zr_ablate.training.job import (
 )
 from zr_ablate.training.lightning_module import divergence, lr_at
 from zr_ablate.training.packed_step import PackedMCDropoutEval, PackedSGD, PackedTrainStep, evaluate
+from zr_ablate.training.sentences import SentenceLosses
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +208,7 @@ def run_packed(model, data, members: list[MemberJob], schedule: Schedule, device
             "resumed_from_epoch": first_epoch or None,
             "packed_with": [n for n in names if n != member.name],
         }
-        # Packed evaluation keeps no per-sentence losses: a file left by an earlier solo run would not match.
+        # A file left by an earlier run would be set beside this run's result: it goes until the test rewrites it.
         (member.job_dir / SENTENCES).unlink(missing_ok=True)
         start_record(member.job_dir, member.result)
     model.to(device)
@@ -261,7 +274,8 @@ def _test(model, data, group: _Group, schedule: Schedule, device, global_step: i
     """The test split (the paper's batch-1 stream or the fast protocol) and MC-dropout, per member."""
     mc = PackedMCDropoutEval(schedule.mc_samples) if schedule.mc_samples else None
     windows = limited(data.test_dataloader(), schedule.limits.get("test"))
-    nll, mc_nll, tokens = evaluate(model, windows, device, mc)
+    sentences = [SentenceLosses(data.vocab.stoi[EOS]) for _ in group.members]
+    nll, mc_nll, tokens = evaluate(model, windows, device, mc, sentences)
     test_ppl = torch.exp(nll / tokens).tolist()
     mc_ppl = torch.exp(mc_nll / tokens).tolist() if mc_nll is not None else None
     for m in group.active:
@@ -269,4 +283,6 @@ def _test(model, data, group: _Group, schedule: Schedule, device, global_step: i
         member.result.update(status=COMPLETED, test_ppl=test_ppl[m])
         if mc_ppl is not None:
             member.result.update(mc_test_ppl=mc_ppl[m], mc_samples=schedule.mc_samples)
+        if len(sentences[m]):  # the test split ran as one stream (the paper protocol)
+            write_sentences(member.job_dir, *sentences[m].sums())
         group.log(m, {k: member.result[k] for k in ("test_ppl", "mc_test_ppl") if k in member.result}, global_step)

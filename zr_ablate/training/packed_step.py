@@ -23,12 +23,17 @@ from zr_ablate.training.mc_dropout import MCDropoutEval, held
 from zr_ablate.training.step import PaperSGD, TrainStep
 
 
-def member_nll(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """logits [M, T, B, V], targets y [B, T] (shared) -> each member's NLL summed over the window, [M]."""
+def token_nll(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """logits [M, T, B, V], targets y [B, T] (shared) -> the NLL of every target under every member, [M, T, B]."""
     members, vocab = logits.size(0), logits.size(-1)
     targets = y.t().expand(members, -1, -1)  # [M, T, B]
     nll = F.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1), reduction="none")
-    return nll.view(members, -1).sum(1)
+    return nll.view(targets.shape)
+
+
+def member_nll(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """logits [M, T, B, V], targets y [B, T] (shared) -> each member's NLL summed over the window, [M]."""
+    return token_nll(logits, y).flatten(1).sum(1)
 
 
 def clip_members(parameters, max_norm: float, members: int) -> torch.Tensor:
@@ -87,9 +92,11 @@ class PackedMCDropoutEval(MCDropoutEval):
 
 
 @torch.no_grad()
-def evaluate(model, windows, device: torch.device, mc: PackedMCDropoutEval | None = None):
+def evaluate(model, windows, device: torch.device, mc: PackedMCDropoutEval | None = None, sentences=None):
     """Every member over the windows [B, T] of one split, state carried from window to window (LMModule's
-    validation and test) -> (NLL summed per member [M], float64; MC-dropout's [M] or None; tokens)."""
+    validation and test) -> (NLL summed per member [M], float64; MC-dropout's [M] or None; tokens).
+    sentences: one SentenceLosses per member, given each window's token losses when the split is one stream
+    (batch 1), as LMModule.test_step gives its own."""
     model.eval()
     nll = torch.zeros(model.members, dtype=torch.float64, device=device)
     mc_nll = torch.zeros_like(nll) if mc is not None and mc.samples else None
@@ -99,8 +106,14 @@ def evaluate(model, windows, device: torch.device, mc: PackedMCDropoutEval | Non
     for x, y in windows:
         x, y = x.to(device), y.to(device)
         logits, state = model(x.t(), model.init_state(x.size(0)) if state is None else state)
-        nll += member_nll(logits, y).double()
+        window = token_nll(logits, y).double()  # [M, T, B]
+        nll += window.flatten(1).sum(1)
+        mc_window = None
         if mc_nll is not None:  # K more passes over the same window, each with its own state
-            mc_nll += mc.nll(model, x, y).double().reshape(model.members, -1).sum(1)
+            mc_window = mc.nll(model, x, y).double()  # [M, T, B]
+            mc_nll += mc_window.flatten(1).sum(1)
+        if sentences is not None and x.size(0) == 1:
+            for m, kept in enumerate(sentences):
+                kept.update(y[0], window[m, :, 0], None if mc_window is None else mc_window[m, :, 0])
         tokens += y.numel()
     return nll, mc_nll, tokens
