@@ -46,7 +46,7 @@ def test_a_packed_sweep_gives_each_job_what_the_solo_sweep_gives(tmp_path, ptb_d
             assert b[key] == pytest.approx(a[key], rel=1e-4), (name, key)
         assert b["n_params"] == a["n_params"] and settings(b["config"]) == settings(a["config"])
         job = tmp_path / "packed" / "adhoc" / name
-        mine, twin = (pd.read_csv(root / "adhoc" / name / SENTENCES) for root in (tmp_path / "packed", tmp_path / "solo"))
+        mine, twin = (pd.read_csv(tmp_path / root / "adhoc" / name / SENTENCES) for root in ("packed", "solo"))
         assert mine["tokens"].tolist() == twin["tokens"].tolist() and len(mine) > 10  # the same test sentences
         assert mine["nll"].to_numpy() == pytest.approx(twin["nll"].to_numpy(), rel=1e-4, abs=1e-4)
         assert (job / ".hydra" / "config.yaml").is_file() and (job / "checkpoints" / "last.ckpt").is_file()

@@ -1,6 +1,6 @@
 """A packed group's jobs end as their solo jobs would (training/packed_job.run_packed, float64 on a PTB slice):
-each folder gets its record, curve, per-sentence test losses and checkpoint; a member whose loss blows up is recorded diverged and the
-others end with the numbers they get alone."""
+each folder gets its record, curve, per-sentence test losses and checkpoint; a member whose loss blows up is
+recorded diverged and the others end with the numbers they get alone."""
 
 import json
 import math
