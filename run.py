@@ -35,6 +35,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from zr_ablate.console import silence
 from zr_ablate.experiment.build import CONFIG_ERRORS, apply_precision, build, error_line
+from zr_ablate.experiment.build import thread_budget as build_thread_budget
 from zr_ablate.experiment.guard import SweepGuard
 from zr_ablate.experiment.job_folder import job_lock, open_job
 from zr_ablate.experiment.optuna_sweeper import objective
@@ -55,18 +56,11 @@ log = logging.getLogger("run")
 
 
 def thread_budget(cfg: DictConfig, hydra_cfg) -> int | None:
-    """threads, or cores / concurrent jobs under a parallel launcher: two 2-thread jobs on 2 cores ran
-    more than 5x slower than one (oversubscription), so each job gets its share."""
-    if cfg.threads:
-        return int(cfg.threads)
+    """This job's torch threads: `threads`, or its share of the cores under the launcher (build.thread_budget)."""
     launcher = hydra_cfg.launcher
-    if launcher.get("cpus_per_task"):  # submitit: the cores SLURM (or the local queue) gives this job
-        return int(launcher.cpus_per_task)
-    n_jobs = launcher.get("n_jobs")  # joblib: n_jobs <= 0 means one job per core
-    if hydra_cfg.mode == RunMode.MULTIRUN and n_jobs is not None and n_jobs != 1:
-        cores = os.cpu_count() or 1
-        return max(1, cores // (n_jobs if n_jobs > 0 else cores))
-    return None
+    n_jobs = launcher.get("n_jobs")  # joblib's jobs at once (<= 0: one per core)
+    at_once = n_jobs if hydra_cfg.mode == RunMode.MULTIRUN and n_jobs is not None else 1
+    return build_thread_budget(cfg.threads, launcher.get("cpus_per_task"), at_once)  # submitit: SLURM's cores
 
 
 @hydra.main(version_base="1.3", config_path="pkg://zr_ablate.conf", config_name="config")

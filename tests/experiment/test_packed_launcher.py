@@ -125,3 +125,31 @@ def test_a_member_another_process_is_training_is_left_to_it(tmp_path, ptb_dir):
     done = results(tmp_path)
     assert list(done) == ["dropout=none,model=tiny,trainer.max_epochs=1"] and not (locked / "result.json").exists()
     assert done["dropout=none,model=tiny,trainer.max_epochs=1"]["status"] == "completed"
+
+
+def test_groups_trained_at_once_in_worker_processes_end_as_one_after_another(tmp_path, ptb_dir):
+    """hydra.launcher.n_jobs=2: two groups (two learning rates), each in its own worker process, give every
+    member the numbers and the log file it gets when the groups train one after another in the sweep's process."""
+    sweep = ["dropout=none,zaremba", "optim.lr=1,0.5", "threads=1", "trainer.deterministic=true", *ONE_EPOCH]
+    inline = run(tmp_path / "inline", ptb_dir, *sweep, PACKED, multirun=True)
+    assert inline.returncode == 0, inline.stderr[-3000:]
+    workers = run(tmp_path / "workers", ptb_dir, *sweep, PACKED, "hydra.launcher.n_jobs=2", multirun=True)
+    assert workers.returncode == 0, workers.stderr[-3000:]
+    assert "4 completed, 0 diverged, 0 failed, 0 skipped" in workers.stdout
+    assert "packed: 2 groups, 2 at once, each in its own process" in workers.stdout
+    got, expected = results(tmp_path / "workers"), results(tmp_path / "inline")
+    assert got.keys() == expected.keys() and len(got) == 4
+    for name, a in expected.items():
+        b = got[name]
+        assert len(b["packed_with"]) == 1 and b["threads"] == 1
+        for key in ("best_val_ppl", "final_train_ppl", "test_ppl"):
+            assert a[key] == b[key], (name, key)  # the same process settings: bit-identical
+        log = (tmp_path / "workers" / "adhoc" / name / "run.log").read_text()
+        assert f"[{name}] epoch 1: lr" in log  # the worker wrote its members' lines into their own log files
+
+
+def test_a_bad_number_of_groups_at_once_is_one_line(tmp_path, ptb_dir):
+    proc = run(tmp_path, ptb_dir, "dropout=none,zaremba", *ONE_EPOCH, PACKED, "hydra.launcher.n_jobs=0", multirun=True)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "zr_ablate: error: hydra.launcher.n_jobs=0; it must be an integer >= 1" in proc.stderr
+    assert not list(tmp_path.glob("adhoc/*/result.json"))

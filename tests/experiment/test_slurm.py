@@ -149,14 +149,40 @@ def test_a_cancelled_job_is_failed_in_the_summary_and_the_report(tmp_path, ptb_d
 
 
 @pytest.mark.slow
-def test_a_request_no_node_can_meet_stops_before_anything_is_submitted(tmp_path, ptb_dir, slurm):
-    """The launcher's defaults (8 CPUs, 32 GB, 1 GPU a job) on the 2-core CI node: one line, no job."""
-    proc = run(tmp_path, ptb_dir, "hydra/launcher=slurm", "logger.mode=disabled", multirun=True, env=slurm)
+@pytest.mark.parametrize("launcher, key", [("slurm", "hydra.launcher."), ("packed_slurm", "hydra.launcher.slurm.")])
+def test_a_request_no_node_can_meet_stops_before_anything_is_submitted(tmp_path, ptb_dir, slurm, launcher, key):
+    """The launchers' defaults (8 CPUs, 32 GB, 1 GPU a job or group) on the 2-core CI node: one line, no job."""
+    proc = run(tmp_path, ptb_dir, f"hydra/launcher={launcher}", "logger.mode=disabled", multirun=True, env=slurm)
     assert proc.returncode != 0
     [line] = [x for x in proc.stderr.splitlines() if x.startswith("zr_ablate: error:")]
     assert "can run a job asking for 8 CPUs, 32 GB and 1 GPUs" in line and "Traceback" not in proc.stderr
-    assert "hydra.launcher.cpus_per_task=" in line and "hydra.launcher.gpus_per_node=0" in line
+    assert f"{key}cpus_per_task=" in line and f"{key}gpus_per_node=0" in line
     assert not (tmp_path / "adhoc" / ".submitit").exists() and queue(slurm) == []
+
+
+@pytest.mark.slow
+def test_packed_groups_on_slurm_end_as_they_do_in_the_sweeps_process(tmp_path, ptb_dir, slurm):
+    """hydra/launcher=packed_slurm: each group is one SLURM job; its members end with the numbers, records and
+    log lines the same group gets in the sweep's own process."""
+    sweep = ["dropout=none,variational", "threads=1", "trainer.deterministic=true", "trainer.max_epochs=1"]
+    small = [x.replace("hydra.launcher.", "hydra.launcher.slurm.") for x in SMALL_JOBS[1:]]
+    inline = run(tmp_path / "inline", ptb_dir, *sweep, "hydra/launcher=packed", "logger.mode=disabled", multirun=True)
+    assert inline.returncode == 0, inline.stderr[-3000:]
+    packed = run(tmp_path / "slurm", ptb_dir, *sweep, "hydra/launcher=packed_slurm", *small, multirun=True, env=slurm)
+    assert packed.returncode == 0, packed.stderr[-3000:]
+    assert "2 completed, 0 diverged, 0 failed, 0 skipped" in packed.stdout
+    submitted = [p for p in (tmp_path / "slurm" / "adhoc" / ".submitit").iterdir() if p.is_dir()]
+    assert len(submitted) == 1  # one SLURM job for the group
+    for folder in (tmp_path / "inline" / "adhoc").glob("dropout=*"):
+        a, b = (
+            json.loads((root / "adhoc" / folder.name / "result.json").read_text())
+            for root in (tmp_path / "inline", tmp_path / "slurm")
+        )
+        assert b["status"] == "completed" and b["packed_with"] == a["packed_with"] and len(b["packed_with"]) == 1
+        for key in ("best_val_ppl", "final_train_ppl", "test_ppl"):
+            assert a[key] == b[key], key
+        assert f"[{folder.name}] epoch 1: lr" in (tmp_path / "slurm" / "adhoc" / folder.name / "run.log").read_text()
+    assert queue(slurm) == []
 
 
 # ---- the resource check, without a cluster ----------------------------------------------------------------

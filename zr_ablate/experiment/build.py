@@ -8,6 +8,7 @@ tests build through these functions, so a setting is wired to its constructor in
     cfg.optim, cfg.eval   -> LMModule                         lm_module
     cfg.data              -> PTBDataModule (its _target_)     datamodule
     cfg.tf32              -> torch's float32 precision flags  apply_precision
+    cfg.threads + launcher -> torch threads of one job         thread_budget
     cfg.cuda_graph        -> graphed layers (model) or graphed steps (TrainStep in LMModule and the bench)
     members' cfgs         -> PackedLM, and the schedule they share    packed_model, packed_schedule
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import os
 
 import pytorch_lightning as pl
 import torch
@@ -213,6 +215,20 @@ def build(cfg: DictConfig) -> tuple[LMModule, PTBDataModule]:
     data = datamodule(cfg)
     data.setup()  # the vocabulary size shapes the model
     return lm_module(cfg, model(cfg, len(data.vocab)), data.vocab.stoi[EOS]), data
+
+
+def thread_budget(threads: int | None, cpus_per_task: int | None = None, at_once: int = 1) -> int | None:
+    """threads, else the cores a scheduler gives the job (cpus_per_task), else cores / jobs at once when several
+    run on one machine (at_once <= 0: one per core), else None (torch's own): two 2-thread jobs on 2 cores ran
+    more than 5x slower than one (oversubscription), so each job gets its share."""
+    if threads:
+        return int(threads)
+    if cpus_per_task:
+        return int(cpus_per_task)
+    if at_once != 1:
+        cores = os.cpu_count() or 1
+        return max(1, cores // (at_once if at_once > 0 else cores))
+    return None
 
 
 def apply_precision(tf32: bool) -> dict:

@@ -10,9 +10,12 @@ leaves most of the device idle. Here:
 - the jobs left are grouped: equal settings but for the dropout node and the seed, the same epoch to
   resume from, at most `max_members` a group (in sweep order). A job whose placement cannot be packed
   (untied gates) runs alone, through run.py as the basic launcher runs it;
-- groups run one after another, each as one packed model (experiment/packed_run.py); every member's job
-  folder ends as its solo job's would (training/packed_job.py). A rerun after a kill resumes each member
-  from its checkpoint; members already finished are skipped, so a group can shrink.
+- each group trains as one packed model (experiment/packed_run.py): one after another in this process,
+  `n_jobs` at once in worker processes, or one SLURM job each (hydra/launcher=packed_slurm;
+  experiment/packed_executors.py). Every member's job folder ends as its solo job's would
+  (training/packed_job.py). A rerun after a kill resumes each member from its checkpoint; members already
+  finished are skipped, so a group can shrink. Each member's folder is locked while its group trains, as
+  run.py locks a job: a member another process is running is left to it.
 The sweep's pre-check and stale-settings guard (experiment/guard.py) run before this, for every job.
 """
 
@@ -22,7 +25,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +34,7 @@ from hydra.core.utils import JobReturn, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from zr_ablate.experiment.build import thread_budget
 from zr_ablate.experiment.job_folder import job_lock, open_job
 from zr_ablate.experiment.optuna_sweeper import objective
 from zr_ablate.records import (
@@ -102,34 +106,13 @@ def why_alone(job: Prepared) -> str | None:
     return unpackable(dropout_spec(job.cfg))
 
 
-@contextmanager
-def member_logs(jobs: list[Prepared]):
-    """While a group trains, the log lines (each member's prefixed with its name) go to every member's log
-    file, instead of the file of the job prepared last."""
-    root = logging.getLogger()
-    stashed = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
-    added = [logging.FileHandler(job.log_file) for job in jobs]
-    for handler in added:
-        handler.setFormatter(stashed[0].formatter if stashed else logging.Formatter("[%(asctime)s] %(message)s"))
-    for handler in stashed:
-        root.removeHandler(handler)
-    for handler in added:
-        root.addHandler(handler)
-    try:
-        yield
-    finally:
-        for handler in added:
-            root.removeHandler(handler)
-            handler.close()
-        for handler in stashed:
-            root.addHandler(handler)
-
-
 class PackedLauncher(Launcher):
-    def __init__(self, max_members: int = 12):
-        if not isinstance(max_members, int) or max_members < 1:
-            sys.exit(f"zr_ablate: error: hydra.launcher.max_members={max_members!r}; it must be an integer >= 1")
-        self.max_members = max_members
+    def __init__(self, max_members: int = 12, n_jobs: int = 1, slurm: dict | None = None):
+        for key, value in (("max_members", max_members), ("n_jobs", n_jobs)):
+            if not isinstance(value, int) or value < 1:
+                sys.exit(f"zr_ablate: error: hydra.launcher.{key}={value!r}; it must be an integer >= 1")
+        self.max_members, self.n_jobs = max_members, n_jobs
+        self.slurm = None if slurm is None else dict(OmegaConf.to_container(slurm, resolve=True))
         self.config = self.hydra_context = self.task_function = None
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
@@ -149,8 +132,14 @@ class PackedLauncher(Launcher):
             job_subdir_key="hydra.sweep.subdir",
         )
 
+    def threads(self, cfg: DictConfig) -> int | None:
+        """A group's torch threads: `threads`, else SLURM's cores for it, else the cores / groups at once."""
+        cpus = self.slurm.get("cpus_per_task") if self.slurm else None
+        return thread_budget(cfg.threads, cpus, 1 if self.slurm else self.n_jobs)
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from zr_ablate.experiment.packed_run import run_group
+        from zr_ablate.experiment.packed_executors import run_groups
+        from zr_ablate.experiment.packed_run import GroupTask
 
         setup_globals()
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
@@ -164,18 +153,20 @@ class PackedLauncher(Launcher):
             log.info("runs alone: %s (%s)", returns[i].return_value.name, why)
             returns[i] = self._job(self.task_function, job_overrides[i], initial_job_idx + i)
         index = {id(job): i for i, job in todo}
-        for group in groups([job for i, job in todo if i not in alone], self.max_members):
-            with ExitStack() as locks:  # each member's folder locked while the group trains, as run.py locks a job
+        with ExitStack() as locks:  # each member's folder locked while the groups train, as run.py locks a job
+            tasks = []
+            for group in groups([job for i, job in todo if i not in alone], self.max_members):
                 held = [job for job in group if locks.enter_context(job_lock(job.job_dir)) is None]
                 for job in group:
                     if job not in held:
                         log.warning("skip: %s is being run by another process; this sweep leaves it", job.job_dir)
                         returns[index[id(job)]].return_value = SKIPPED
                 if held:
-                    with member_logs(held):
-                        statuses = run_group(held)
-                    for job, status in zip(held, statuses):
-                        returns[index[id(job)]].return_value = status
+                    tasks.append(GroupTask(held, self.threads(held[0].cfg)))
+            folder = Path(str(self.config.hydra.sweep.dir))
+            for task, statuses in zip(tasks, run_groups(tasks, self.n_jobs, self.slurm, folder)):
+                for job, status in zip(task.jobs, statuses):
+                    returns[index[id(job)]].return_value = status
         if self.config.hydra.sweeper.get("direction") is not None:  # an optimising sweeper reads a number
             for ret in returns:
                 if isinstance(ret.return_value, str):

@@ -1,28 +1,35 @@
 """One group of a packed sweep (experiment/packed_launcher.py): its jobs built as one packed model and trained.
 
+    statuses = GroupTask(jobs, threads)()   # here, in a joblib worker or on a SLURM node (packed_executors.py)
+
 What run.py does for one job, done once for the group where it is shared and per member where it is not:
 threads, float32 precision and trainer.deterministic (shared: the members' settings are equal), the data
 module (shared), the packed model (build.packed_model: each member from its own seed), a W&B run per member
 (its own, resumed by the id its record holds), training and test (training/packed_job.run_packed), then
 each member's run summary and final line. An error in the group is recorded in every unfinished member's
-result.json; the sweep goes on with the next group.
+result.json; the sweep goes on with the next group. While the group trains, its log lines (each member's
+prefixed with its name) go to every member's log file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
+from contextlib import contextmanager
 
 import torch
 from omegaconf import OmegaConf
 
+from zr_ablate.console import silence
 from zr_ablate.experiment import build
 from zr_ablate.experiment.wandb_run import OFFLINE_MARKER, end_run, start_run
-from zr_ablate.records import FAILED
+from zr_ablate.records import FAILED, read_result
 from zr_ablate.training.packed_job import MemberJob, run_packed
 
 log = logging.getLogger(__name__)
+JOB_LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job log lines, elsewhere too
 
 
 def _member(job, extra: dict) -> MemberJob:
@@ -47,12 +54,60 @@ def _member(job, extra: dict) -> MemberJob:
     return MemberJob(job.name, job.job_dir, config, extra | {"wandb_run_id": run.id if run else None}, run)
 
 
-def run_group(jobs: list) -> list[str]:
-    """Train and test the jobs (packed_launcher.Prepared: config, folder, name, record so far) packed; returns
-    each one's status."""
+@contextmanager
+def member_logs(jobs: list):
+    """While a group trains, the log lines go to every member's log file instead of any other log file (in the
+    sweep's process, that of the job prepared last)."""
+    root = logging.getLogger()
+    stashed = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
+    added = [logging.FileHandler(job.log_file) for job in jobs]
+    for handler in added:
+        handler.setFormatter(stashed[0].formatter if stashed else logging.Formatter(JOB_LOG_FORMAT))
+    for handler in stashed:
+        root.removeHandler(handler)
+    for handler in added:
+        root.addHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in added:
+            root.removeHandler(handler)
+            handler.close()
+        for handler in stashed:
+            root.addHandler(handler)
+
+
+@dataclasses.dataclass
+class GroupTask:
+    """One group as a picklable call, for the sweep's own process, a joblib worker or a SLURM job."""
+
+    jobs: list  # packed_launcher.Prepared, in member order
+    threads: int | None  # torch threads (build.thread_budget), None for torch's own
+    own_process: bool = False  # a worker or a node: it sets up its console and log level itself
+
+    def __call__(self) -> list[str]:
+        if self.own_process:
+            silence()
+            logging.basicConfig(level=logging.INFO, format=JOB_LOG_FORMAT, force=True)
+        # A requeued SLURM job runs this again: each member's record may now name its W&B run, so read it anew.
+        jobs = [dataclasses.replace(job, previous=read_result(job.job_dir) or job.previous) for job in self.jobs]
+        with member_logs(jobs):
+            return run_group(jobs, self.threads)
+
+    def checkpoint(self, *args, **kwargs):
+        """submitit calls this at a time limit or preemption: requeue the group; its members resume from their
+        last checkpoints."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def run_group(jobs: list, threads: int | None = None) -> list[str]:
+    """Train and test the jobs (packed_launcher.Prepared: config, folder, name, record so far) packed with
+    `threads` torch threads; returns each one's status."""
     cfg = jobs[0].cfg
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
+    if threads:
+        torch.set_num_threads(threads)
     if cfg.trainer.get("deterministic"):  # what Lightning's Trainer(deterministic=True) sets, for this process
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
@@ -65,7 +120,7 @@ def run_group(jobs: list) -> list[str]:
         model = build.packed_model([job.cfg for job in jobs], len(data.vocab))
     except build.CONFIG_ERRORS as e:
         sys.exit(f"zr_ablate: error: {build.error_line(e)}")
-    members = [_member(job, {"threads": cfg.threads, "precision": precision}) for job in jobs]
+    members = [_member(job, {"threads": threads, "precision": precision}) for job in jobs]
     try:
         results = run_packed(model, data, members, schedule, device)
     except Exception:

@@ -79,26 +79,29 @@ def request_of(params: dict) -> Node:
     return Node((params.get("cpus_per_task") or 1) * tasks, params.get("mem_gb") or 0, gpus)
 
 
-def resource_problem(partition: str | None, request: Node, nodes: list[Node]) -> str | None:
-    """The one line that stops a sweep no node could run, naming the settings to change; None if one can."""
+def resource_problem(
+    partition: str | None, request: Node, nodes: list[Node], key: str = "hydra.launcher."
+) -> str | None:
+    """The one line that stops a sweep no node could run, naming the settings to change (under `key`); None if
+    one can."""
     where = f"SLURM partition {partition!r}" if partition else "SLURM (no default partition)"
     if not nodes:
-        return f"no node of {where} takes jobs (all down, drained or absent); pass hydra.launcher.partition=<another>"
+        return f"no node of {where} takes jobs (all down, drained or absent); pass {key}partition=<another>"
     if any(n.cpus >= request.cpus and n.mem_gb >= request.mem_gb and n.gpus >= request.gpus for n in nodes):
         return None
     most = Node(max(n.cpus for n in nodes), max(n.mem_gb for n in nodes), max(n.gpus for n in nodes))
     fixes = []
     if request.cpus > most.cpus:
-        fixes.append(f"hydra.launcher.cpus_per_task={most.cpus}")
+        fixes.append(f"{key}cpus_per_task={most.cpus}")
     if request.mem_gb > most.mem_gb:
-        fixes.append(f"hydra.launcher.mem_gb={int(most.mem_gb)}")
+        fixes.append(f"{key}mem_gb={int(most.mem_gb)}")
     if request.gpus > most.gpus:
-        fixes.append(f"hydra.launcher.gpus_per_node={most.gpus}")
+        fixes.append(f"{key}gpus_per_node={most.gpus}")
     fixes = fixes or ["a smaller request (no single node has all of it)"]
     return (
         f"no node of {where} can run a job asking for {request.cpus} CPUs, {request.mem_gb:g} GB and "
         f"{request.gpus} GPUs (the most a node has: {most.cpus} CPUs, {int(most.mem_gb)} GB, {most.gpus} GPUs); "
-        f"pass {' '.join(fixes)}, or another hydra.launcher.partition"
+        f"pass {' '.join(fixes)}, or another {key}partition"
     )
 
 
