@@ -74,9 +74,15 @@ def speeds_for(args, todo, device, extra, bench, log, out: Path) -> tuple[dict, 
     else:
         log(f"speeds: from {', '.join(map(str, args.bench))} ({bench.get('device')}, {bench.get('date')})")
     sizes = [job.cfg.model.name for job in todo]
-    packs = speeds.packing(bench, max(sizes, key=sizes.count))
+    size = max(sizes, key=sizes.count)
+    packs = speeds.packing(bench, size)
     if len(packs.levels) > 1:
-        log("packed in one process, each job at: " + ", ".join(f"{m} jobs {f:.2f}" for m, f in packs.levels.items()))
+        log(
+            "packed in one process: "
+            + ", ".join(f"{m} jobs {f * m:.2f} x one" for m, f in packs.levels.items() if m > 1)
+        )
+    elif bench.get("packed"):
+        log(f"packed speeds not used: measured at model={bench['packed'].get('size')}, the jobs are model={size}")
     return {k: speeds.speed(bench, *k) for k in keys}, speeds.sharing(bench), packs
 
 

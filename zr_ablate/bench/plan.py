@@ -9,7 +9,9 @@ One rule decides which job a free slot takes, in the plan's simulation and in th
 with the time left, the first waiting job expected to complete (its estimate x margin fits); failing that,
 with `partial`, the first whose first epoch ends in time, so that its checkpoint carries that epoch to the
 next run. Jobs are taken in order (resumed ones first: nearest to completion, and their checkpoint is
-used); a job that does not fit is passed over and a later, shorter one may still start.
+used); a job that does not fit is passed over and a later, shorter one may still start. Packing jobs of
+one shape in one process is weighed against this in zr_ablate.bench.packing, whose groups are run units
+(Work) here.
 """
 
 from __future__ import annotations

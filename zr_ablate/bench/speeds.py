@@ -52,7 +52,9 @@ def packing(bench: dict | None, size: str) -> Sharing:
     measured = (bench or {}).get("packed")
     if not measured or measured.get("size") != size:
         return Sharing()
-    return Sharing({1: 1.0} | {r["members"]: r["packed_x_one_job"] / r["members"] for r in measured["levels"]})
+    return Sharing(
+        {1: 1.0} | {r["members"]: r["packed_x_one_job"] / r["members"] for r in measured["levels"] if r["members"] > 1}
+    )
 
 
 def merge(files: dict[str, dict]) -> dict:
