@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import REPO
 from zr_ablate.bench import jobs, speeds
+from zr_ablate.bench.launch import task
 from zr_ablate.bench.packing import choose, product_groups, sweep_overrides
 from zr_ablate.bench.plan import COMPLETE, NOT_STARTED, Sharing, Work
 from zr_ablate.records import LAST_CHECKPOINT, STOPPED, read_result
@@ -93,7 +94,30 @@ def test_pack_keys_follow_settings_and_resume_epoch(tmp_path):
     (naive.folder / LAST_CHECKPOINT).write_bytes(b"x")
     (naive.folder / "result.json").write_text(json.dumps({"status": STOPPED, "epochs": 1, "config": naive.settings}))
     assert jobs.pack_key(none) != jobs.pack_key(naive)  # it resumes after epoch 1, the other starts
-    assert not jobs.packed_checkpoint(naive)
+    unit = Work(naive.name, 1, 1.0, 0.0, 0.0)
+    assert "hydra/launcher=packed" not in task(unit, [naive], []).argv  # a solo checkpoint: run.py alone
+    # a checkpoint a packed group wrote: only the packed launcher resumes it, so even alone the job runs under it
+    (naive.folder / "result.json").write_text(
+        json.dumps({"status": STOPPED, "epochs": 1, "config": naive.settings, "packed_with": [none.name]})
+    )
+    assert jobs.packed_checkpoint(naive) and task(unit, [naive], []).argv[2:] == [
+        "-m",
+        *naive.overrides,
+        "hydra/launcher=packed",
+        "hydra.launcher.max_members=1",
+    ]
+    pair = task(Work("pair", 1, 1.0, 0.0, 0.0), [none, naive], ["threads=1"])
+    assert pair.argv[2:] == [
+        "-m",
+        f"out_root={tmp_path}",
+        "model=tiny",
+        "dropout=none,naive",
+        "hydra/launcher=packed",
+    ] + [
+        "hydra.launcher.max_members=2",
+        "threads=1",
+    ]
+    assert pair.console == none.folder / "console.log" and pair.pointers == [naive.folder / "console.log"]
 
 
 def test_a_packed_bench_file_gives_packing_and_its_processes(tmp_path):
