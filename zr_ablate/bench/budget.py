@@ -11,10 +11,13 @@ The sweep is run.py's overrides (a grid, or lists of placements and seeds), expa
 2. on a GPU, each fast path (CUDA graphs, the Triton loop) is checked against the plain one in a few
    training steps, unless --cuda-graph / --loop-kernel give it (zr_ablate.bench.paths);
 3. speeds: measured in seconds per placement (zr_ablate.bench.speeds), or read (--bench), or given
-   (--speed); on a GPU also 1, 2 and 4 jobs at once, under CUDA MPS when it starts (--mps);
-4. the plan (zr_ablate.bench.plan): how many jobs at once, which are expected to complete, which to train
-   some epochs that the next run resumes, which to leave;
-5. the jobs run, each as `python run.py <its overrides>` (zr_ablate.bench.runner); --stop-grace before
+   (--speed); on a GPU also 1, 2 and 4 jobs at once, under CUDA MPS when it starts (--mps), and 2 and 4
+   jobs packed in one process;
+4. the plan (zr_ablate.bench.plan, packing): how many jobs at once, which packed together (only where that
+   measured faster, or --pack), which are expected to complete, which to train some epochs that the next
+   run resumes, which to leave;
+5. the jobs run, each as `python run.py <its overrides>`, a packed group as `python run.py -m <its jobs>
+   hydra/launcher=packed` (zr_ablate.bench.runner); --stop-grace before
    the deadline (or on SIGTERM / Ctrl-C) running jobs are stopped; every job's result.json then says
    where it stands (zr_ablate.bench.jobs);
 6. with --archive, the records are packed into size-limited tarballs (zr_ablate.bench.archive);
@@ -50,6 +53,15 @@ def duration(text: str) -> float:
     return sum(float(n) * UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d*)?)([smhd])", text))
 
 
+def pack_option(text: str) -> int | None:
+    """--pack: 'auto' -> None (the plan decides), 'off' -> 1, M -> M."""
+    if text in ("auto", "off"):
+        return None if text == "auto" else 1
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: write auto, off or a number of jobs >= 1")
+    return int(text)
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     intro, examples = __doc__.split("\n\n")[:2]
     p = argparse.ArgumentParser(
@@ -69,7 +81,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     duration_option("--job-start", "30s", "estimated time from a job's launch to its first step")
     speeds = p.add_mutually_exclusive_group()
     speeds.add_argument(
-        "--bench", type=Path, metavar="PATH", help="plan from this bench file (python -m zr_ablate.bench --out)"
+        "--bench",
+        type=Path,
+        action="append",
+        metavar="PATH",
+        help="plan from this bench file (python -m zr_ablate.bench --out); again for a --packed one",
     )
     speeds.add_argument("--speed", type=float, metavar="TOKENS_PER_S", help="plan with this speed for every job")
     p.add_argument("--margin", type=float, default=1.1, help="a job starts if its estimate x this fits (1.1)")
@@ -84,6 +100,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--mps", choices=["auto", "off"], default="auto", help="jobs at once on a GPU under CUDA MPS")
+    p.add_argument(
+        "--pack",
+        type=pack_option,
+        default=None,
+        metavar="auto|off|M",
+        help="train up to M same-shape jobs packed in one process (default auto: where measured faster)",
+    )
     auto = "auto (default): each checked against the plain path here, then the fastest that passed"
     p.add_argument("--cuda-graph", choices=["auto", "step", "layers", "off"], default="auto", help=auto)
     p.add_argument("--loop-kernel", choices=["auto", "triton", "torch"], default="auto", help=auto)
@@ -107,21 +130,24 @@ def prepare(args) -> tuple[list, dict, dict | None, Path]:
     -> (every job of the sweep, tokens per split per job, the bench file's JSON, the sweep folder)."""
     from zr_ablate.bench import jobs as sweep
     from zr_ablate.bench.archive import part_name
-    from zr_ablate.bench.speeds import speed
+    from zr_ablate.bench.speeds import merge, speed
     from zr_ablate.experiment.build import error_line
 
     if not sweep.RUN_PY.is_file():
         fail(f"{sweep.RUN_PY} not found: run this command from a checkout of zr_ablate (each job is run.py)")
     if args.archive and (part_name(args.archive, 1).exists() or part_name(args.archive, 2).exists()):
         fail(f"{args.archive} or its parts exist already; move them away or pass another --archive")
-    bench = None
-    if args.bench:
+    bench, files = None, {}
+    for path in args.bench or []:
         try:
-            bench = json.loads(args.bench.read_text())
+            files[str(path)] = json.loads(path.read_text())
         except (OSError, ValueError) as e:
-            fail(f"cannot read --bench {args.bench} ({e}); pass a file that python -m zr_ablate.bench --out wrote")
-        if not isinstance(bench, dict) or not isinstance(bench.get("placements"), list):
-            fail(f"--bench {args.bench} is not a bench file (no placements); pass one python -m zr_ablate.bench wrote")
+            fail(f"cannot read --bench {path} ({e}); pass a file that python -m zr_ablate.bench --out wrote")
+    if files:
+        try:
+            bench = merge(files)
+        except ValueError as e:
+            fail(f"--bench {e}")
     try:
         jobs = sweep.expand(args.overrides)
         folders = {job.folder.parent for job in jobs}
@@ -135,9 +161,10 @@ def prepare(args) -> tuple[list, dict, dict | None, Path]:
     except Exception as e:  # Hydra's, the data's and the sweep guard's errors: one line each
         fail(error_line(e))
     todo = [job for job in jobs if not sweep.is_final(job)]
-    missing = sorted({job.speed_key for job in todo if bench is not None and speed(bench, *job.speed_key) is None})
+    has_rows = bench is not None and "placements" in bench  # else (a --packed file alone) the speeds are measured
+    missing = sorted({job.speed_key for job in todo if has_rows and speed(bench, *job.speed_key) is None})
     if missing:
-        fail(f"{args.bench} has no speed for (model, dropout) {missing}; drop --bench to measure, or pass --speed")
+        fail(f"--bench has no speed for (model, dropout) {missing}; drop --bench to measure, or pass --speed")
     return jobs, tokens, bench, next(iter(folders))
 
 

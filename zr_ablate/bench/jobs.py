@@ -11,6 +11,7 @@ A job's record is its result.json (zr_ablate.records). Besides run.py's statuses
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,6 +127,23 @@ def shape(job: Job, tokens: dict[str, int]) -> Shape:
         test_batch=1 if d.test_protocol == "paper" else d.eval_batch_size,
         resumed=done > 0,
     )
+
+
+def pack_key(job: Job) -> str | None:
+    """Jobs with equal keys can train packed in one process, as the packed launcher groups them: equal
+    settings but dropout and seed, the same epoch to resume from. None: it cannot be packed (its placement
+    or a Trainer setting; packed_launcher.why_alone)."""
+    from zr_ablate.experiment.packed_launcher import PER_MEMBER, why_alone
+
+    if why_alone(job) is not None:
+        return None
+    shared = {k: v for k, v in job.settings.items() if k not in PER_MEMBER}
+    return json.dumps([shared, epochs_done(job)], sort_keys=True, default=str)
+
+
+def packed_checkpoint(job: Job) -> bool:
+    """Its checkpoint was written by a packed group: only the packed launcher resumes it (run.py refuses)."""
+    return (job.folder / LAST_CHECKPOINT).is_file() and "packed_with" in (read_result(job.folder) or {})
 
 
 def status(job: Job) -> str | None:

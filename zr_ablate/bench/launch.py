@@ -1,5 +1,6 @@
 """The working part of a budgeted run (zr_ablate.bench.budget): the device, CUDA MPS, the GPU paths, the
-thread count, the speeds, the plan, then the jobs, each recorded as it leaves the run."""
+thread count, the speeds, the plan, then the jobs (a packed group as one process), each recorded as it
+leaves the run."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from pathlib import Path
 import torch
 
 from zr_ablate.bench import jobs as sweep
-from zr_ablate.bench import mps, paths, runner, speeds
-from zr_ablate.bench.plan import COMPLETE, PARTIAL, Plan, Sharing, Speed, estimate, plan
+from zr_ablate.bench import mps, packing, paths, runner, speeds
+from zr_ablate.bench.plan import COMPLETE, PARTIAL, Plan, Sharing, Speed, estimate
 from zr_ablate.records import NEUTRAL_KEYS
 from zr_ablate.training.clock import cpu_model
 
@@ -58,23 +59,39 @@ def job_threads(args, device: torch.device, key: tuple[str, str], extra: tuple[s
     return best
 
 
-def speeds_for(args, todo, device, extra, bench, log, out: Path) -> tuple[dict, Sharing]:
-    """{(model, dropout): Speed} for every job, and how jobs at once share the device."""
+def speeds_for(args, todo, device, extra, bench, log, out: Path) -> tuple[dict, Sharing, Sharing]:
+    """{(model, dropout): Speed} for every job, how jobs at once share the device, and packed members' speed."""
     keys = sorted({job.speed_key for job in todo})
     if args.speed:
         log(f"speeds: {args.speed:,.0f} tokens/s per job, as given (--speed)")
-        return {k: Speed(args.speed, args.speed) for k in keys}, Sharing()
-    if bench is None:
+        return {k: Speed(args.speed, args.speed) for k in keys}, Sharing(), Sharing()
+    if bench is None or "placements" not in bench:  # none given, or only a --packed file: its rows are kept
+        given_bench = bench or {}
         bench = speeds.measure(keys, device, extra, log)
+        bench |= {k: v for k, v in given_bench.items() if k in ("packed", "concurrency") and v and not bench.get(k)}
         out.with_suffix(".speeds.json").write_text(json.dumps(bench, indent=1))
         log(f"speeds written to {sweep.shown(out.with_suffix('.speeds.json'))} (as --bench: plans without measuring)")
     else:
-        log(f"speeds: from {args.bench} ({bench.get('device')}, {bench.get('date')})")
-    return {k: speeds.speed(bench, *k) for k in keys}, speeds.sharing(bench)
+        log(f"speeds: from {', '.join(map(str, args.bench))} ({bench.get('device')}, {bench.get('date')})")
+    sizes = [job.cfg.model.name for job in todo]
+    size = max(sizes, key=sizes.count)
+    packs = speeds.packing(bench, size)
+    if len(packs.levels) > 1:
+        log(
+            "packed in one process: "
+            + ", ".join(f"{m} jobs {f * m:.2f} x one" for m, f in packs.levels.items() if m > 1)
+        )
+    elif bench.get("packed"):
+        log(f"packed speeds not used: measured at model={bench['packed'].get('size')}, the jobs are model={size}")
+    return {k: speeds.speed(bench, *k) for k in keys}, speeds.sharing(bench), packs
 
 
 def describe(the_plan: Plan, work: dict) -> list[str]:
-    lines = [f"plan: {the_plan.at_once} at once, {the_plan.available_s:.0f} s to train in"]
+    packed = f", up to {the_plan.pack} jobs packed in one process" if the_plan.groups else ""
+    lines = [f"plan: {the_plan.at_once} at once{packed}, {the_plan.available_s:.0f} s to train in"]
+    for unit in the_plan.units:
+        if unit.name in the_plan.groups:
+            lines.append(f"  packed in one process (~{unit.seconds:.0f} s): {', '.join(the_plan.groups[unit.name])}")
     for name in the_plan.order:
         o, w = the_plan.outcomes[name], work[name]
         if o.expect == COMPLETE:
@@ -88,6 +105,27 @@ def describe(the_plan: Plan, work: dict) -> list[str]:
         else:
             lines.append(f"  {name}: not started (~{w.seconds:.0f} s alone)")
     return lines
+
+
+PACKED = ["hydra/launcher=packed"]  # with hydra.launcher.max_members: the group's jobs as one packed group
+
+
+def written(job: sweep.Job) -> dict[str, str]:
+    """A job's overrides as {key: the override as written}, for packing.product_groups."""
+    return {o.split("=", 1)[0]: o for o in job.overrides}
+
+
+def task(unit, members: list, extra: list[str]) -> runner.Task:
+    """A run unit's process: `python run.py <overrides>` for a job alone; for a packed group (or a job whose
+    checkpoint a packed group wrote, which only the packed launcher resumes) `python run.py -m` over exactly
+    its jobs under the packed launcher. Its output goes to the first job's console.log (the others' say where)."""
+    if len(members) == 1 and not sweep.packed_checkpoint(members[0]):
+        argv = [*members[0].overrides]
+    else:
+        swept = packing.sweep_overrides([written(job) for job in members])
+        argv = ["-m", *swept, *PACKED, f"hydra.launcher.max_members={len(members)}"]
+    consoles = [job.folder / "console.log" for job in members]
+    return runner.Task(unit, [sys.executable, str(sweep.RUN_PY), *argv, *extra], consoles[0], consoles[1:])
 
 
 def environment(device: torch.device) -> dict:
@@ -114,13 +152,31 @@ def run_budget(
         ]
         threads = job_threads(args, device, todo[0].speed_key, (*chosen, *speed_settings(args.overrides)), log)
         torch.set_num_threads(threads)
-        speed, sharing = speeds_for(args, todo, device, (*chosen, *speed_settings(args.overrides)), bench, log, out)
+        speed, sharing, packs = speeds_for(
+            args, todo, device, (*chosen, *speed_settings(args.overrides)), bench, log, out
+        )
         work = {
-            job.name: estimate(job.name, sweep.shape(job, tokens[job.name]), speed[job.speed_key], args.job_start)
+            job.name: estimate(
+                job.name,
+                sweep.shape(job, tokens[job.name]),
+                speed[job.speed_key],
+                args.job_start,
+                None if args.pack == 1 else sweep.pack_key(job),
+            )
             for job in todo
         }
         available = deadline - args.stop_grace - time.monotonic()
-        the_plan = plan(list(work.values()), available, sharing, args.at_once, args.margin, args.partial)
+        the_plan = packing.choose(
+            list(work.values()),
+            available,
+            sharing,
+            packs,
+            {job.name: written(job) for job in todo},
+            args.at_once,
+            args.pack,
+            args.margin,
+            args.partial,
+        )
         for line in describe(the_plan, work):
             log(line)
         if device.type == "cuda" and "threads" not in mine:
@@ -128,32 +184,29 @@ def run_budget(
         extra = [*chosen, f"threads={threads}", *(["trainer.accelerator=cpu"] if device.type == "cpu" else [])]
         extra = [o for o in extra if o.split("=")[0] not in mine]
         log(f"each job: python run.py <its overrides> {' '.join(extra)}" + (" (under MPS)" if on_mps else ""))
+        if the_plan.groups:
+            log(f"each packed group: python run.py -m <its jobs' overrides> {' '.join(PACKED)} {' '.join(extra)}")
         record = {"command": args.command, "environment": environment(device), "overrides": extra, "mps": on_mps}
         out.with_suffix(".plan.json").write_text(json.dumps(record | {"plan": the_plan.as_dict()}, indent=1))
         jobs = {job.name: job for job in todo}
 
         def on_end(task: runner.Task, ended: runner.Ended) -> None:
-            job = jobs[task.work.name]
-            if ended.how == runner.ENDED:
-                result = sweep.mark_ended(job, ended.code, task.console)
-                log(f"{job.name}: {result['status']} after {ended.seconds:.0f} s")
-            elif ended.how == runner.STOPPED:
-                why = "stopped on request" if stop.is_set() else "stopped at the time budget's deadline"
-                result = sweep.mark_stopped(job, why)
-                log(f"{job.name}: {result['status']} after {ended.seconds:.0f} s ({result.get('error')})")
-            else:
-                sweep.mark_not_started(
-                    job, f"not started: no room in the time budget (~{task.work.seconds:.0f} s alone)"
-                )
+            for name in the_plan.groups.get(task.work.name, [task.work.name]):  # each job of a packed group
+                job = jobs[name]
+                if ended.how == runner.ENDED:
+                    result = sweep.mark_ended(job, ended.code, task.console)
+                    log(f"{job.name}: {result['status']} after {ended.seconds:.0f} s")
+                elif ended.how == runner.STOPPED:
+                    why = "stopped on request" if stop.is_set() else "stopped at the time budget's deadline"
+                    result = sweep.mark_stopped(job, why)
+                    log(f"{job.name}: {result['status']} after {ended.seconds:.0f} s ({result.get('error')})")
+                else:
+                    sweep.mark_not_started(
+                        job, f"not started: no room in the time budget (~{work[name].seconds:.0f} s alone)"
+                    )
 
-        tasks = [
-            runner.Task(
-                work[name],
-                [sys.executable, str(sweep.RUN_PY), *jobs[name].overrides, *extra],
-                jobs[name].folder / "console.log",
-            )
-            for name in the_plan.order
-        ]
+        members = {u.name: [jobs[n] for n in the_plan.groups.get(u.name, [u.name])] for u in the_plan.units}
+        tasks = [task(unit, members[unit.name], extra) for unit in the_plan.units]
         return runner.run(
             tasks,
             the_plan.at_once,

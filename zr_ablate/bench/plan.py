@@ -9,7 +9,9 @@ One rule decides which job a free slot takes, in the plan's simulation and in th
 with the time left, the first waiting job expected to complete (its estimate x margin fits); failing that,
 with `partial`, the first whose first epoch ends in time, so that its checkpoint carries that epoch to the
 next run. Jobs are taken in order (resumed ones first: nearest to completion, and their checkpoint is
-used); a job that does not fit is passed over and a later, shorter one may still start.
+used); a job that does not fit is passed over and a later, shorter one may still start. Packing jobs of
+one shape in one process is weighed against this in zr_ablate.bench.packing, whose groups are run units
+(Work) here.
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ class Work:
     start_s: float  # process start to the first step: imports, data, model, logger
     test_s: float  # the test after the last epoch
     resumed: bool = False
+    # Jobs with equal keys can train packed in one process (equal settings but dropout and seed, the same epoch
+    # to resume from; zr_ablate.bench.packing); None: it cannot be packed.
+    pack_key: str | None = None
 
     @property
     def seconds(self) -> float:
@@ -63,13 +68,13 @@ class Work:
         return self.start_s + self.epoch_s if self.epochs_left else self.seconds
 
 
-def estimate(name: str, shape: Shape, speed: Speed, start_s: float) -> Work:
+def estimate(name: str, shape: Shape, speed: Speed, start_s: float, pack_key: str | None = None) -> Work:
     """A job's seconds from its shape and speed. The test's speed is taken as the validation speed scaled
     by the batch (a step costs about the same at batch 1 as at batch 20 on a GPU; on a CPU this
     overestimates the test, which errs on the safe side)."""
     epoch = shape.train_tokens / speed.train + shape.valid_tokens / speed.evaluate
     test = shape.test_tokens / (speed.evaluate * shape.test_batch / shape.eval_batch)
-    return Work(name, shape.epochs_left, epoch, start_s, test, shape.resumed)
+    return Work(name, shape.epochs_left, epoch, start_s, test, shape.resumed, pack_key)
 
 
 @dataclass(frozen=True)
@@ -166,11 +171,14 @@ def simulate(
 
 @dataclass
 class Plan:
-    at_once: int
+    at_once: int  # run units (processes) at once
     available_s: float
-    order: list[str]  # the order in which waiting jobs are considered
+    order: list[str]  # the jobs, in the order in which their units are considered
     outcomes: dict[str, Outcome]
     seconds_alone: dict[str, float]
+    units: list[Work] = field(default_factory=list)  # what runs as one process: a job, or a packed group
+    pack: int = 1  # at most this many jobs packed in one process (1: none)
+    groups: dict[str, list[str]] = field(default_factory=dict)  # a packed unit's name -> its jobs
 
     def names(self, expect: str) -> list[str]:
         return [n for n in self.order if self.outcomes[n].expect == expect]
@@ -191,17 +199,22 @@ def plan(
     then trains the most epochs, then ends soonest; fewer at once on a tie."""
     ordered = sorted(work, key=lambda w: not w.resumed)  # stable: otherwise the sweep's order
 
-    def score(k: int) -> tuple:
-        out = simulate(ordered, k, sharing, available_s, margin, partial)
-        complete = [o for o in out.values() if o.expect == COMPLETE]
-        ends = [o.end_s for o in out.values() if o.end_s is not None]
-        return len(complete), sum(o.epochs for o in out.values()), -max(ends, default=0.0), -k
+    def k_score(k: int) -> tuple:
+        return *score(simulate(ordered, k, sharing, available_s, margin, partial)), -k
 
-    best = at_once or max(range(1, sharing.most + 1), key=score)
+    best = at_once or max(range(1, sharing.most + 1), key=k_score)
     return Plan(
         at_once=best,
         available_s=available_s,
         order=[w.name for w in ordered],
         outcomes=simulate(ordered, best, sharing, available_s, margin, partial),
         seconds_alone={w.name: w.seconds for w in ordered},
+        units=ordered,
     )
+
+
+def score(outcomes: dict[str, Outcome]) -> tuple:
+    """What a plan is judged by, best highest: jobs completed, then epochs trained, then the soonest end."""
+    ends = [o.end_s for o in outcomes.values() if o.end_s is not None]
+    complete = sum(1 for o in outcomes.values() if o.expect == COMPLETE)
+    return complete, sum(o.epochs for o in outcomes.values()), -max(ends, default=0.0)

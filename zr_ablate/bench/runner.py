@@ -14,7 +14,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from zr_ablate.bench.plan import COMPLETE, Sharing, Work, pick
@@ -28,6 +28,7 @@ class Task:
     work: Work
     argv: list[str]
     console: Path  # its output, appended
+    pointers: list[Path] = field(default_factory=list)  # consoles told where its output goes (a packed group's)
 
 
 @dataclass
@@ -51,9 +52,14 @@ class Log:
 
 
 def launch(task: Task, cwd: Path) -> subprocess.Popen:
+    header = f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} $ {' '.join(task.argv)}\n"
+    for pointer in task.pointers:
+        pointer.parent.mkdir(parents=True, exist_ok=True)
+        with open(pointer, "a") as out:
+            out.write(header + f"(packed with others in one process: its output is in {task.console})\n")
     task.console.parent.mkdir(parents=True, exist_ok=True)
     with open(task.console, "a") as out:
-        out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} $ {' '.join(task.argv)}\n")
+        out.write(header)
         out.flush()
         return subprocess.Popen(
             task.argv,

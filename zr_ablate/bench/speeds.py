@@ -1,6 +1,6 @@
 """The speeds a budgeted run plans with, in the bench's JSON format (python -m zr_ablate.bench --out):
-read from such a file, or measured here in a few seconds per placement with the settings the jobs will
-train with. `speed` and `sharing` turn that JSON into the planner's numbers."""
+read from such files, or measured here in a few seconds per placement with the settings the jobs will
+train with. `speed`, `sharing` and `packing` turn that JSON into the planner's numbers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import torch
 
-from zr_ablate.bench import concurrency
+from zr_ablate.bench import concurrency, packed
 from zr_ablate.bench.measure import bench_lightning, bench_size
 from zr_ablate.bench.plan import Sharing, Speed
 from zr_ablate.training.clock import describe
@@ -43,6 +43,42 @@ def sharing(bench: dict | None) -> Sharing:
     if not together:
         return Sharing()
     return Sharing({level["jobs"]: mean(level["slowdown"]) for level in together["levels"]})
+
+
+def packing(bench: dict | None, size: str) -> Sharing:
+    """Each packed member's speed at every measured number of members M, as a fraction of one job's speed
+    alone (the packed aggregate / M), from a packed measurement of the jobs' model size; {1: 1.0} (no gain
+    known) when there is none."""
+    measured = (bench or {}).get("packed")
+    if not measured or measured.get("size") != size:
+        return Sharing()
+    return Sharing(
+        {1: 1.0} | {r["members"]: r["packed_x_one_job"] / r["members"] for r in measured["levels"] if r["members"] > 1}
+    )
+
+
+def merge(files: dict[str, dict]) -> dict:
+    """Bench files as one: a file of python -m zr_ablate.bench --out (placements, Lightning, concurrency) and
+    one of --packed (under "packed"; its concurrency too if the other has none). Raises ValueError naming a
+    file that is neither, or two of one kind."""
+    merged, kinds = {}, {}
+    for name, bench in files.items():
+        kind = "placements" if isinstance(bench, dict) and isinstance(bench.get("placements"), list) else None
+        if isinstance(bench, dict) and any("members" in r for r in bench.get("levels") or [{}]):
+            kind = "packed"
+        if kind is None:
+            raise ValueError(f"{name} is not a bench file (no placements or packed levels); pass one python -m "
+                             "zr_ablate.bench wrote")  # fmt: skip
+        if kind in kinds:
+            raise ValueError(f"{kinds[kind]} and {name} both hold {kind}; pass one of them")
+        kinds[kind] = name
+        if kind == "placements":
+            merged = bench | {k: v for k, v in merged.items() if k == "packed" or not bench.get(k)}
+        else:
+            merged["packed"] = bench
+            if not merged.get("concurrency"):
+                merged["concurrency"] = bench.get("concurrency")
+    return merged
 
 
 def fastest_threads(size: str, placement: str, candidates: list[int], overrides: tuple[str, ...]) -> tuple[int, dict]:
@@ -80,7 +116,7 @@ def measure(pairs: list[tuple[str, str]], device: torch.device, overrides: tuple
         with warnings.catch_warnings():  # the bench fits without validation data, on purpose
             warnings.filterwarnings("ignore", message=r".*validation_step.* no `val_dataloader`")
             lightning.append(bench_lightning(size, placements[0], device, args))
-    together = None
+    together = packs = None
     if device.type == "cuda":
         size = max(sizes, key=lambda s: sum(1 for t, _ in pairs if t == s))
         placements = [p for s, p in pairs if s == size]
@@ -88,6 +124,7 @@ def measure(pairs: list[tuple[str, str]], device: torch.device, overrides: tuple
         try:
             together = concurrency.measure(size, workers, LEVELS, PHASE_S, "cuda", overrides)
             log("concurrency:\n" + concurrency.table(together))
+            packs = measure_packed(size, workers, together, device, overrides, log)
         except RuntimeError as e:
             log(f"concurrency not measured ({e}): one job at a time")
     log(f"speeds measured in {time.time() - started:.0f} s")
@@ -101,4 +138,22 @@ def measure(pairs: list[tuple[str, str]], device: torch.device, overrides: tuple
         "placements": rows,
         "lightning": lightning,
         "concurrency": together,
+        "packed": packs,
     }
+
+
+def measure_packed(size: str, workers: list[str], together: dict, device, overrides: tuple, log) -> dict | None:
+    """Training tokens/s of 2 and 4 members packed in one process (bench.packed), against the concurrency
+    measurement's one job: the rows of python -m zr_ablate.bench --packed. None where the placements cannot
+    be packed."""
+    one, rows = together["levels"][0]["aggregate_tokens_per_s"], []
+    try:
+        for m in LEVELS[1:]:
+            rate = packed.packed_rate(size, workers[:m], device, PHASE_S, overrides)
+            rows.append({"members": m, "placements": workers[:m], "packed_tokens_per_s": rate,
+                         "packed_x_one_job": rate / one})  # fmt: skip
+    except (RuntimeError, ValueError) as e:
+        log(f"packing not measured ({e}): no jobs packed")
+        return None
+    log("packed in one process: " + ", ".join(f"{r['members']} jobs {r['packed_x_one_job']:.2f} x one" for r in rows))
+    return {"size": size, "one_job_tokens_per_s": one, "levels": rows}

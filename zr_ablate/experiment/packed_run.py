@@ -131,6 +131,11 @@ def run_group(jobs: list, threads: int | None = None) -> list[str]:
             if member.run is not None:
                 member.run.finish(exit_code=1)
         return [FAILED] * len(jobs)
+    except BaseException:  # SIGTERM or Ctrl-C: the sweep stops (run.py's cli sums it up), as after a solo job
+        for member in members:
+            if member.run is not None:
+                member.run.finish(exit_code=1)
+        raise
     for member, result in zip(members, results):
         if member.run is not None:
             end_run(result, member.run)

@@ -39,6 +39,7 @@ from zr_ablate.records import (
     write_sentences,
 )
 from zr_ablate.training.clock import sync
+from zr_ablate.training.interrupt import as_interrupted
 from zr_ablate.training.job import (
     append_row,
     checkpoint_epochs,
@@ -82,6 +83,7 @@ class MemberJob:
     run: object = None  # its W&B run (log, summary, finish) or None
     rows: list = field(default_factory=list)
     result: dict = field(default_factory=dict)
+    saved: int = 0  # epochs its checkpoint holds
 
 
 def perplexity(mean: float | None) -> float | None:
@@ -198,6 +200,7 @@ def run_packed(model, data, members: list[MemberJob], schedule: Schedule, device
         member.rows = read_rows(member.job_dir / EPOCHS, first_epoch) if first_epoch else []
         offset = member.rows[-1]["elapsed_s"] if member.rows else 0.0  # clocks go on from the last epoch
         member.start = start - offset
+        member.saved = first_epoch
         member.result = {
             "status": RUNNING,
             "config": member.config,
@@ -223,8 +226,13 @@ def run_packed(model, data, members: list[MemberJob], schedule: Schedule, device
         if group.active:
             _test(model, data, group, schedule, device, global_step)
     except BaseException as e:
+        interrupted = as_interrupted(e)  # SIGTERM or Ctrl-C: said as a solo job says it (training.job)
+        error = f"{interrupted}; rerun the same command to resume from the last checkpoint" if interrupted else None
         for m in group.active:
-            members[m].result.update(status=FAILED, error=f"{type(e).__name__}: {e}")
+            # An epoch whose row was written but whose checkpoint was not (stopped in between) is not counted:
+            # the record's epochs are those the next run resumes after.
+            del members[m].rows[members[m].saved :]
+            members[m].result.update(status=FAILED, error=error or f"{type(e).__name__}: {e}")
         raise
     finally:
         for member in members:
@@ -267,6 +275,7 @@ def _epoch(model, data, group: _Group, step, schedule: Schedule, epoch: int, glo
     group.diverge("fit", nll / tokens, epoch, "end")
     for m in group.active:
         _checkpoint(group.members[m], model, m, epoch, global_step, names)
+        group.members[m].saved = epoch + 1
     return global_step
 
 
