@@ -98,3 +98,20 @@ def test_a_tuned_preset_without_its_study_and_a_bad_search_range_are_one_line(tm
     proc = run(tmp_path, ptb_dir, *bad, multirun=True)
     assert proc.returncode == 1 and "dropout probability must be in [0, 1)" in proc.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "studies.db").exists()  # stopped before the study was made
+
+
+@pytest.mark.slow
+def test_trials_asked_together_train_packed_and_the_study_gets_each_ones_value(tmp_path, ptb_dir):
+    """hydra/launcher=packed under the Optuna sweeper: the two trials asked at once differ only in dropout.p,
+    so they train as one packed group, and each trial's value is its own member's best validation perplexity."""
+    search = [*SEARCH[:1], "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", *SEARCH[3:], "trainer.max_epochs=1"]
+    proc = run(tmp_path, ptb_dir, *search, "hydra/launcher=packed", multirun=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "packed: 2 jobs in one model" in proc.stdout
+    final = trials(f"sqlite:///{tmp_path}/studies.db")
+    assert [t.state.name for t in final] == ["COMPLETE", "COMPLETE"]
+    runs = [json.loads(p.read_text()) for p in (tmp_path / "tune-naive-tiny").glob(f"*/{RESULT}")]
+    assert len(runs) == 2 and all(len(r["packed_with"]) == 1 for r in runs)
+    for t in final:
+        [record] = [r for r in runs if r["config"]["dropout"]["p"] == t.params["dropout.p"]]
+        assert t.value == record["best_val_ppl"]
