@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import REPO
 from tests.experiment.test_sweep import TIMING, run_id
 from tests.helpers import cmd, read_run, run
-from zr_ablate.experiment.job_folder import job_lock
+from zr_ablate.experiment.job_folder import job_lock, lock_holder
 from zr_ablate.records import NEUTRAL_KEYS, SENTENCES, flat
 
 pytestmark = pytest.mark.slow  # whole sweeps in subprocesses
@@ -153,3 +153,29 @@ def test_a_bad_number_of_groups_at_once_is_one_line(tmp_path, ptb_dir):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "zr_ablate: error: hydra.launcher.n_jobs=0; it must be an integer >= 1" in proc.stderr
     assert not list(tmp_path.glob("adhoc/*/result.json"))
+
+
+def test_a_worker_holds_its_members_locks_while_it_trains_them(tmp_path, ptb_dir):
+    """With groups in worker processes the worker, not the sweep's process, holds each member's folder lock, so
+    a second sweep started meanwhile (or a rerun while a first sweep's SLURM jobs still train) leaves them."""
+    args = ["dropout=none,zaremba", "data.train_tokens=20000", "trainer.max_epochs=3", "logger.mode=disabled"]
+    proc = subprocess.Popen(
+        cmd(tmp_path, ptb_dir, *args, PACKED, "hydra.launcher.n_jobs=2", multirun=True),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline, holder = time.monotonic() + 300, None
+    while holder is None:  # the group has finished its first epoch
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        started = list(tmp_path.glob("adhoc/*dropout=none*/epochs.csv"))
+        holder = lock_holder(started[0].parent) if started else None
+        time.sleep(0.1)
+    assert holder.startswith("pid ") and int(holder.split()[1]) != proc.pid  # a worker's, not the sweep's
+    second = run(tmp_path, ptb_dir, *args, PACKED, multirun=True)
+    assert "is being run by another process" in second.stdout + second.stderr
+    assert "0 completed, 0 diverged, 0 failed, 2 skipped" in second.stdout
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert "2 completed, 0 diverged, 0 failed, 0 skipped" in out

@@ -29,16 +29,14 @@ log = logging.getLogger(__name__)
 
 
 def run_groups(tasks: list[GroupTask], n_jobs: int = 1, slurm: dict | None = None, folder: Path | None = None):
-    """Every group's member statuses, in order."""
+    """Every group's member statuses, in order. Tasks for workers or SLURM are made with own_process=True."""
     if slurm is not None:
         return on_slurm(tasks, slurm, folder)
-    if n_jobs == 1 or len(tasks) == 1:
+    if n_jobs == 1:
         return [task() for task in tasks]
     from joblib import Parallel, delayed
 
     log.info("packed: %d groups, %d at once, each in its own process", len(tasks), min(n_jobs, len(tasks)))
-    for task in tasks:
-        task.own_process = True
     return Parallel(n_jobs=n_jobs, backend="loky")(delayed(task)() for task in tasks)
 
 
@@ -68,8 +66,6 @@ def on_slurm(tasks: list[GroupTask], slurm: dict, folder: Path) -> list[list[str
     init, params = executor_parameters({**slurm, "submitit_folder": str(folder / ".submitit" / "%j")})
     executor = submitit.AutoExecutor(cluster="slurm", **init)
     executor.update_parameters(**params)
-    for task in tasks:
-        task.own_process = True
     jobs = [executor.submit(task) for task in tasks]
     for task, job in zip(tasks, jobs):
         log.info("SLURM job %s: %s", job.job_id, "; ".join(member.name for member in task.jobs))

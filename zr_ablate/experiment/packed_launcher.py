@@ -15,7 +15,8 @@ leaves most of the device idle. Here:
   experiment/packed_executors.py). Every member's job folder ends as its solo job's would
   (training/packed_job.py). A rerun after a kill resumes each member from its checkpoint; members already
   finished are skipped, so a group can shrink. Each member's folder is locked while its group trains, as
-  run.py locks a job: a member another process is running is left to it.
+  run.py locks a job, by the process that trains it (this one, a worker, a SLURM job): a member another
+  process is running is left to it, also by a rerun of the sweep while the first one's SLURM jobs go on.
 The sweep's pre-check and stale-settings guard (experiment/guard.py) run before this, for every job.
 """
 
@@ -35,7 +36,7 @@ from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from zr_ablate.experiment.build import thread_budget
-from zr_ablate.experiment.job_folder import job_lock, open_job
+from zr_ablate.experiment.job_folder import job_lock, lock_holder, open_job
 from zr_ablate.experiment.optuna_sweeper import objective
 from zr_ablate.records import (
     FINAL_STATUSES,
@@ -132,6 +133,12 @@ class PackedLauncher(Launcher):
             job_subdir_key="hydra.sweep.subdir",
         )
 
+    @staticmethod
+    def _take(job: Prepared, locks: ExitStack, elsewhere: bool) -> str | None:
+        """Lock the job's folder for this process (or, when another process will train it, only look that
+        nobody holds it); returns who holds it, or None."""
+        return lock_holder(job.job_dir) if elsewhere else locks.enter_context(job_lock(job.job_dir))
+
     def threads(self, cfg: DictConfig) -> int | None:
         """A group's torch threads: `threads`, else SLURM's cores for it, else the cores / groups at once."""
         cpus = self.slurm.get("cpus_per_task") if self.slurm else None
@@ -153,16 +160,17 @@ class PackedLauncher(Launcher):
             log.info("runs alone: %s (%s)", returns[i].return_value.name, why)
             returns[i] = self._job(self.task_function, job_overrides[i], initial_job_idx + i)
         index = {id(job): i for i, job in todo}
-        with ExitStack() as locks:  # each member's folder locked while the groups train, as run.py locks a job
+        elsewhere = self.slurm is not None or self.n_jobs > 1  # groups trained in other processes lock there
+        with ExitStack() as locks:  # in this process: each member's folder locked while the groups train
             tasks = []
             for group in groups([job for i, job in todo if i not in alone], self.max_members):
-                held = [job for job in group if locks.enter_context(job_lock(job.job_dir)) is None]
+                free = [job for job in group if self._take(job, locks, elsewhere) is None]
                 for job in group:
-                    if job not in held:
+                    if job not in free:
                         log.warning("skip: %s is being run by another process; this sweep leaves it", job.job_dir)
                         returns[index[id(job)]].return_value = SKIPPED
-                if held:
-                    tasks.append(GroupTask(held, self.threads(held[0].cfg)))
+                if free:
+                    tasks.append(GroupTask(free, self.threads(free[0].cfg), own_process=elsewhere))
             folder = Path(str(self.config.hydra.sweep.dir))
             for task, statuses in zip(tasks, run_groups(tasks, self.n_jobs, self.slurm, folder)):
                 for job, status in zip(task.jobs, statuses):

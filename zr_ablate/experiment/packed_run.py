@@ -17,15 +17,16 @@ import dataclasses
 import logging
 import os
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 from omegaconf import OmegaConf
 
 from zr_ablate.console import silence
 from zr_ablate.experiment import build
+from zr_ablate.experiment.job_folder import job_lock
 from zr_ablate.experiment.wandb_run import OFFLINE_MARKER, end_run, start_run
-from zr_ablate.records import FAILED, read_result
+from zr_ablate.records import FAILED, SKIPPED, read_result
 from zr_ablate.training.packed_job import MemberJob, run_packed
 
 log = logging.getLogger(__name__)
@@ -83,16 +84,28 @@ class GroupTask:
 
     jobs: list  # packed_launcher.Prepared, in member order
     threads: int | None  # torch threads (build.thread_budget), None for torch's own
-    own_process: bool = False  # a worker or a node: it sets up its console and log level itself
+    own_process: bool = False  # a worker or a node: it sets up its console and takes its members' locks itself
 
     def __call__(self) -> list[str]:
+        """Each member's status; SKIPPED for a member whose folder another process holds (a worker or node
+        holds its members' locks while it trains them, so that a rerun of the sweep meanwhile leaves them)."""
         if self.own_process:
             silence()
             logging.basicConfig(level=logging.INFO, format=JOB_LOG_FORMAT, force=True)
         # A requeued SLURM job runs this again: each member's record may now name its W&B run, so read it anew.
         jobs = [dataclasses.replace(job, previous=read_result(job.job_dir) or job.previous) for job in self.jobs]
-        with member_logs(jobs):
-            return run_group(jobs, self.threads)
+        statuses = {job.name: SKIPPED for job in jobs}
+        with ExitStack() as locks:
+            held = jobs
+            if self.own_process:  # in the sweep's process, the launcher holds them
+                held = [job for job in jobs if locks.enter_context(job_lock(job.job_dir)) is None]
+            for job in jobs:
+                if job not in held:
+                    log.warning("skip: %s is being run by another process; this sweep leaves it", job.job_dir)
+            if held:
+                with member_logs(held):
+                    statuses.update(zip((job.name for job in held), run_group(held, self.threads)))
+        return [statuses[job.name] for job in jobs]
 
     def checkpoint(self, *args, **kwargs):
         """submitit calls this at a time limit or preemption: requeue the group; its members resume from their
