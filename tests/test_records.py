@@ -1,18 +1,14 @@
-"""The job record's rules on their own: safe folder names, the job lock, usable records, the full-disk fallback."""
+"""The job record's rules on their own: safe folder names, usable records, the full-disk fallback."""
 
 import errno
 import json
-import os
-import socket
 from pathlib import Path
 
 import pytest
 
 from zr_ablate import records
-from zr_ablate.experiment.job_folder import job_lock, lock_holder
 from zr_ablate.records import (
     FALLBACK,
-    LOCK,
     RESULT,
     job_name,
     read_result,
@@ -40,20 +36,6 @@ def test_a_job_name_that_is_not_one_folder_is_refused(name):
 def test_a_job_name_that_is_one_folder_is_kept():
     assert job_name("dropout.name=..,model=tiny") == "dropout.name=..,model=tiny"  # '..' inside a name is fine
     assert job_name("") == "default" and job_name("x" * 255) == "x" * 255
-
-
-def test_the_job_lock_names_its_holder_and_is_taken_over_once_free(tmp_path):
-    me = f"pid {os.getpid()} on host {socket.gethostname()}"
-    with job_lock(tmp_path) as holder:
-        assert holder is None and (tmp_path / LOCK).read_text().strip() == me
-        with job_lock(tmp_path) as second:  # another open file: as another process sees it
-            assert second == me
-        assert lock_holder(tmp_path) == me
-    assert lock_holder(tmp_path) is None
-    (tmp_path / LOCK).write_text("pid 1 on host a-node-that-died\n")  # left by a process that died
-    assert lock_holder(tmp_path) is None
-    with job_lock(tmp_path) as holder:
-        assert holder is None and (tmp_path / LOCK).read_text().strip() == me
 
 
 @pytest.mark.parametrize("field", ["status", "config", *records.COMPLETED_FIELDS])
