@@ -74,13 +74,14 @@ def test_sigkilled_job_resumes_to_the_same_result_as_an_uninterrupted_run(tmp_pa
 
 
 # Long enough to signal mid-epoch (1,000 windows an epoch), no W&B run.
-INTERRUPTIBLE = ["data.train_tokens=20000", "trainer.max_epochs=2", "logger.mode=disabled", "sweep=sig"]
+INTERRUPTIBLE = ["data.train_tokens=20000", "logger.mode=disabled", "sweep=sig"]
 
 
-def signal_after_first_checkpoint(out: Path, ptb_dir, signum: int, *args, multirun=False):
-    """Start run.py, send `signum` once a job has finished its first epoch, and return (process, stdout, stderr)."""
+def signal_after_first_checkpoint(out: Path, ptb_dir, signum: int, *args, multirun=False, epochs: int = 2):
+    """Start run.py, send `signum` once a job has finished its first epoch, and return (process, stdout, stderr).
+    epochs: of the job; more leave the signal more time to arrive before the job ends, on a busy machine."""
     proc = subprocess.Popen(
-        cmd(out, ptb_dir, *INTERRUPTIBLE, *args, multirun=multirun),
+        cmd(out, ptb_dir, *INTERRUPTIBLE, f"trainer.max_epochs={epochs}", *args, multirun=multirun),
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -104,7 +105,7 @@ def test_sigterm_ends_a_sweep_non_zero_with_a_summary_and_the_rerun_resumes(tmp_
     [record] = [json.loads(p.read_text()) for p in tmp_path.glob("sig/*/result.json")]
     assert record["status"] == "failed" and record["error"].startswith("interrupted by SIGTERM; rerun")
 
-    again = run(tmp_path, ptb_dir, *INTERRUPTIBLE, placements, multirun=True)
+    again = run(tmp_path, ptb_dir, *INTERRUPTIBLE, "trainer.max_epochs=2", placements, multirun=True)
     assert again.returncode == 0 and "2 completed, 0 diverged, 0 failed" in again.stdout, again.stderr[-3000:]
     resumed = json.loads(
         (
@@ -117,7 +118,7 @@ def test_sigterm_ends_a_sweep_non_zero_with_a_summary_and_the_rerun_resumes(tmp_
 def test_sigint_ends_a_single_run_with_130_and_its_record_says_interrupted(tmp_path, ptb_dir):
     """Ctrl-C: exit 130, one line saying so, and a record saying "interrupted by SIGINT" (Lightning's own
     handling would record "SystemExit: 1")."""
-    proc, out, err = signal_after_first_checkpoint(tmp_path, ptb_dir, signal.SIGINT, "dropout=none")
+    proc, out, err = signal_after_first_checkpoint(tmp_path, ptb_dir, signal.SIGINT, "dropout=none", epochs=10)
     assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
     assert err.strip().splitlines()[-1] == "zr_ablate: interrupted by SIGINT; rerun the same command to resume"
     [record] = [json.loads(p.read_text()) for p in tmp_path.glob("sig/*/result.json")]
