@@ -146,7 +146,7 @@ class PackedLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from zr_ablate.experiment.packed_executors import run_groups
-        from zr_ablate.experiment.packed_run import GroupTask
+        from zr_ablate.experiment.packed_run import GroupTask, left_to_another
 
         setup_globals()
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
@@ -167,7 +167,7 @@ class PackedLauncher(Launcher):
                 free = [job for job in group if self._take(job, locks, elsewhere) is None]
                 for job in group:
                     if job not in free:
-                        log.warning("skip: %s is being run by another process; this sweep leaves it", job.job_dir)
+                        left_to_another(job)
                         returns[index[id(job)]].return_value = SKIPPED
                 if free:
                     tasks.append(GroupTask(free, self.threads(free[0].cfg), own_process=elsewhere))

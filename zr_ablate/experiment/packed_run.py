@@ -55,6 +55,10 @@ def _member(job, extra: dict) -> MemberJob:
     return MemberJob(job.name, job.job_dir, config, extra | {"wandb_run_id": run.id if run else None}, run)
 
 
+def left_to_another(job) -> None:
+    log.warning("skip: %s is being run by another process; this sweep leaves it", job.job_dir)
+
+
 @contextmanager
 def member_logs(jobs: list):
     """While a group trains, the log lines go to every member's log file instead of any other log file (in the
@@ -101,7 +105,7 @@ class GroupTask:
                 held = [job for job in jobs if locks.enter_context(job_lock(job.job_dir)) is None]
             for job in jobs:
                 if job not in held:
-                    log.warning("skip: %s is being run by another process; this sweep leaves it", job.job_dir)
+                    left_to_another(job)
             if held:
                 with member_logs(held):
                     statuses.update(zip((job.name for job in held), run_group(held, self.threads)))
@@ -136,19 +140,16 @@ def run_group(jobs: list, threads: int | None = None) -> list[str]:
     members = [_member(job, {"threads": threads, "precision": precision}) for job in jobs]
     try:
         results = run_packed(model, data, members, schedule, device)
-    except Exception:
+    except BaseException as e:
+        for member in members:
+            if member.run is not None:
+                member.run.finish(exit_code=1)
+        if not isinstance(e, Exception):  # SIGTERM or Ctrl-C: the sweep stops (run.py's cli sums it up)
+            raise
         # In a sweep a failed group must not stop the others: its members' records say "failed", the sweep's
         # summary counts them and the sweep exits non-zero at the end.
         log.exception("packed jobs failed: %s", "; ".join(job.name for job in jobs))
-        for member in members:
-            if member.run is not None:
-                member.run.finish(exit_code=1)
         return [FAILED] * len(jobs)
-    except BaseException:  # SIGTERM or Ctrl-C: the sweep stops (run.py's cli sums it up), as after a solo job
-        for member in members:
-            if member.run is not None:
-                member.run.finish(exit_code=1)
-        raise
     for member, result in zip(members, results):
         if member.run is not None:
             end_run(result, member.run)
