@@ -134,12 +134,13 @@ def test_a_packed_bench_file_gives_packing_and_its_processes(tmp_path):
 
 
 def budget(tmp_path, ptb_dir, *extra: str) -> list[str]:
-    """The command on two tiny jobs of three epochs packed in pairs, planned at 1,000 tokens/s."""
+    """The command on two tiny jobs of three epochs (1,000 windows each: seconds, so the test's signal lands in the
+    second even on a busy machine) packed in pairs, planned at 1,000 tokens/s."""
     return [
         sys.executable,
         "-m",
         "zr_ablate.bench.budget",
-        *("model=tiny", "dropout=none,zaremba", "data.train_tokens=8000", "trainer.max_epochs=3", "threads=1"),
+        *("model=tiny", "dropout=none,zaremba", "data.train_tokens=20000", "trainer.max_epochs=3", "threads=1"),
         *(f"out_root={tmp_path}", f"data.dir={ptb_dir}", "sweep=budget", "logger.mode=offline"),
         *("--stop-grace", "5", "--job-start", "8", "--speed", "1000", "--pack", "2"),
         *extra,
@@ -149,7 +150,7 @@ def budget(tmp_path, ptb_dir, *extra: str) -> list[str]:
 @pytest.mark.slow  # three budgeted runs of one packed group of two tiny jobs, in subprocesses
 def test_a_packed_group_stopped_at_the_deadline_resumes_and_completes(tmp_path, ptb_dir):
     sweep = tmp_path / "budget"
-    name = {p: f"data.train_tokens=8000,dropout={p},model=tiny,trainer.max_epochs=3" for p in ("none", "zaremba")}
+    name = {p: f"data.train_tokens=20000,dropout={p},model=tiny,trainer.max_epochs=3" for p in ("none", "zaremba")}
     folder = {p: sweep / n for p, n in name.items()}
     first = subprocess.Popen(budget(tmp_path, ptb_dir, "--budget", "400"), cwd=REPO, stdout=subprocess.PIPE, text=True)
     deadline = time.time() + 300

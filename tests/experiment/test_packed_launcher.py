@@ -158,7 +158,8 @@ def test_a_bad_number_of_groups_at_once_is_one_line(tmp_path, ptb_dir):
 def test_a_worker_holds_its_members_locks_while_it_trains_them(tmp_path, ptb_dir):
     """With groups in worker processes the worker, not the sweep's process, holds each member's folder lock, so
     a second sweep started meanwhile (or a rerun while a first sweep's SLURM jobs still train) leaves them."""
-    args = ["dropout=none,zaremba", "data.train_tokens=20000", "trainer.max_epochs=3", "logger.mode=disabled"]
+    # Long enough (8 epochs of 1,000 windows) that the first sweep still trains while the second one starts.
+    args = ["dropout=none,zaremba", "data.train_tokens=20000", "trainer.max_epochs=8", "logger.mode=disabled"]
     proc = subprocess.Popen(
         cmd(tmp_path, ptb_dir, *args, PACKED, "hydra.launcher.n_jobs=2", multirun=True),
         cwd=REPO,
