@@ -3,6 +3,7 @@ same numbers (float32 rounding apart); a rerun skips finished members; a sweep k
 every member to an uninterrupted packed run's numbers, in the same W&B runs."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -10,12 +11,16 @@ import time
 
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from tests.conftest import REPO
 from tests.experiment.test_sweep import TIMING, run_id
 from tests.helpers import cmd, read_run, run
+from zr_ablate.bench import workload
 from zr_ablate.experiment.job_folder import job_lock, lock_holder
-from zr_ablate.records import NEUTRAL_KEYS, SENTENCES, flat
+from zr_ablate.experiment.packed_launcher import Prepared
+from zr_ablate.experiment.packed_run import GroupTask
+from zr_ablate.records import NEUTRAL_KEYS, RESULT, SENTENCES, flat, read_result, write_json_atomic
 
 pytestmark = pytest.mark.slow  # whole sweeps in subprocesses
 PACKED = "hydra/launcher=packed"
@@ -128,12 +133,12 @@ def test_a_member_another_process_is_training_is_left_to_it(tmp_path, ptb_dir):
 
 
 def test_groups_trained_at_once_in_worker_processes_end_as_one_after_another(tmp_path, ptb_dir):
-    """hydra.launcher.n_jobs=2: two groups (two learning rates), each in its own worker process, give every
+    """hydra.launcher.groups_at_once=2: two groups (two learning rates), each in its own worker process, give every
     member the numbers and the log file it gets when the groups train one after another in the sweep's process."""
     sweep = ["dropout=none,zaremba", "optim.lr=1,0.5", "threads=1", "trainer.deterministic=true", *ONE_EPOCH]
     inline = run(tmp_path / "inline", ptb_dir, *sweep, PACKED, multirun=True)
     assert inline.returncode == 0, inline.stderr[-3000:]
-    workers = run(tmp_path / "workers", ptb_dir, *sweep, PACKED, "hydra.launcher.n_jobs=2", multirun=True)
+    workers = run(tmp_path / "workers", ptb_dir, *sweep, PACKED, "hydra.launcher.groups_at_once=2", multirun=True)
     assert workers.returncode == 0, workers.stderr[-3000:]
     assert "4 completed, 0 diverged, 0 failed, 0 skipped" in workers.stdout
     assert "packed: 2 groups, 2 at once, each in its own process" in workers.stdout
@@ -149,9 +154,11 @@ def test_groups_trained_at_once_in_worker_processes_end_as_one_after_another(tmp
 
 
 def test_a_bad_number_of_groups_at_once_is_one_line(tmp_path, ptb_dir):
-    proc = run(tmp_path, ptb_dir, "dropout=none,zaremba", *ONE_EPOCH, PACKED, "hydra.launcher.n_jobs=0", multirun=True)
+    proc = run(
+        tmp_path, ptb_dir, "dropout=none,zaremba", *ONE_EPOCH, PACKED, "hydra.launcher.groups_at_once=0", multirun=True
+    )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert "zr_ablate: error: hydra.launcher.n_jobs=0; it must be an integer >= 1" in proc.stderr
+    assert "zr_ablate: error: hydra.launcher.groups_at_once=0; it must be an integer >= 1" in proc.stderr
     assert not list(tmp_path.glob("adhoc/*/result.json"))
 
 
@@ -159,9 +166,10 @@ def test_a_worker_holds_its_members_locks_while_it_trains_them(tmp_path, ptb_dir
     """With groups in worker processes the worker, not the sweep's process, holds each member's folder lock, so
     a second sweep started meanwhile (or a rerun while a first sweep's SLURM jobs still train) leaves them."""
     # Long enough (8 epochs of 1,000 windows) that the first sweep still trains while the second one starts.
-    args = ["dropout=none,zaremba", "data.train_tokens=20000", "trainer.max_epochs=8", "logger.mode=disabled"]
+    args = ["dropout=none,zaremba", "optim.lr=1,0.5", "data.train_tokens=20000", "trainer.max_epochs=8"]
+    args.append("logger.mode=disabled")  # two groups (two learning rates), so they train in workers
     proc = subprocess.Popen(
-        cmd(tmp_path, ptb_dir, *args, PACKED, "hydra.launcher.n_jobs=2", multirun=True),
+        cmd(tmp_path, ptb_dir, *args, PACKED, "hydra.launcher.groups_at_once=2", multirun=True),
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -170,13 +178,53 @@ def test_a_worker_holds_its_members_locks_while_it_trains_them(tmp_path, ptb_dir
     deadline, holder = time.monotonic() + 300, None
     while holder is None:  # the group has finished its first epoch
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
-        started = list(tmp_path.glob("adhoc/*dropout=none*/epochs.csv"))
+        started = list(tmp_path.glob("adhoc/*dropout=none*optim.lr=1,*/epochs.csv"))
         holder = lock_holder(started[0].parent) if started else None
         time.sleep(0.1)
     assert holder.startswith("pid ") and int(holder.split()[1]) != proc.pid  # a worker's, not the sweep's
     second = run(tmp_path, ptb_dir, *args, PACKED, multirun=True)
     assert "is being run by another process" in second.stdout + second.stderr
-    assert "0 completed, 0 diverged, 0 failed, 2 skipped" in second.stdout
+    assert "0 completed, 0 diverged, 0 failed, 4 skipped" in second.stdout
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
-    assert "2 completed, 0 diverged, 0 failed, 0 skipped" in out
+    assert "4 completed, 0 diverged, 0 failed, 0 skipped" in out
+
+
+def test_packed_slurm_refuses_a_job_it_cannot_pack_rather_than_train_it_on_the_submitting_host(tmp_path, ptb_dir):
+    proc = run(tmp_path, ptb_dir, "dropout=none,gal", *ONE_EPOCH, "hydra/launcher=packed_slurm", multirun=True)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    [line] = [x for x in proc.stderr.splitlines() if x.startswith("zr_ablate: error:")]
+    assert "cannot pack dropout=gal" in line and "run such jobs with hydra/launcher=slurm" in line
+    assert not list(tmp_path.glob("adhoc/*/result.json"))  # nothing trained
+
+
+def member(folder, ptb_dir, placement: str, *extra: str) -> Prepared:
+    """A job of a packed sweep as the launcher prepares it (model=tiny, its folder made, no record yet)."""
+    cfg = workload.settings("tiny", placement, "auto", (f"data.dir={ptb_dir}", "logger.mode=disabled", *extra))
+    folder.mkdir(parents=True)
+    return Prepared(cfg, folder, folder.name, {}, folder / "run.log")
+
+
+def test_a_group_task_leaves_a_member_that_ended_since_the_sweep_read_it(tmp_path, ptb_dir):
+    """A second sweep (or the requeued SLURM job's first run) finished a member after this sweep grouped it:
+    the group neither trains it again nor rewrites its record."""
+    done = member(tmp_path / "none", ptb_dir, "none")
+    todo = member(tmp_path / "zaremba", ptb_dir, "zaremba", "trainer.max_epochs=1")
+    config = OmegaConf.to_container(done.cfg, resolve=True)
+    write_json_atomic(done.job_dir / RESULT, {"status": "diverged", "config": config, "error": "val loss nan"})
+    kept = (done.job_dir / RESULT).stat().st_mtime_ns
+    assert GroupTask([done, todo], threads=1)() == ["diverged", "completed"]
+    assert (done.job_dir / RESULT).stat().st_mtime_ns == kept and not (done.job_dir / "epochs.csv").exists()
+    assert read_result(todo.job_dir)["packed_with"] == []  # it trained alone
+
+
+def test_an_error_in_a_worker_is_recorded_in_its_members_records(tmp_path, ptb_dir, monkeypatch):
+    """In a worker or SLURM job (own_process) an error is each member's failed record and the task returns, so
+    joblib does not stop the other groups; a one-line error keeps its line."""
+    monkeypatch.setattr(logging, "basicConfig", lambda **_: None)  # the worker's console set-up, not pytest's
+    jobs = [member(tmp_path / p, tmp_path / "no-ptb", p) for p in ("none", "zaremba")]
+    statuses = GroupTask(jobs, threads=1, own_process=True)()
+    assert statuses == ["failed", "failed"]
+    for job in jobs:
+        record = read_result(job.job_dir)
+        assert record["status"] == "failed" and record["error"].startswith("SystemExit: zr_ablate: error:")

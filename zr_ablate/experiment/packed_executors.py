@@ -1,11 +1,10 @@
-"""Where a packed sweep's groups train: hydra/launcher=packed's n_jobs, or hydra/launcher=packed_slurm.
+"""Where a packed sweep's groups train when not in the sweep's own process (GroupTask(own_process=True)):
+hydra/launcher=packed's groups_at_once, or hydra/launcher=packed_slurm.
 
-    statuses = run_groups(tasks, n_jobs=1, slurm=None, folder=sweep_dir)   # [[member status, ...] per group]
+    statuses = run_groups(tasks, at_once=2, slurm=None, folder=sweep_dir)   # [[member status, ...] per group]
 
-- n_jobs 1, no slurm: one group after another in the sweep's own process (one GPU: the group already fills
-  it, and a second would only take turns with it);
-- n_jobs > 1: that many groups at once on this machine, each in its own joblib worker process (many cores,
-  or several GPUs each given to a worker by CUDA_VISIBLE_DEVICES in its environment);
+- at_once groups at a time on this machine, each in its own joblib worker process (a machine with many
+  cores; on one GPU the groups share it);
 - slurm: one SLURM job per group through submitit, with the settings of hydra/launcher=slurm (Hydra's
   submitit_slurm node). The request is checked against the partition's nodes before anything is submitted
   (experiment/slurm.py). A group that reaches its time limit or is preempted is requeued (GroupTask.checkpoint)
@@ -21,23 +20,22 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from zr_ablate.experiment.packed_run import GroupTask
+from zr_ablate.experiment.packed_run import GroupTask, record_failed
 from zr_ablate.experiment.slurm import partition_nodes, reason, request_of, resource_problem
-from zr_ablate.records import FAILED, FINAL_STATUSES, RESULT, RecordError, read_result, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 
-def run_groups(tasks: list[GroupTask], n_jobs: int = 1, slurm: dict | None = None, folder: Path | None = None):
-    """Every group's member statuses, in order. Tasks for workers or SLURM are made with own_process=True."""
+def run_groups(tasks: list[GroupTask], at_once: int, slurm: dict | None = None, folder: Path | None = None):
+    """Every group's member statuses, in order."""
+    if not tasks:
+        return []
     if slurm is not None:
         return on_slurm(tasks, slurm, folder)
-    if n_jobs == 1:
-        return [task() for task in tasks]
     from joblib import Parallel, delayed
 
-    log.info("packed: %d groups, %d at once, each in its own process", len(tasks), min(n_jobs, len(tasks)))
-    return Parallel(n_jobs=n_jobs, backend="loky")(delayed(task)() for task in tasks)
+    log.info("packed: %d groups, %d at once, each in its own process", len(tasks), at_once)
+    return Parallel(n_jobs=at_once, backend="loky")(delayed(task)() for task in tasks)
 
 
 def executor_parameters(slurm: dict) -> tuple[dict, dict]:
@@ -74,22 +72,6 @@ def on_slurm(tasks: list[GroupTask], slurm: dict, folder: Path) -> list[list[str
         try:
             statuses.append(job.result())
         except (UncompletedJobError, FailedJobError) as e:
-            statuses.append(failed(task, f"SLURM job {job.job_id} ended {job.state}: {reason(e)}"))
-    return statuses
-
-
-def failed(task: GroupTask, error: str) -> list[str]:
-    """Record the group's unfinished members failed (their records kept otherwise); returns their statuses."""
-    statuses = []
-    for member in task.jobs:
-        try:
-            record = read_result(member.job_dir) or {}
-        except RecordError:  # a record it cannot use: this one replaces it
-            record = {}
-        record.setdefault("config", OmegaConf.to_container(member.cfg, resolve=True))
-        if record.get("status") not in FINAL_STATUSES:
-            record.update(status=FAILED, error=error)
-            write_json_atomic(Path(member.job_dir) / RESULT, record)
-            log.error("job failed: %s (%s)", member.job_dir, error)
-        statuses.append(record["status"])
+            error = f"SLURM job {job.job_id} ended {job.state}: {reason(e)}"
+            statuses.append(record_failed(task.jobs, error, check_locks=True))
     return statuses

@@ -11,7 +11,7 @@ leaves most of the device idle. Here:
   resume from, at most `max_members` a group (in sweep order). A job whose placement cannot be packed
   (untied gates) runs alone, through run.py as the basic launcher runs it;
 - each group trains as one packed model (experiment/packed_run.py): one after another in this process,
-  `n_jobs` at once in worker processes, or one SLURM job each (hydra/launcher=packed_slurm;
+  `groups_at_once` at once in worker processes, or one SLURM job each (hydra/launcher=packed_slurm;
   experiment/packed_executors.py). Every member's job folder ends as its solo job's would
   (training/packed_job.py). A rerun after a kill resumes each member from its checkpoint; members already
   finished are skipped, so a group can shrink. Each member's folder is locked while its group trains, as
@@ -93,26 +93,27 @@ def groups(jobs: list[Prepared], max_members: int) -> list[list[Prepared]]:
     return [same[i : i + max_members] for same in by_key.values() for i in range(0, len(same), max_members)]
 
 
-def why_alone(job: Prepared) -> str | None:
+def why_alone(job: Prepared, here: bool = True) -> str | None:
     """Why a job cannot be packed (its placement, or a Trainer setting the packed loop does not follow), or
-    None."""
+    None. here: the groups train on this machine, so its device is checked too (on SLURM, the node checks)."""
     from zr_ablate.experiment.build import dropout_spec, packed_device, packed_schedule
     from zr_ablate.model.packed import unpackable
 
     try:
         packed_schedule(job.cfg)
-        packed_device(job.cfg)
+        if here:
+            packed_device(job.cfg)
     except ValueError as e:
         return str(e)
     return unpackable(dropout_spec(job.cfg))
 
 
 class PackedLauncher(Launcher):
-    def __init__(self, max_members: int = 12, n_jobs: int = 1, slurm: dict | None = None):
-        for key, value in (("max_members", max_members), ("n_jobs", n_jobs)):
+    def __init__(self, max_members: int = 12, groups_at_once: int = 1, slurm: dict | None = None):
+        for key, value in (("max_members", max_members), ("groups_at_once", groups_at_once)):
             if not isinstance(value, int) or value < 1:
                 sys.exit(f"zr_ablate: error: hydra.launcher.{key}={value!r}; it must be an integer >= 1")
-        self.max_members, self.n_jobs = max_members, n_jobs
+        self.max_members, self.groups_at_once = max_members, groups_at_once
         self.slurm = None if slurm is None else dict(OmegaConf.to_container(slurm, resolve=True))
         self.config = self.hydra_context = self.task_function = None
 
@@ -133,16 +134,10 @@ class PackedLauncher(Launcher):
             job_subdir_key="hydra.sweep.subdir",
         )
 
-    @staticmethod
-    def _take(job: Prepared, locks: ExitStack, elsewhere: bool) -> str | None:
-        """Lock the job's folder for this process (or, when another process will train it, only look that
-        nobody holds it); returns who holds it, or None."""
-        return lock_holder(job.job_dir) if elsewhere else locks.enter_context(job_lock(job.job_dir))
-
-    def threads(self, cfg: DictConfig) -> int | None:
+    def threads(self, cfg: DictConfig, at_once: int) -> int | None:
         """A group's torch threads: `threads`, else SLURM's cores for it, else the cores / groups at once."""
         cpus = self.slurm.get("cpus_per_task") if self.slurm else None
-        return thread_budget(cfg.threads, cpus, 1 if self.slurm else self.n_jobs)
+        return thread_budget(cfg.threads, cpus, 1 if self.slurm else at_once)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from zr_ablate.experiment.packed_executors import run_groups
@@ -155,26 +150,48 @@ class PackedLauncher(Launcher):
             if ret.status.name == "FAILED":  # prepare raised: an error of this command, not of a job
                 raise ret.return_value
         todo = [(i, ret.return_value) for i, ret in enumerate(returns) if isinstance(ret.return_value, Prepared)]
-        alone = {i: why for i, job in todo if (why := why_alone(job))}
+        alone = {i: why for i, job in todo if (why := why_alone(job, here=self.slurm is None))}
+        if alone and self.slurm is not None:  # run.py would train them here, on the submitting host
+            i, why = next(iter(alone.items()))
+            sys.exit(
+                f"zr_ablate: error: hydra/launcher=packed_slurm cannot pack {returns[i].return_value.name} ({why}); "
+                f"run such jobs with hydra/launcher=slurm"
+            )
         for i, why in alone.items():
             log.info("runs alone: %s (%s)", returns[i].return_value.name, why)
             returns[i] = self._job(self.task_function, job_overrides[i], initial_job_idx + i)
         index = {id(job): i for i, job in todo}
-        elsewhere = self.slurm is not None or self.n_jobs > 1  # groups trained in other processes lock there
-        with ExitStack() as locks:  # in this process: each member's folder locked while the groups train
-            tasks = []
-            for group in groups([job for i, job in todo if i not in alone], self.max_members):
-                free = [job for job in group if self._take(job, locks, elsewhere) is None]
-                for job in group:
-                    if job not in free:
-                        left_to_another(job)
-                        returns[index[id(job)]].return_value = SKIPPED
-                if free:
-                    tasks.append(GroupTask(free, self.threads(free[0].cfg), own_process=elsewhere))
+        packable = groups([job for i, job in todo if i not in alone], self.max_members)
+        at_once = min(self.groups_at_once, len(packable))
+
+        def settle(task, statuses) -> None:
+            for job, status in zip(task.jobs, statuses):
+                returns[index[id(job)]].return_value = status
+
+        def free(group: list[Prepared], holder) -> list[Prepared]:
+            """The group's jobs nobody else holds (holder: take or look at a job's lock); the others skipped."""
+            taken = [job for job in group if holder(job.job_dir) is None]
+            for job in group:
+                if job not in taken:
+                    left_to_another(job)
+                    returns[index[id(job)]].return_value = SKIPPED
+            return taken
+
+        if self.slurm is None and at_once <= 1:  # here, one group after another, each locked while it trains
+            for group in packable:
+                with ExitStack() as locks:
+                    if jobs := free(group, lambda folder: locks.enter_context(job_lock(folder))):
+                        task = GroupTask(jobs, self.threads(jobs[0].cfg, 1))
+                        settle(task, task())
+        else:  # in worker processes or SLURM jobs, which take the locks themselves; here only a look
+            tasks = [
+                GroupTask(jobs, self.threads(jobs[0].cfg, at_once), own_process=True)
+                for group in packable
+                if (jobs := free(group, lock_holder))
+            ]
             folder = Path(str(self.config.hydra.sweep.dir))
-            for task, statuses in zip(tasks, run_groups(tasks, self.n_jobs, self.slurm, folder)):
-                for job, status in zip(task.jobs, statuses):
-                    returns[index[id(job)]].return_value = status
+            for task, statuses in zip(tasks, run_groups(tasks, at_once, self.slurm, folder)):
+                settle(task, statuses)
         if self.config.hydra.sweeper.get("direction") is not None:  # an optimising sweeper reads a number
             for ret in returns:
                 if isinstance(ret.return_value, str):

@@ -18,15 +18,16 @@ import logging
 import os
 import sys
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
 from zr_ablate.console import silence
 from zr_ablate.experiment import build
-from zr_ablate.experiment.job_folder import job_lock
+from zr_ablate.experiment.job_folder import job_lock, lock_holder
 from zr_ablate.experiment.wandb_run import OFFLINE_MARKER, end_run, start_run
-from zr_ablate.records import FAILED, SKIPPED, read_result
+from zr_ablate.records import FAILED, FINAL_STATUSES, RESULT, SKIPPED, RecordError, read_result, write_json_atomic
 from zr_ablate.training.packed_job import MemberJob, run_packed
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,28 @@ def _member(job, extra: dict) -> MemberJob:
     )
     run = logger.experiment if logger else None
     return MemberJob(job.name, job.job_dir, config, extra | {"wandb_run_id": run.id if run else None}, run)
+
+
+def ended(record: dict) -> bool:
+    return record.get("status") in FINAL_STATUSES
+
+
+def record_failed(jobs: list, error: str, check_locks: bool = False) -> list[str]:
+    """Record the jobs that have not ended as failed with `error` (with check_locks, leaving those another
+    process holds: it writes their records); returns each one's status."""
+    statuses = []
+    for job in jobs:
+        try:
+            record = read_result(job.job_dir) or {}
+        except RecordError:  # a record it cannot use: this one replaces it
+            record = {}
+        record.setdefault("config", OmegaConf.to_container(job.cfg, resolve=True))
+        if not ended(record) and not (check_locks and lock_holder(job.job_dir)):
+            record.update(status=FAILED, error=error)
+            write_json_atomic(Path(job.job_dir) / RESULT, record)
+            log.error("job failed: %s (%s)", job.job_dir, error)
+        statuses.append(record.get("status", SKIPPED))
+    return statuses
 
 
 def left_to_another(job) -> None:
@@ -91,25 +114,36 @@ class GroupTask:
     own_process: bool = False  # a worker or a node: it sets up its console and takes its members' locks itself
 
     def __call__(self) -> list[str]:
-        """Each member's status; SKIPPED for a member whose folder another process holds (a worker or node
-        holds its members' locks while it trains them, so that a rerun of the sweep meanwhile leaves them)."""
+        """Each member's status: SKIPPED for a member whose folder another process holds, the recorded status of
+        one that ended meanwhile (a requeued SLURM job, a second sweep). A worker or node holds its members'
+        locks while it trains them, so that a rerun of the sweep meanwhile leaves them; an error there is
+        recorded in its members' records, and the other groups go on."""
         if self.own_process:
             silence()
             logging.basicConfig(level=logging.INFO, format=JOB_LOG_FORMAT, force=True)
-        # A requeued SLURM job runs this again: each member's record may now name its W&B run, so read it anew.
-        jobs = [dataclasses.replace(job, previous=read_result(job.job_dir) or job.previous) for job in self.jobs]
-        statuses = {job.name: SKIPPED for job in jobs}
+        statuses = {job.name: SKIPPED for job in self.jobs}
         with ExitStack() as locks:
-            held = jobs
+            held = self.jobs
             if self.own_process:  # in the sweep's process, the launcher holds them
-                held = [job for job in jobs if locks.enter_context(job_lock(job.job_dir)) is None]
-            for job in jobs:
+                held = [job for job in self.jobs if locks.enter_context(job_lock(job.job_dir)) is None]
+            for job in self.jobs:
                 if job not in held:
                     left_to_another(job)
-            if held:
-                with member_logs(held):
-                    statuses.update(zip((job.name for job in held), run_group(held, self.threads)))
-        return [statuses[job.name] for job in jobs]
+            try:
+                # Records read anew, now that the folders are held: a member may have ended since the sweep read
+                # it, and a requeued job's members name their W&B runs.
+                held = [dataclasses.replace(job, previous=read_result(job.job_dir) or {}) for job in held]
+                statuses.update((job.name, job.previous["status"]) for job in held if ended(job.previous))
+                held = [job for job in held if not ended(job.previous)]
+                if held:
+                    with member_logs(held):
+                        statuses.update(zip((job.name for job in held), run_group(held, self.threads)))
+            except (Exception, SystemExit) as e:
+                if not self.own_process or (isinstance(e, SystemExit) and not isinstance(e.code, str)):
+                    raise  # in the sweep's process as run.py raises; submitit's own exits (a requeue) pass
+                log.exception("packed jobs failed: %s", "; ".join(job.name for job in held))
+                statuses.update(zip((job.name for job in held), record_failed(held, f"{type(e).__name__}: {e}")))
+        return [statuses[job.name] for job in self.jobs]
 
     def checkpoint(self, *args, **kwargs):
         """submitit calls this at a time limit or preemption: requeue the group; its members resume from their
