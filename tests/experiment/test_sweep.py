@@ -77,11 +77,18 @@ def test_sigkilled_job_resumes_to_the_same_result_as_an_uninterrupted_run(tmp_pa
 INTERRUPTIBLE = ["data.train_tokens=20000", "logger.mode=disabled", "sweep=sig"]
 
 
+def default_signal(signum: int):
+    """For Popen's preexec_fn: the child starts with `signum`'s default action, as from a terminal. A test run
+    started in the background (`cmd &`, nohup) ignores SIGINT, and so, rightly, would the job it starts."""
+    return lambda: signal.signal(signum, signal.SIG_DFL)
+
+
 def signal_after_first_checkpoint(out: Path, ptb_dir, signum: int, *args, multirun=False, epochs: int = 2):
     """Start run.py, send `signum` once a job has finished its first epoch, and return (process, stdout, stderr).
     epochs: of the job; more leave the signal more time to arrive before the job ends, on a busy machine."""
     proc = subprocess.Popen(
         cmd(out, ptb_dir, *INTERRUPTIBLE, f"trainer.max_epochs={epochs}", *args, multirun=multirun),
+        preexec_fn=default_signal(signum),
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
