@@ -201,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
             settings(args.packed_size, placement, "auto", args.overrides)
     except BenchError as e:
         sys.exit(f"zr_ablate.bench: error: {e}")
+    command = "python -m zr_ablate.bench " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.packed:
         result = packed.measure(
             args.packed_size,
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
             args.overrides,
             args.packed_threads,
         )
-        result["command"] = "python -m zr_ablate.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+        result["command"] = command
         args.out.write_text(json.dumps(result, indent=1))
         print(packed.table(result))
         print(f"\nwritten: {args.out}")
@@ -252,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
             args.overrides,
         )
     report = {
-        "command": "python -m zr_ablate.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "device": describe(device, args.threads),
         "torch": torch.__version__,
