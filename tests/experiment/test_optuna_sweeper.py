@@ -8,14 +8,18 @@ import re
 import signal
 import subprocess
 import time
+from types import SimpleNamespace
 
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
+from omegaconf import OmegaConf
+
 from tests.conftest import REPO
 from tests.helpers import cmd, run
-from zr_ablate.experiment.optuna_sweeper import bounds, objective, search_space
+from zr_ablate.experiment import optuna_sweeper
+from zr_ablate.experiment.optuna_sweeper import OptunaSweeper, bounds, objective, rates, search_space
 from zr_ablate.records import RESULT
 
 SEARCH = ["hparams_search=naive", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1", "logger.mode=disabled"]
@@ -36,6 +40,56 @@ def test_a_job_returns_its_best_validation_perplexity_to_the_sweeper():
     assert objective({"status": "completed", "best_val_ppl": 280.5}) == 280.5
     assert objective({"status": "diverged", "best_val_ppl": 900.0}) == math.inf  # the worst, not its early best
     assert math.isnan(objective({"status": "failed", "best_val_ppl": 300.0}))  # the study marks it failed
+
+
+class Launcher:
+    """A stand-in launcher: each job's value is a function of its overrides; it keeps what it was given."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def launch(self, overrides, initial_job_idx):
+        self.jobs += overrides
+        return [SimpleNamespace(return_value=300 + 100 * (float(o[-1].split("=")[1]) - 0.3) ** 2) for o in overrides]
+
+
+def sweeper(tmp_path, n_trials: int, space: str) -> tuple[OptunaSweeper, Launcher]:
+    storage = f"sqlite:///{tmp_path}/studies.db"
+    s = OptunaSweeper(storage, "s", n_trials, n_jobs=2, seed=0, n_startup_trials=10, params={"dropout.p": space})
+    s.config, s.launcher = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}), Launcher()
+    return s, s.launcher
+
+
+def test_a_proposal_of_tried_rates_trains_nothing_and_does_not_count(tmp_path):
+    """A stepped space: TPE proposes tried rates again. Each rate trains once, n_trials counts distinct rates,
+    a study asked for more trials than its space holds ends at every rate, and each repeat names its trial."""
+    s, launcher = sweeper(tmp_path, 6, "range(0.1,0.6,0.1)")  # 5 rates, 6 asked
+    s.sweep(["model=tiny"])
+    launched = [o[-1] for o in launcher.jobs]
+    assert sorted(launched) == [f"dropout.p={p}" for p in (0.1, 0.2, 0.3, 0.4, 0.5)]  # each once, all of them
+    study = optuna.load_study(study_name="s", storage=s.storage)
+    done = {t.number: t for t in study.trials if t.state.name == "COMPLETE"}
+    repeats = [t for t in study.trials if t.state.name == "FAIL"]
+    assert len(done) == 5 and len(repeats) >= 1 and all(t.user_attrs["repeat_of"] in done for t in repeats)
+    assert all(rates(t.params) == rates(done[t.user_attrs["repeat_of"]].params) for t in repeats)
+    assert rates(study.best_trial.params) == (("dropout.p", 0.3),)
+
+    s, launcher = sweeper(tmp_path / "b", 4, "range(0.05,0.75,0.05)")  # 14 rates, 4 asked
+    s.sweep(["model=tiny"])
+    assert len(launcher.jobs) == len(set(map(tuple, launcher.jobs))) == 4
+
+
+def test_a_sampler_that_proposes_only_tried_rates_ends_the_study(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(optuna_sweeper, "MAX_REPEATS", 5)
+    fixed = lambda seed=None, n_startup_trials=10: optuna.samplers.PartialFixedSampler(  # noqa: E731
+        {"dropout.p": 0.2}, optuna.samplers.RandomSampler(seed)
+    )
+    monkeypatch.setattr(optuna.samplers, "TPESampler", fixed)
+    s, launcher = sweeper(tmp_path, 6, "range(0.1,0.6,0.1)")
+    with caplog.at_level("INFO"):
+        s.sweep(["model=tiny"])
+    assert [o[-1] for o in launcher.jobs] == ["dropout.p=0.2"]
+    assert "proposed only tried rates 5 times in a row; it has settled, with 1 of 5 trials" in caplog.text
 
 
 def trials(storage: str) -> list:

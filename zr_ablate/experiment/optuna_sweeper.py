@@ -10,6 +10,12 @@ kill adds only the trials still missing. A trial the kill cut short (left runnin
 again with the same rates, so its job resumes from its last checkpoint, and told under its own number.
 One command at a time works on a study (a lock file beside a SQLite storage says so).
 
+n_trials counts distinct rates. On a stepped space TPE often proposes rates it has already tried; such a
+repeat trains nothing, is kept in the study as failed with user attribute repeat_of = the trial it repeats
+(TPE models only completed and pruned trials, so the search sees each rate once instead of piling weight on
+one), and does not count. The study ends at n_trials distinct rates, at every rate of a finite space, or when
+the sampler has proposed only tried rates MAX_REPEATS times in a row (it has settled; the log says so).
+
 Why not hydra-optuna-sweeper: its 1.3 release pins optuna<3, whose SQLite storage fails under SQLAlchemy 2
 (pip installs both here unless sqlalchemy<2 is pinned), and its n_trials counts the trials of one command,
 so a rerun after a kill runs n_trials more and leaves the cut-short trial running forever.
@@ -34,6 +40,7 @@ from hydra.plugins.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
 FINISHED = ("COMPLETE", "FAIL", "PRUNED")  # trial states that count against n_trials
+MAX_REPEATS = 100  # proposals of tried rates in a row after which a search has settled
 
 
 def objective(result: dict) -> float:
@@ -69,6 +76,24 @@ def search_space(arguments: list[str]) -> tuple[dict, list[str]]:
         else:
             fixed.append(override.input_line)
     return space, fixed
+
+
+def space_size(space: dict) -> float:
+    """How many distinct points a search space holds: inf unless every key is stepped or a choice."""
+    size = 1
+    for d in space.values():
+        if hasattr(d, "choices"):
+            size *= len(d.choices)
+        elif getattr(d, "step", None) is None:
+            return math.inf
+        else:
+            size *= round((d.high - d.low) / d.step) + 1
+    return size
+
+
+def rates(params: dict) -> tuple:
+    """A trial's point in the space, comparable across trials (floats without their binary tails)."""
+    return tuple(sorted((k, clean(v)) for k, v in params.items()))
 
 
 def bounds(params: dict, arguments: list[str]) -> list[list[str]]:
@@ -174,25 +199,25 @@ class OptunaSweeper(Sweeper):
             # Seeded by the trials so far: a resumed command must not draw the first command's rates again.
             seed = None if self.seed is None else self.seed + len(study.trials)
             study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.n_startup_trials)
+            target = min(self.n_trials, space_size(space))
+            if target < self.n_trials:
+                log.info("study %s: its space holds %d distinct rates, fewer than n_trials", self.study_name, target)
             # Trials a killed command left running: run each again under its own number (its job resumes).
             cut_short = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
-            finished = len(study.get_trials(deepcopy=False, states=[TrialState[s] for s in FINISHED]))
             log.info(
                 "study %s (%s): %d of %d trials finished, %d to resume",
                 self.study_name,
                 self.storage,
-                finished,
-                self.n_trials,
+                len(self._tried(study)),
+                target,
                 len(cut_short),
             )
-            returns = []
+            returns, settled = [], False
             while True:
                 batch = [(n, study.trials[n].params) for n in cut_short[: self.n_jobs]]
                 cut_short = cut_short[len(batch) :]
-                finished = len(study.get_trials(deepcopy=False, states=[TrialState[s] for s in FINISHED]))
-                for _ in range(min(self.n_jobs - len(batch), self.n_trials - finished - len(batch))):
-                    trial = study.ask(space)
-                    batch.append((trial.number, trial.params))
+                if not settled:
+                    settled = self._ask(study, space, batch, target)
                 if not batch:
                     break
                 overrides = [fixed + [f"{k}={clean(v)}" for k, v in params.items()] for _, params in batch]
@@ -206,6 +231,44 @@ class OptunaSweeper(Sweeper):
                 rates = ", ".join(f"{k}={clean(v)}" for k, v in best.params.items())
                 log.info("study %s: best value %.2f at %s", self.study_name, best.value, rates)
         return returns
+
+    @staticmethod
+    def _tried(study) -> set:
+        """The distinct rates of the study's finished trials, repeats aside: what counts against n_trials."""
+        from optuna.trial import TrialState
+
+        finished = study.get_trials(deepcopy=False, states=[TrialState[s] for s in FINISHED])
+        return {rates(t.params) for t in finished if "repeat_of" not in t.user_attrs}
+
+    def _ask(self, study, space: dict, batch: list, target: float) -> bool:
+        """Fill `batch` up to n_jobs with trials at untried rates while fewer than `target` are tried; record a
+        proposal of completed rates (or of rates in this batch) as a repeat. True once the sampler has settled."""
+        from optuna.trial import TrialState
+
+        known = {rates(t.params): t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+        known.update({rates(params): number for number, params in batch})
+        tried, repeats = self._tried(study), 0
+        while len(batch) < self.n_jobs and len(tried | {rates(p) for _, p in batch}) < target:
+            trial = study.ask(space)
+            point = rates(trial.params)
+            if point not in known:
+                batch.append((trial.number, trial.params))
+                known[point], repeats = trial.number, 0
+                continue
+            trial.set_user_attr("repeat_of", known[point])
+            study.tell(trial.number, state=TrialState.FAIL)
+            repeats += 1
+            if repeats == MAX_REPEATS:
+                log.info(
+                    "study %s: the sampler proposed only tried rates %d times in a row; it has settled, with %d "
+                    "of %d trials",
+                    self.study_name,
+                    MAX_REPEATS,
+                    len(tried | {rates(p) for _, p in batch}),
+                    target,
+                )
+                return True
+        return False
 
     @staticmethod
     def _tell(study, number: int, params: dict, result) -> None:
