@@ -12,9 +12,8 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
-from optuna.distributions import CategoricalDistribution, FloatDistribution
-
 from omegaconf import OmegaConf
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from tests.conftest import REPO
 from tests.helpers import cmd, run
