@@ -91,6 +91,15 @@ def test_a_sampler_that_proposes_only_tried_rates_ends_the_study(tmp_path, monke
     assert "proposed only tried rates 5 times in a row; it has settled, with 1 of 5 trials" in caplog.text
 
 
+def test_a_trial_cut_short_while_it_was_asked_is_failed_not_trained_without_its_rates(tmp_path):
+    s, launcher = sweeper(tmp_path, 2, "range(0.1,0.6,0.1)")
+    optuna.create_study(storage=s.storage, study_name="s").ask()  # killed before a rate was drawn: no params
+    s.sweep(["model=tiny"])
+    assert len(launcher.jobs) == 2 and all(o[-1].startswith("dropout.p=") for o in launcher.jobs)
+    study = optuna.load_study(study_name="s", storage=s.storage)
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+
+
 def trials(storage: str) -> list:
     try:
         return optuna.load_study(study_name="naive-tiny", storage=storage).trials

@@ -203,12 +203,19 @@ class OptunaSweeper(Sweeper):
             if target < self.n_trials:
                 log.info("study %s: its space holds %d distinct rates, fewer than n_trials", self.study_name, target)
             # Trials a killed command left running: run each again under its own number (its job resumes).
-            cut_short = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+            # One killed while it was being asked has not all its rates and never trained: it is failed.
+            cut_short = []
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if set(t.params) == set(space):
+                    cut_short.append(t.number)
+                else:
+                    log.info("study %s: trial %d was cut short before its rates were drawn", self.study_name, t.number)
+                    study.tell(t.number, state=TrialState.FAIL)
             log.info(
                 "study %s (%s): %d of %d trials finished, %d to resume",
                 self.study_name,
                 self.storage,
-                len(self._tried(study)),
+                len(self._tried(study, space)),
                 target,
                 len(cut_short),
             )
@@ -233,12 +240,13 @@ class OptunaSweeper(Sweeper):
         return returns
 
     @staticmethod
-    def _tried(study) -> set:
-        """The distinct rates of the study's finished trials, repeats aside: what counts against n_trials."""
+    def _tried(study, space: dict) -> set:
+        """The distinct rates of the study's finished trials, repeats and trials without rates aside: what counts
+        against n_trials."""
         from optuna.trial import TrialState
 
         finished = study.get_trials(deepcopy=False, states=[TrialState[s] for s in FINISHED])
-        return {rates(t.params) for t in finished if "repeat_of" not in t.user_attrs}
+        return {rates(t.params) for t in finished if "repeat_of" not in t.user_attrs and set(t.params) == set(space)}
 
     def _ask(self, study, space: dict, batch: list, target: float) -> bool:
         """Fill `batch` up to n_jobs with trials at untried rates while fewer than `target` are tried; record a
@@ -247,7 +255,7 @@ class OptunaSweeper(Sweeper):
 
         known = {rates(t.params): t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
         known.update({rates(params): number for number, params in batch})
-        tried, repeats = self._tried(study), 0
+        tried, repeats = self._tried(study, space), 0
         while len(batch) < self.n_jobs and len(tried | {rates(p) for _, p in batch}) < target:
             trial = study.ask(space)
             point = rates(trial.params)
