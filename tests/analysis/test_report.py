@@ -482,6 +482,17 @@ def test_no_mc_column_without_mc_runs(out):
     assert "MC test" not in (out / "results.md").read_text()
 
 
+def test_tuned_beside_a_sweep_of_several_rates_is_one_line(sweep, swept_sweep, tmp_path):
+    """A study's folder (a placement at many rates) given as --tuned, or as the source beside it, would put one
+    rate's mean beside a mix of rates: refused before anything is written."""
+    for args in ([sweep, "--tuned", swept_sweep], [swept_sweep, "--tuned", sweep]):
+        proc = report(*args, "--out", tmp_path / "report")
+        [line] = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and line.startswith("zr_ablate.report: error: --tuned sets one rate")
+        assert f"{swept_sweep} holds a placement at several rates (dropout.p, dropout.cell_update.p)" in line
+    assert not (tmp_path / "report").exists()
+
+
 def test_swept_p_gets_one_row_per_value_and_a_sensitivity_figure(swept_sweep, tmp_path):
     out = in_process_report(swept_sweep, tmp_path)
     table = pd.read_csv(out / "perplexity.csv")

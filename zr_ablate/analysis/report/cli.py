@@ -26,7 +26,7 @@ from zr_ablate.analysis.compare import load_sentences
 from zr_ablate.analysis.report import memory, wins
 from zr_ablate.analysis.report.figures import colours, figures
 from zr_ablate.analysis.report.output import keep_runs, load, log_to_wandb, markdown, write_table
-from zr_ablate.analysis.report.tables import as_variants, compact, swept, tables
+from zr_ablate.analysis.report.tables import as_variants, compact, rate_label, swept, tables
 from zr_ablate.analysis.runs import NoRunsError
 from zr_ablate.records import COMPLETED
 
@@ -58,6 +58,14 @@ def main(argv: list[str] | None = None) -> None:
         tuned = None if args.tuned is None else load(args.tuned)[0]
     except NoRunsError as e:
         sys.exit(f"zr_ablate.report: error: {e}")
+    if tuned is not None:
+        for source, frame in ((args.tuned, tuned), (args.source, runs)):
+            if varied := ", ".join("dropout." + rate_label(c) for c in swept(as_variants(frame))):
+                sys.exit(
+                    f"zr_ablate.report: error: --tuned sets one rate per placement beside another, but {source} "
+                    f"holds a placement at several rates ({varied}); give it the sweep of "
+                    "python run.py -m tuned=... seed=..., not a study's trials"
+                )
     out = Path(args.out or Path("reports") / name)
     try:
         out.mkdir(parents=True, exist_ok=True)
