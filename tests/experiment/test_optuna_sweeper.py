@@ -56,6 +56,7 @@ def sweeper(tmp_path, n_trials: int, space: str) -> tuple[OptunaSweeper, Launche
     storage = f"sqlite:///{tmp_path}/studies.db"
     s = OptunaSweeper(storage, "s", n_trials, n_jobs=2, seed=0, n_startup_trials=10, params={"dropout.p": space})
     s.config, s.launcher = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}), Launcher()
+    s.settings = lambda overrides: {"trainer": {"max_epochs": 9}, "dropout": {"p": float(overrides[-1][10:])}}
     return s, s.launcher
 
 
@@ -100,6 +101,21 @@ def test_a_trial_cut_short_while_it_was_asked_is_failed_not_trained_without_its_
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
 
 
+def test_a_study_resumed_with_other_settings_stops_in_one_line(tmp_path):
+    """Trials trained for 9 epochs and trials for 5 in one study would mix two objectives: refused."""
+    s, launcher = sweeper(tmp_path, 2, "range(0.1,0.6,0.1)")
+    s.sweep(["model=tiny"])
+    s, launcher = sweeper(tmp_path, 3, "range(0.1,0.6,0.1)")
+    s.settings = lambda overrides: {"trainer": {"max_epochs": 5}, "dropout": {"p": 0.1}}
+    with pytest.raises(SystemExit) as stop:
+        s.sweep(["model=tiny"])
+    assert str(stop.value).startswith("zr_ablate: error: the study s (sqlite:///") and launcher.jobs == []
+    assert "other settings (trainer.max_epochs: 9 -> 5); pass study.name=<a new name>" in str(stop.value)
+    s, launcher = sweeper(tmp_path, 3, "range(0.1,0.6,0.1)")  # the same settings: it goes on
+    s.sweep(["model=tiny"])
+    assert len(launcher.jobs) == 1
+
+
 def trials(storage: str) -> list:
     try:
         return optuna.load_study(study_name="naive-tiny", storage=storage).trials
@@ -141,6 +157,13 @@ def test_a_study_killed_after_its_first_trial_resumes_and_runs_exactly_three(tmp
     for t in final:  # each trial's value is its job's best validation perplexity
         [record] = [r for r in runs.values() if r["config"]["dropout"]["p"] == t.params["dropout.p"]]
         assert record["status"] == "completed" and t.value == record["best_val_ppl"]
+
+    # The same search for another epoch count would mix two objectives in one study: one line, no trial.
+    other = run(
+        tmp_path, ptb_dir, *SEARCH[:1], "hydra.sweeper.n_trials=4", *SEARCH[2:], "trainer.max_epochs=1", multirun=True
+    )
+    assert other.returncode == 1 and len(trials(storage)) == len(final) + len(unasked)
+    assert "other settings (trainer.max_epochs: 2 -> 1)" in other.stderr.strip().splitlines()[-1]
 
     # The tuned preset runs naive at the study's best rate.
     tuned = run(tmp_path, ptb_dir, "tuned=naive", "logger.mode=disabled", "sweep=tuned")

@@ -66,7 +66,8 @@ def expand(overrides: list[str]) -> list[Job]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from zr_ablate.experiment.build import check, error_line
-    from zr_ablate.experiment.guard import job_overrides, job_record, stale_settings
+    from zr_ablate.experiment.guard import job_overrides, stale_settings
+    from zr_ablate.experiment.job_folder import job_record
 
     parsed = OverridesParser.create().parse_overrides(overrides)
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-from zr_ablate.experiment.job_folder import job_lock, lock_holder
+from zr_ablate.experiment.job_folder import job_lock, job_record, lock_holder
 from zr_ablate.experiment.optuna_sweeper import bounds
 from zr_ablate.records import (
     COMPLETED,
@@ -76,16 +76,6 @@ def names_or_exit(config, job: bool) -> None:
             job_name(config.hydra.job.override_dirname)
         except ValueError as e:
             sys.exit(f"zr_ablate: error: {e}")
-
-
-def job_record(job) -> tuple[Path, dict]:
-    """A job's config as composed for a sweep (with its hydra node) -> its folder and the settings its
-    result.json records (everything but hydra, resolved)."""
-    from omegaconf import OmegaConf
-
-    folder = Path(job.hydra.sweep.dir) / job_name(job.hydra.job.override_dirname)
-    settings = OmegaConf.masked_copy(job, [k for k in job if k != "hydra"])
-    return folder, OmegaConf.to_container(settings, resolve=True)
 
 
 def stale_settings(job) -> str | None:

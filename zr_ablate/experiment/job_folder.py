@@ -6,6 +6,7 @@ whichever launcher runs it.
   sweeps writing the same folder never train one job twice; a lock left by a dead process is taken over.
 - open_job: the record the job resumes from or skips ({} to start afresh, under on_stale), its .hydra/ files.
 - save_hydra_files: the job's .hydra/ files, written once the job holds its folder.
+- job_record: a job's folder and the settings its record holds, from its config as composed for a sweep.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from zr_ablate.records import (
     LOCK,
     RecordError,
     changed_settings,
+    job_name,
     read_result,
     set_aside,
     stale_line,
@@ -137,3 +139,11 @@ def lock_holder(job_dir: str | Path) -> str | None:
         return _holder(fd) if _flock(fd, fcntl.LOCK_SH) is False else None
     finally:
         os.close(fd)
+
+
+def job_record(job) -> tuple[Path, dict]:
+    """A job's config as composed for a sweep (with its hydra node) -> its folder and the settings its
+    result.json records (everything but hydra, resolved)."""
+    folder = Path(job.hydra.sweep.dir) / job_name(job.hydra.job.override_dirname)
+    settings = OmegaConf.masked_copy(job, [k for k in job if k != "hydra"])
+    return folder, OmegaConf.to_container(settings, resolve=True)

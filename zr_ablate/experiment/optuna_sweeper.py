@@ -8,7 +8,9 @@ lives in an Optuna storage (SQLite by default: study.storage), so the budget cou
 not what this command ran: `n_trials` is the size of the study, and a rerun of the same command after a
 kill adds only the trials still missing. A trial the kill cut short (left running in the storage) is run
 again with the same rates, so its job resumes from its last checkpoint, and told under its own number.
-One command at a time works on a study (a lock file beside a SQLite storage says so).
+One command at a time works on a study (a lock file beside a SQLite storage says so). A study keeps the
+settings its trials share (user attribute `settings`); a command whose jobs would run with other settings
+(another epoch count, profile or data) stops with one line before any trial, instead of mixing objectives.
 
 n_trials counts distinct rates. On a stepped space TPE often proposes rates it has already tried; such a
 repeat trains nothing, is kept in the study as failed with user attribute repeat_of = the trial it repeats
@@ -37,6 +39,9 @@ from pathlib import Path
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
+
+from zr_ablate.experiment.job_folder import job_record
+from zr_ablate.records import changed_settings
 
 log = logging.getLogger(__name__)
 FINISHED = ("COMPLETE", "FAIL", "PRUNED")  # trial states that count against n_trials
@@ -196,6 +201,7 @@ class OptunaSweeper(Sweeper):
             study = optuna.create_study(
                 storage=self.storage, study_name=self.study_name, direction=self.direction, load_if_exists=True
             )
+            self._check_settings(study, space, fixed)
             # Seeded by the trials so far: a resumed command must not draw the first command's rates again.
             seed = None if self.seed is None else self.seed + len(study.trials)
             study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.n_startup_trials)
@@ -238,6 +244,25 @@ class OptunaSweeper(Sweeper):
                 rates = ", ".join(f"{k}={clean(v)}" for k, v in best.params.items())
                 log.info("study %s: best value %.2f at %s", self.study_name, best.value, rates)
         return returns
+
+    def settings(self, overrides: list[str]) -> dict:
+        """The settings a job with these overrides records (result.json's config)."""
+        return job_record(self.hydra_context.config_loader.load_sweep_config(self.config, overrides))[1]
+
+    def _check_settings(self, study, space: dict, fixed: list[str]) -> None:
+        """Keep the settings the study's trials share, or stop in one line where this command's differ."""
+        low = [f"{k}={clean(d.choices[0] if hasattr(d, 'choices') else d.low)}" for k, d in space.items()]
+        now = self.settings(fixed + low)
+        kept = study.user_attrs.get("settings")
+        if kept is None:  # a new study, or one from before settings were kept
+            study.set_user_attr("settings", now)
+            return
+        changed = [c for c in changed_settings(kept, now) if c.split(":")[0] not in space]
+        if changed:
+            sys.exit(
+                f"zr_ablate: error: the study {self.study_name} ({self.storage}) holds trials run with other "
+                f"settings ({'; '.join(changed)}); pass study.name=<a new name> to start another study"
+            )
 
     @staticmethod
     def _tried(study, space: dict) -> set:

@@ -24,7 +24,7 @@ from unittest import mock
 from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as HydraSlurmLauncher
 
-from zr_ablate.experiment.guard import job_record
+from zr_ablate.experiment.job_folder import job_record
 from zr_ablate.records import FAILED, RESULT, RecordError, read_result, write_json_atomic
 
 log = logging.getLogger(__name__)
