@@ -79,15 +79,24 @@ def test_a_proposal_of_tried_rates_trains_nothing_and_does_not_count(tmp_path):
     assert len(launcher.jobs) == len(set(map(tuple, launcher.jobs))) == 4
 
 
-def test_a_sampler_that_proposes_only_tried_rates_ends_the_study(tmp_path, monkeypatch, caplog):
+@pytest.mark.parametrize("fails", [False, True], ids=["completed", "failed"])
+def test_a_sampler_that_proposes_only_tried_rates_ends_the_study(tmp_path, monkeypatch, caplog, fails):
+    """TPE ignores failed trials, so it proposes a failed rate again too: that is a repeat as well."""
     monkeypatch.setattr(optuna_sweeper, "MAX_REPEATS", 5)
     fixed = lambda seed=None, n_startup_trials=10: optuna.samplers.PartialFixedSampler(  # noqa: E731
         {"dropout.p": 0.2}, optuna.samplers.RandomSampler(seed)
     )
     monkeypatch.setattr(optuna.samplers, "TPESampler", fixed)
     s, launcher = sweeper(tmp_path, 6, "range(0.1,0.6,0.1)")
-    with caplog.at_level("INFO"):
-        s.sweep(["model=tiny"])
+    if fails:
+        monkeypatch.setattr(
+            Launcher,
+            "launch",
+            lambda self, o, initial_job_idx: self.jobs.extend(o) or [SimpleNamespace(return_value=math.nan) for _ in o],
+        )
+    for _ in range(2):  # a second command adds nothing either
+        with caplog.at_level("INFO"):
+            s.sweep(["model=tiny"])
     assert [o[-1] for o in launcher.jobs] == ["dropout.p=0.2"]
     assert "proposed only tried rates 5 times in a row; it has settled, with 1 of 5 trials" in caplog.text
 

@@ -12,11 +12,11 @@ One command at a time works on a study (a lock file beside a SQLite storage says
 settings its trials share (user attribute `settings`); a command whose jobs would run with other settings
 (another epoch count, profile or data) stops with one line before any trial, instead of mixing objectives.
 
-n_trials counts distinct rates. On a stepped space TPE often proposes rates it has already tried; such a
-repeat trains nothing, is kept in the study as failed with user attribute repeat_of = the trial it repeats
-(TPE models only completed and pruned trials, so the search sees each rate once instead of piling weight on
-one), and does not count. The study ends at n_trials distinct rates, at every rate of a finite space, or when
-the sampler has proposed only tried rates MAX_REPEATS times in a row (it has settled; the log says so).
+n_trials counts distinct rates. On a stepped space TPE often proposes rates it has tried (a failed one too:
+TPE ignores failed trials). Such a repeat trains nothing, is kept in the study as failed with user attribute
+repeat_of = the trial it repeats (so TPE's model holds each rate once instead of piling weight on one), and
+does not count. The study ends at n_trials distinct rates, at every rate of a finite space, or when the
+sampler has proposed only tried rates MAX_REPEATS times in a row (it has settled; the log says so).
 
 Why not hydra-optuna-sweeper: its 1.3 release pins optuna<3, whose SQLite storage fails under SQLAlchemy 2
 (pip installs both here unless sqlalchemy<2 is pinned), and its n_trials counts the trials of one command,
@@ -275,10 +275,14 @@ class OptunaSweeper(Sweeper):
 
     def _ask(self, study, space: dict, batch: list, target: float) -> bool:
         """Fill `batch` up to n_jobs with trials at untried rates while fewer than `target` are tried; record a
-        proposal of completed rates (or of rates in this batch) as a repeat. True once the sampler has settled."""
+        proposal of tried rates (finished, failed included, or in this batch) as a repeat. True once the sampler
+        has settled."""
         from optuna.trial import TrialState
 
-        known = {rates(t.params): t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+        known = {}
+        for t in study.get_trials(deepcopy=False, states=[TrialState[s] for s in FINISHED]):
+            if "repeat_of" not in t.user_attrs and set(t.params) == set(space):
+                known.setdefault(rates(t.params), t.number)
         known.update({rates(params): number for number, params in batch})
         tried, repeats = self._tried(study, space), 0
         while len(batch) < self.n_jobs and len(tried | {rates(p) for _, p in batch}) < target:
