@@ -101,3 +101,32 @@ def test_sentence_pairs_and_headline_pair_each_seeds_runs_over_the_same_sentence
     assert list(across["seeds"]) == [1, 1] and (across["verdict"] == compare.NO_INTERVAL).all()
     losses["large-naive"] = losses["large-naive"].iloc[1:]  # other sentences: no bootstrap for that pair
     assert compare.sentence_pairs(frame, losses, ["size", "setup"]).empty
+
+
+def test_two_runs_of_one_placement_and_seed_in_a_setup_are_left_out_not_picked():
+    """Two zaremba seed-1 runs the setup does not tell apart (say fused and loop LSTM): which one to pair with
+    naive is not defined, so zaremba seed 1 pairs with nothing; seed 2 still pairs."""
+    frame = runs([("naive", 1, 272.0), ("zaremba", 1, 270.0), ("zaremba", 1, 260.0)])
+    frame = pd.concat([frame, runs([("naive", 2, 273.0), ("zaremba", 2, 271.0)])], ignore_index=True)
+    assert compare.ambiguous(frame, ["size", "setup"])["test_ppl"].tolist() == [270.0, 260.0]
+    [row] = compare.seed_pairs(frame, "test_ppl", ["size", "setup"]).to_dict("records")
+    assert (row["seeds"], row["estimate"]) == (1, 2.0)
+    losses = {job: pd.DataFrame({"tokens": [10, 12], "nll": [50.0, 61.0]}) for job in frame["job"]}
+    assert compare.sentence_pairs(frame, losses, ["size", "setup"])["seed"].tolist() == [2]
+
+
+def test_the_headline_counts_seeds_per_large_setup_and_never_pools_two():
+    """Seeds 1 and 2 of large zaremba in setup l1, seed 1 in setup l2: two rows (2 seeds with an interval,
+    1 seed without), not one row of 3 "seeds"; a seed with two small baselines has none."""
+    small = [("small-none-1", "small", "none", 1, "s"), ("small-none-2", "small", "none", 2, "s")]
+    large = [("l1-1", "large", "zaremba", 1, "l1"), ("l1-2", "large", "zaremba", 2, "l1")]
+    frame = pd.DataFrame(
+        [*small, *large, ("l2-1", "large", "zaremba", 1, "l2")], columns=["job", "size", "placement", "seed", "setup"]
+    )
+    frame["test_ppl"] = [120.0, 121.0, 80.0, 82.0, 90.0]
+    across, per_seed = compare.headline(frame, {})
+    assert across[["setup", "seeds"]].values.tolist() == [["l1", 2], ["l2", 1]]
+    assert across.loc[0, "estimate"] == pytest.approx((1 - 80 / 120 + 1 - 82 / 121) / 2)
+    assert across.loc[0, "low"] < across.loc[0, "estimate"] and across.loc[1, "verdict"] == compare.NO_INTERVAL
+    twice = pd.concat([frame, frame.iloc[[0]].assign(job="small-none-1b", test_ppl=119.0)], ignore_index=True)
+    assert compare.headline(twice, {})[1]["seed"].tolist() == [2]  # seed 1's baseline is not defined

@@ -18,7 +18,7 @@ from tests.helpers import read_run
 from zr_ablate.analysis.recipes import recipes
 from zr_ablate.analysis.runs import RUN_COLUMNS, load_sweep, runs_from_wandb
 from zr_ablate.dropout import CONNECTIONS
-from zr_ablate.records import COMPLETED_FIELDS, EPOCH_FIELDS
+from zr_ablate.records import COMPLETED_FIELDS, EPOCH_FIELDS, RESULT
 
 pytestmark = pytest.mark.slow  # its fixtures train sweeps in subprocesses
 
@@ -477,6 +477,21 @@ def test_a_published_mc_number_stands_beside_a_run_only_at_its_sample_count(swee
         assert table["published_mc_test_ppl"] == published and table["published_mc_samples"] == 2000
 
 
+def test_a_recipe_run_without_mc_evaluation_gets_no_published_mc_number(sweep, tmp_path):
+    """Beside another run's MC column, a paper=gal_large run that drew no MC samples is not set beside 73.319."""
+    gal = recipes()["gal_large_untied_2017"]["settings"]
+    folder = tmp_path / "gal"
+    settings = {"dropout.name": "gal", "model.name": "large", **gal}
+    fabricate(sweep / "dropout=zaremba,model=tiny,seed=1", folder / "paper=gal_large", settings)
+    fabricate(sweep / "dropout=zaremba,model=tiny,seed=2", folder / "mc", {}, mc_test_ppl=90.0, mc_samples=10)
+    table = pd.read_csv(in_process_report(folder, tmp_path / "report") / "perplexity.csv")
+    [gal_row] = [row for _, row in table.iterrows() if row["placement"].startswith("gal")]
+    assert pd.isna(gal_row["published_mc_test_ppl"]) and gal_row["published_test_ppl"] == 75.112
+    assert gal_row["published_mc_source"].endswith(
+        "averaged 2000 samples per token, these runs none (no eval.mc_samples)"
+    )
+
+
 def test_no_mc_column_without_mc_runs(out):
     assert not any("mc" in c for c in pd.read_csv(out / "perplexity.csv").columns)
     assert "MC test" not in (out / "results.md").read_text()
@@ -567,3 +582,22 @@ def test_report_says_which_placement_wins_and_how_sure(sweep, tmp_path):
     assert (out / "wins_tuned.csv").read_text() == (out / "wins.csv").read_text()
     job = "dropout=zaremba,model=tiny,seed=2"
     assert (out / "tuned" / "runs" / job / "sentences_test.csv").is_file()
+
+
+def test_the_tuned_table_sets_each_placement_beside_its_own_setup_at_the_papers_rate(sweep, tmp_path):
+    """A tuned sweep (zaremba at p 0.3, 5 lower on test, seeds 1 and 2) beside the tiny sweep at p 0.5; a
+    tuned job of another setup (other epochs) has nothing at the paper's rate to stand beside."""
+    tuned = tmp_path / "tuned"
+    paper = {s: json.loads((sweep / f"dropout=zaremba,model=tiny,seed={s}" / RESULT).read_text()) for s in (1, 2)}
+    for s in (1, 2):
+        job = tuned / f"tuned=zaremba,seed={s}"
+        fabricate(sweep / f"dropout=zaremba,model=tiny,seed={s}", job, rate(0.3), test_ppl=paper[s]["test_ppl"] - 5)
+    longer = {**rate(0.3), "trainer.max_epochs": 3}
+    fabricate(sweep / "dropout=none,model=tiny,seed=2", tuned / "tuned=none,seed=2", longer)
+    from zr_ablate.analysis.report.cli import main
+
+    main([str(sweep), "--out", str(tmp_path / "report"), "--tuned", str(tuned)])
+    table = pd.read_csv(tmp_path / "report" / "tuned.csv").set_index("placement")
+    assert table.loc["zaremba", ["rates", "seeds", "rates_paper"]].tolist() == ["p 0.3", 2, "p 0.5"]
+    assert table.loc["zaremba", "change"] == pytest.approx(-5.0)
+    assert pd.isna(table.loc["none", "test_mean_paper"]) and pd.isna(table.loc["none", "change"])

@@ -99,8 +99,16 @@ def load_sentences(sweep: Path, jobs) -> dict[str, pd.DataFrame]:
     return out
 
 
+def ambiguous(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Runs that share a group, placement and seed with another run: they differ only in settings the pairing
+    does not tell apart (the LSTM implementation, MC samples, threads), so which one pairs is not defined."""
+    return runs[runs.duplicated([*keys, "placement", "seed"], keep=False)]
+
+
 def _groups(runs: pd.DataFrame, keys: list[str]):
-    """(key values, runs) per group of runs that may be paired, and the placements in the order given."""
+    """(key values, runs) per group of runs that may be paired, and the placements in the order given; the
+    ambiguous runs left out."""
+    runs = runs.drop(ambiguous(runs, keys).index)
     for group, cell in runs.groupby(keys, dropna=False, sort=False):
         where = dict(zip(keys, group if isinstance(group, tuple) else (group,)))
         yield where, cell, list(dict.fromkeys(cell["placement"]))
@@ -147,10 +155,13 @@ def _paired(sentences: dict[str, pd.DataFrame], job_a: str, job_b: str):
 
 def headline(runs: pd.DataFrame, sentences: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Zaremba et al.'s headline, a small unregularised model against a large regularised one: per large
-    placement and seed with both, 1 - ppl(large) / ppl(small) with its sentence-bootstrap interval (where
-    both runs kept their sentences), and across seeds its mean with the t interval."""
-    small = runs[(runs["size"] == "small") & (runs["placement"] == "none")].drop_duplicates("seed").set_index("seed")
+    placement, setup and seed with both, 1 - ppl(large) / ppl(small) with its sentence-bootstrap interval
+    (where both runs kept their sentences), and across seeds its mean with the t interval. A seed with more
+    than one small unregularised run has no baseline (which one is not defined)."""
+    small = runs[(runs["size"] == "small") & (runs["placement"] == "none")]
+    small = small.drop_duplicates("seed", keep=False).set_index("seed")
     large = runs[(runs["size"] == "large") & (runs["placement"] != "none")]
+    large = large.drop(ambiguous(large, ["setup"]).index)
     rows = []
     for row in large.itertuples():
         if row.seed not in small.index:
@@ -160,13 +171,16 @@ def headline(runs: pd.DataFrame, sentences: dict[str, pd.DataFrame]) -> tuple[pd
         pair = _paired(sentences, base["job"], row.job)
         if pair is not None:
             estimate, low, high = sentence_interval(*pair, statistic=relative)
-        rows.append(dict(placement=row.placement, seed=row.seed, estimate=estimate, low=low, high=high))
-    per_seed = _with_verdict(pd.DataFrame(rows, columns=["placement", "seed", "estimate", "low", "high"]))
+        rows.append(
+            dict(placement=row.placement, setup=row.setup, seed=row.seed, estimate=estimate, low=low, high=high)
+        )
+    per_seed = _with_verdict(pd.DataFrame(rows, columns=["placement", "setup", "seed", "estimate", "low", "high"]))
     across = []
-    for placement, cell in per_seed.groupby("placement", sort=False):
+    for (placement, setup), cell in per_seed.groupby(["placement", "setup"], sort=False, dropna=False):
         estimate, low, high = mean_interval(cell["estimate"])
-        across.append(dict(placement=placement, seeds=len(cell), estimate=estimate, low=low, high=high))
-    return _with_verdict(pd.DataFrame(across, columns=["placement", "seeds", "estimate", "low", "high"])), per_seed
+        across.append(dict(placement=placement, setup=setup, seeds=len(cell), estimate=estimate, low=low, high=high))
+    columns = ["placement", "setup", "seeds", "estimate", "low", "high"]
+    return _with_verdict(pd.DataFrame(across, columns=columns)), per_seed
 
 
 def _with_verdict(frame: pd.DataFrame) -> pd.DataFrame:

@@ -62,16 +62,20 @@ def _other_recipes(cells: pd.DataFrame) -> pd.Series:
     return cells[["size", "placement"]].merge(named, how="left")["other"]
 
 
+def _source_and_assumptions(ref: pd.DataFrame) -> pd.Series:
+    """Each published row's source, with the settings its recipe had to assume where the source is silent."""
+    assumed = ref["recipe"].map(lambda r: ", ".join(recipes()[r]["assumed"]))
+    see = "see docs/methods-and-recipes.md, Recipes"
+    return _source(ref) + assumed.map(lambda a: f" (recipe assumes {a}: {see})" if a else "")
+
+
 def beside(cells: pd.DataFrame) -> pd.DataFrame:
     """Add published_val_ppl, published_test_ppl and published_source to a frame of cells (size, placement,
     recipe, recipe_note): a published row is set beside a cell only when the cell's runs follow that row's
     recipe exactly (zr_ablate/analysis/recipes.py). An empty cell's published_source says why: the nearest recipe and
     what differs, and any published row for the placement that came from a recipe we cannot express."""
     ref = _rows("standard")
-    assumed = ref["recipe"].map(lambda r: ", ".join(recipes()[r]["assumed"]))
-    see = "see docs/methods-and-recipes.md, Recipes"
-    source = _source(ref) + assumed.map(lambda a: f" (recipe assumes {a}: {see})" if a else "")
-    ref = ref.assign(published_source=source).rename(
+    ref = ref.assign(published_source=_source_and_assumptions(ref)).rename(
         columns={"val_ppl": "published_val_ppl", "test_ppl": "published_test_ppl"}
     )
     out = cells.merge(
@@ -93,17 +97,21 @@ def mc_beside(cells: pd.DataFrame) -> pd.DataFrame:
     published_mc_source names the row, its samples and how many fewer the runs drew."""
     ref = _rows("mc_dropout")
     ref = ref.assign(
-        published_mc_test_ppl=ref["test_ppl"], published_mc_source=_source(ref), published_mc_samples=ref["mc_samples"]
+        published_mc_test_ppl=ref["test_ppl"],
+        published_mc_source=_source_and_assumptions(ref),
+        published_mc_samples=ref["mc_samples"],
     )
     out = cells.merge(
         ref[["recipe", "published_mc_test_ppl", "published_mc_samples", "published_mc_source"]],
         on="recipe",
         how="left",
     )
-    short = out["mc_samples_min"] < out["published_mc_samples"]  # False where either is missing
+    # Short where a published count exists and some run drew fewer samples, or drew none (no MC evaluation).
+    short = out["published_mc_samples"].notna() & ~(out["mc_samples_min"] >= out["published_mc_samples"])
     lacking = out.loc[short, ["published_mc_source", "published_mc_samples", "mc_samples_min"]].values
     out.loc[short, "published_mc_source"] = [
-        f"not like for like: {source} averaged {need:g} samples per token, these runs {had:g} ({need - had:g} fewer)"
+        f"not like for like: {source} averaged {need:g} samples per token, "
+        + (f"these runs {had:g} ({need - had:g} fewer)" if pd.notna(had) else "these runs none (no eval.mc_samples)")
         for source, need, had in lacking
     ]
     out.loc[short, "published_mc_test_ppl"] = float("nan")

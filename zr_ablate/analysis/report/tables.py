@@ -155,7 +155,7 @@ def markdown_table(df: pd.DataFrame) -> str:
 def _published_mc(value: float, samples: float, source: str) -> str:
     """The published MC number with its samples per token; where the runs drew fewer, the note that says so."""
     if pd.notna(value):
-        return f"{value:.1f} ({samples:g} passes)"
+        return f"{value:.1f} ({samples:g} samples per token)"
     return source if isinstance(source, str) and pd.notna(samples) else ""
 
 

@@ -8,6 +8,7 @@ rate, that rate's value; a placement is the run's variant (zaremba+tied), as in 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -28,6 +29,12 @@ def numbers(view: pd.DataFrame, sentences: dict, probe: dict | None) -> dict[str
     gain across seeds where the probe ran (wins_memory), Zaremba's headline where its runs exist."""
     done = sorted_rows(view[view["status"] == COMPLETED])
     keys = ["size", *swept(view), "setup"]
+    if len(twins := compare.ambiguous(done, keys)):
+        print(
+            f"warning: {', '.join(twins['job'])} share a placement and seed in one setup (they differ in settings "
+            "the pairing does not tell apart); they stay out of the pairwise comparisons",
+            file=sys.stderr,
+        )
     out = {
         "wins": compare.seed_pairs(done, "test_ppl", keys),
         "wins_sentences": compare.sentence_pairs(done, sentences, keys),
@@ -60,6 +67,7 @@ def shown(stats: dict[str, pd.DataFrame], what: str = "test ppl") -> dict[str, p
     for name, frame in stats.items():
         if name.startswith("headline"):
             cells = {"placement (large)": frame["placement"]}
+            cells |= {"setup": frame["setup"]} if frame["setup"].nunique() > 1 else {}
             cells |= {"seed": frame["seed"]} if "seed" in frame else {"seeds": frame["seeds"]}
             cells["improvement over small none"] = [
                 _interval(*(100 * v for v in vs), fmt=".1f") + " %" for vs in frame[["estimate", "low", "high"]].values
@@ -136,11 +144,12 @@ def _bar(ax, row, y: float, colour: str, marker: str, size: float) -> None:
 
 def tuned_table(paper: pd.DataFrame, tuned: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per size and placement at tuned rates: the rates, seeds, val and test ppl (mean, sd), beside the same
-    placement's test ppl at the paper's rate (the main sweep) and the change."""
+    placement's test ppl at the paper's rate (the main sweep) in the same setup (recipe but for dropout; blank
+    where the main sweep has none), and the change."""
 
     def cells(view):
         done = view[view["status"] == COMPLETED]
-        return done.groupby(["size", "placement"], sort=False).agg(
+        return done.groupby(["size", "placement", "setup"], sort=False).agg(
             rates=("job", lambda jobs: _rates(done.loc[jobs.index].iloc[0])),
             seeds=("job", "size"),
             val_mean=("final_val_ppl", "mean"),
