@@ -12,6 +12,7 @@ import matplotlib.image
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
+from scipy import stats
 
 from tests.conftest import REPO
 from tests.helpers import read_run
@@ -601,3 +602,30 @@ def test_the_tuned_table_sets_each_placement_beside_its_own_setup_at_the_papers_
     assert table.loc["zaremba", ["rates", "seeds", "rates_paper"]].tolist() == ["p 0.3", 2, "p 0.5"]
     assert table.loc["zaremba", "change"] == pytest.approx(-5.0)
     assert pd.isna(table.loc["none", "test_mean_paper"]) and pd.isna(table.loc["none", "change"])
+
+
+def test_memory_gain_is_compared_by_seed_where_the_probe_ran(sweep, tmp_path):
+    """Probe files with known gains (none 100 + seed, zaremba 90 + 2 seed): none - zaremba is 9 and 8 by seed,
+    8.5 across seeds, with a t interval, and the larger gain named where it is resolved."""
+    source = tmp_path / "probed"
+    jobs = [f"dropout={p},model=tiny,seed={s}" for p in ("none", "zaremba") for s in (1, 2)]
+    for job in jobs:
+        shutil.copytree(sweep / job, source / job, ignore=shutil.ignore_patterns("checkpoints", "wandb"))
+    rows = [dict(job=j, placement=j.split(",")[0][8:], size="tiny", seed=int(j[-1]), split="test") for j in jobs]
+    memory = pd.DataFrame(rows).assign(ppl_k1=300.0, k90="20")
+    memory["memory_gain"] = [100 + r["seed"] if r["placement"] == "none" else 90 + 2 * r["seed"] for r in rows]
+    memory["ppl_whole"] = memory["ppl_k1"] - memory["memory_gain"]
+    (source / "probe").mkdir()
+    memory.to_csv(source / "probe" / "memory.csv", index=False)
+    probe = pd.concat([pd.DataFrame(rows).assign(k=k, ppl=300.0 - (k == "whole") * 90) for k in ("1", "whole")])
+    probe.to_csv(source / "probe" / "probe.csv", index=False)
+    pd.DataFrame(rows).assign(position=1, nll=5.0).to_csv(source / "probe" / "positions.csv", index=False)
+    from zr_ablate.analysis.report.cli import main
+
+    main([str(source), "--out", str(tmp_path / "report")])
+    [row] = pd.read_csv(tmp_path / "report" / "wins_memory.csv").to_dict("records")
+    assert (row["a"], row["b"], row["seeds"], row["estimate"]) == ("none", "zaremba", 2, pytest.approx(8.5))
+    low, high = stats.ttest_1samp([9.0, 8.0], 0.0).confidence_interval(0.95)
+    assert (row["low"], row["high"]) == pytest.approx((low, high)) and row["verdict"] == "resolved"
+    md = (tmp_path / "report" / "wins_memory.md").read_text()
+    assert f"| tiny | none - zaremba | 2 | +8.5 [{low:+.1f}, {high:+.1f}] | resolved | none |" in md
