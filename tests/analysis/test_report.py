@@ -1,6 +1,7 @@
 """results + report on a real tiny sweep (2 placements x 2 seeds) plus a failed, a running and a missing job."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -629,3 +630,44 @@ def test_memory_gain_is_compared_by_seed_where_the_probe_ran(sweep, tmp_path):
     assert (row["low"], row["high"]) == pytest.approx((low, high)) and row["verdict"] == "resolved"
     md = (tmp_path / "report" / "wins_memory.md").read_text()
     assert f"| tiny | none - zaremba | 2 | +8.5 [{low:+.1f}, {high:+.1f}] | resolved | none |" in md
+
+
+def test_studies_section_counts_what_each_study_trained_and_regenerates_from_its_trials(sweep, tmp_path):
+    """A study of p: 0.3 (280) and 0.4 (281, within 1%) completed, 0.3 proposed again (a repeat), 0.5
+    failed, 0.7 diverged (inf); a second study of two rates. Counted as such, best p 0.3, and the same
+    table again from the report's own trials.csv; a storage that is not there is one line."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    storage = f"sqlite:///{tmp_path}/studies.db"
+    space = {"dropout.p": FloatDistribution(0.05, 0.7, step=0.05)}
+    study = optuna.create_study(study_name="naive-tiny", storage=storage)
+    for p, value, state, attrs in [
+        (0.3, 280.0, TrialState.COMPLETE, {}),
+        (0.4, 281.0, TrialState.COMPLETE, {}),
+        (0.30000000000000004, None, TrialState.FAIL, {"repeat_of": 0}),
+        (0.5, None, TrialState.FAIL, {}),
+        (0.7, math.inf, TrialState.COMPLETE, {}),
+    ]:
+        study.add_trial(
+            create_trial(params={"dropout.p": p}, distributions=space, value=value, state=state, user_attrs=attrs)
+        )
+    other = optuna.create_study(study_name="zaremba-tiny", storage=storage)
+    for p, value in [(0.45, 278.0), (0.3, 290.0)]:
+        other.add_trial(create_trial(params={"dropout.p": p}, distributions=space, value=value))
+    from zr_ablate.analysis.report.cli import main
+
+    main([str(sweep), "--out", str(tmp_path / "r"), "--studies", f"{tmp_path}/studies.db"])
+    table = pd.read_csv(tmp_path / "r" / "studies.csv").set_index("study")
+    naive = table.loc["naive-tiny"]
+    assert naive[["trained", "repeats", "failed", "diverged", "best_value"]].tolist() == [3, 1, 1, 1, 280.0]
+    assert (naive["best_rates"], naive["near_best"]) == ("p 0.3", "p 0.4 (281.0)")
+    assert table.loc["zaremba-tiny", ["trained", "best_rates"]].tolist() == [2, "p 0.45"]
+    assert "## The tuning studies" in (tmp_path / "r" / "results.md").read_text()
+    assert (tmp_path / "r" / "studies.png").is_file()
+    main([str(sweep), "--out", str(tmp_path / "again"), "--studies", str(tmp_path / "r" / "trials.csv")])
+    assert (tmp_path / "again" / "studies.csv").read_text() == (tmp_path / "r" / "studies.csv").read_text()
+    proc = report(sweep, "--studies", tmp_path / "nothing.db", "--out", tmp_path / "no")
+    [line] = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and line.startswith("zr_ablate.report: error: no study storage at")

@@ -5,14 +5,16 @@
     python -m zr_ablate.report outputs/demo --wandb                  # also log them to a W&B run
     python -m zr_ablate.report outputs/demo --keep-runs              # + each job's records in runs/
     python -m zr_ablate.report outputs/demo --tuned outputs/demo-tuned   # + the same placements at tuned rates
+    python -m zr_ablate.report outputs/demo --tuned outputs/demo-tuned --studies outputs/studies.db  # + the studies
 
 Writes results.md (every table, every figure, and what was left out), each table as CSV (numbers) and
 LaTeX (formatted, booktabs), each figure as PNG and PDF. Only completed runs enter means and figures; the
 status table and the text account for the others. Files already in --out are left alone unless rewritten.
 Every pair of placements is compared with 95% intervals (wins.py, from analysis/compare.py); with --tuned, a
 second sweep of the placements at their tuned rates (run.py -m tuned=...) is compared too and set
-beside the first. The pieces: tables.py (numbers), figures.py (seaborn), wins.py (comparisons), memory.py
-(the context probe), output.py (files, results.md, W&B).
+beside the first; with --studies, what the tuning studies tried. The pieces: tables.py (numbers), figures.py
+(seaborn), wins.py (comparisons), memory.py (the context probe), studies.py (tuning studies), output.py
+(files, results.md, W&B).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import sys
 from pathlib import Path
 
 from zr_ablate.analysis.compare import load_sentences
-from zr_ablate.analysis.report import memory, wins
+from zr_ablate.analysis.report import memory, studies, wins
 from zr_ablate.analysis.report.figures import colours, figures
 from zr_ablate.analysis.report.output import keep_runs, load, log_to_wandb, markdown, write_table
 from zr_ablate.analysis.report.tables import as_variants, compact, rate_label, swept, tables
@@ -47,6 +49,12 @@ def main(argv: list[str] | None = None) -> None:
         metavar="SWEEP",
         help="a sweep folder of the same placements at their tuned rates: compared too, and set beside the source",
     )
+    parser.add_argument(
+        "--studies",
+        metavar="STORAGE",
+        help="the Optuna storage of the tuning studies (a SQLite file or a URL), or a report's trials.csv: "
+        "what each study tried, its best rates and how flat its optimum is",
+    )
     args = parser.parse_args(argv)
     if args.keep_runs and args.source.startswith("wandb:"):
         sys.exit(
@@ -56,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         runs, curves, name = load(args.source)
         tuned = None if args.tuned is None else load(args.tuned)[0]
+        trials = None if args.studies is None else studies.load(args.studies)
     except NoRunsError as e:
         sys.exit(f"zr_ablate.report: error: {e}")
     if tuned is not None:
@@ -72,15 +81,15 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as e:
         sys.exit(f"zr_ablate.report: error: cannot create {out} ({e.strerror}); pass a writable folder with --out")
     try:
-        write(args, argv, out, name, runs, curves, tuned)
+        write(args, argv, out, name, runs, curves, tuned, trials)
     except OSError as e:  # a folder that exists but cannot be written, a full disk
         where = e.filename or out
         sys.exit(f"zr_ablate.report: error: cannot write {where} ({e.strerror}); pass a writable folder with --out")
 
 
-def write(args: argparse.Namespace, argv: list[str] | None, out: Path, name: str, runs, curves, tuned) -> None:
+def write(args: argparse.Namespace, argv: list[str] | None, out: Path, name: str, runs, curves, tuned, trials) -> None:
     """Every table, figure and results.md into `out`, and the W&B run with --wandb. `tuned`: the --tuned
-    sweep's runs, or None."""
+    sweep's runs, or None; `trials`: the --studies trials, or None."""
     view, view_curves = as_variants(runs), as_variants(curves)
     numbers = tables(view)
     markdown_tables = {key: write_table(out, key, *pair) for key, pair in numbers.items()}
@@ -118,6 +127,12 @@ def write(args: argparse.Namespace, argv: list[str] | None, out: Path, name: str
         if args.keep_runs and not args.tuned.startswith("wandb:"):
             keep_runs(Path(args.tuned), out / "tuned")
             memory.keep(Path(args.tuned), out / "tuned" / "runs")
+    if args.studies is not None:
+        trials.to_csv(out / "trials.csv", index=False)
+        table = write_table(out, "studies", *studies.summary(trials))
+        fig = studies.figure(trials, out)
+        text += studies.markdown(table, fig, args.studies)
+        figs = figs + ([(fig, "tuning studies")] if fig is not None else [])
     (out / "results.md").write_text(text)
     if args.wandb:
         log_to_wandb(name, {k: pair[0] for k, pair in numbers.items()} | {"runs": runs}, figs, out)
