@@ -80,25 +80,35 @@ def test_a_proposal_of_tried_rates_trains_nothing_and_does_not_count(tmp_path):
 
 
 @pytest.mark.parametrize("fails", [False, True], ids=["completed", "failed"])
-def test_a_sampler_that_proposes_only_tried_rates_ends_the_study(tmp_path, monkeypatch, caplog, fails):
-    """TPE ignores failed trials, so it proposes a failed rate again too: that is a repeat as well."""
+@pytest.mark.parametrize("space", ["range(0.1,0.6,0.1)", "interval(0.1,0.5)"], ids=["stepped", "continuous"])
+def test_a_sampler_that_proposes_only_tried_rates(tmp_path, monkeypatch, caplog, fails, space):
+    """A sampler stuck on p 0.2 (TPE ignores failed trials, so a failed rate comes back too): on a stepped
+    space the untried rates are then drawn at random until the budget (6, of a space of 5) is met, each
+    trained once; on a continuous space the study ends there."""
     monkeypatch.setattr(optuna_sweeper, "MAX_REPEATS", 5)
     fixed = lambda seed=None, n_startup_trials=10: optuna.samplers.PartialFixedSampler(  # noqa: E731
         {"dropout.p": 0.2}, optuna.samplers.RandomSampler(seed)
     )
     monkeypatch.setattr(optuna.samplers, "TPESampler", fixed)
-    s, launcher = sweeper(tmp_path, 6, "range(0.1,0.6,0.1)")
+    s, launcher = sweeper(tmp_path, 6, space)
     if fails:
         monkeypatch.setattr(
             Launcher,
             "launch",
             lambda self, o, initial_job_idx: self.jobs.extend(o) or [SimpleNamespace(return_value=math.nan) for _ in o],
         )
-    for _ in range(2):  # a second command adds nothing either
+    for _ in range(2):  # a second command trains nothing more
         with caplog.at_level("INFO"):
             s.sweep(["model=tiny"])
-    assert [o[-1] for o in launcher.jobs] == ["dropout.p=0.2"]
-    assert "proposed only tried rates 5 times in a row; it has settled, with 1 of 5 trials" in caplog.text
+    launched = [o[-1] for o in launcher.jobs]
+    if space.startswith("range"):
+        assert (
+            sorted(launched) == [f"dropout.p={p}" for p in (0.1, 0.2, 0.3, 0.4, 0.5)] and launched[0] == "dropout.p=0.2"
+        )
+        assert "proposed only tried rates 5 times in a row (1 of 5 trials); the rest are drawn at random" in caplog.text
+    else:
+        assert launched == ["dropout.p=0.2"]
+        assert "proposed only tried rates 5 times in a row (1 of 6 trials); it has settled" in caplog.text
 
 
 def test_a_trial_cut_short_while_it_was_asked_is_failed_not_trained_without_its_rates(tmp_path):

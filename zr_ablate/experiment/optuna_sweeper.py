@@ -15,8 +15,10 @@ settings its trials share (user attribute `settings`); a command whose jobs woul
 n_trials counts distinct rates. On a stepped space TPE often proposes rates it has tried (a failed one too:
 TPE ignores failed trials). Such a repeat trains nothing, is kept in the study as failed with user attribute
 repeat_of = the trial it repeats (so TPE's model holds each rate once instead of piling weight on one), and
-does not count. The study ends at n_trials distinct rates, at every rate of a finite space, or when the
-sampler has proposed only tried rates MAX_REPEATS times in a row (it has settled; the log says so).
+does not count. After MAX_REPEATS repeats in a row TPE has settled: on a finite space short of its budget the
+rest of the command draws untried rates at random (enqueued as the next trials), so a study reaches n_trials
+distinct rates, or every rate of a space smaller than that; on a continuous space the study ends there, and
+its log says so.
 
 Why not hydra-optuna-sweeper: its 1.3 release pins optuna<3, whose SQLite storage fails under SQLAlchemy 2
 (pip installs both here unless sqlalchemy<2 is pinned), and its n_trials counts the trials of one command,
@@ -30,8 +32,10 @@ is passed to every trial as is.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import logging
 import math
+import random
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,7 +49,7 @@ from zr_ablate.records import changed_settings
 
 log = logging.getLogger(__name__)
 FINISHED = ("COMPLETE", "FAIL", "PRUNED")  # trial states that count against n_trials
-MAX_REPEATS = 100  # proposals of tried rates in a row after which a search has settled
+MAX_REPEATS = 20  # proposals of tried rates in a row after which the sampler has settled
 
 
 def objective(result: dict) -> float:
@@ -94,6 +98,15 @@ def space_size(space: dict) -> float:
         else:
             size *= round((d.high - d.low) / d.step) + 1
     return size
+
+
+def grid(space: dict) -> list[dict]:
+    """Every point of a finite space (stepped ranges and choices), as trial params."""
+    values = {
+        k: list(d.choices) if hasattr(d, "choices") else [clean(d.low + i * d.step) for i in range(space_size({k: d}))]
+        for k, d in space.items()
+    }
+    return [dict(zip(values, point)) for point in itertools.product(*values.values())]
 
 
 def rates(params: dict) -> tuple:
@@ -276,7 +289,7 @@ class OptunaSweeper(Sweeper):
     def _ask(self, study, space: dict, batch: list, target: float) -> bool:
         """Fill `batch` up to n_jobs with trials at untried rates while fewer than `target` are tried; record a
         proposal of tried rates (finished, failed included, or in this batch) as a repeat. True once the sampler
-        has settled."""
+        has settled on a continuous space."""
         from optuna.trial import TrialState
 
         known = {}
@@ -286,25 +299,32 @@ class OptunaSweeper(Sweeper):
         known.update({rates(params): number for number, params in batch})
         tried, repeats = self._tried(study, space), 0
         while len(batch) < self.n_jobs and len(tried | {rates(p) for _, p in batch}) < target:
+            if repeats >= MAX_REPEATS:  # settled on a finite space: an untried point, drawn at random
+                untried = [point for point in grid(space) if rates(point) not in known]
+                draw = random.Random(None if self.seed is None else self.seed + len(study.trials))
+                study.enqueue_trial(draw.choice(untried))
             trial = study.ask(space)
             point = rates(trial.params)
             if point not in known:
                 batch.append((trial.number, trial.params))
-                known[point], repeats = trial.number, 0
+                known[point] = trial.number
+                repeats = 0 if repeats < MAX_REPEATS else repeats
                 continue
             trial.set_user_attr("repeat_of", known[point])
             study.tell(trial.number, state=TrialState.FAIL)
             repeats += 1
             if repeats == MAX_REPEATS:
+                done, finite = len(tried | {rates(p) for _, p in batch}), not math.isinf(space_size(space))
                 log.info(
-                    "study %s: the sampler proposed only tried rates %d times in a row; it has settled, with %d "
-                    "of %d trials",
+                    "study %s: the sampler proposed only tried rates %d times in a row (%d of %d trials); %s",
                     self.study_name,
                     MAX_REPEATS,
-                    len(tried | {rates(p) for _, p in batch}),
+                    done,
                     target,
+                    "the rest are drawn at random from the untried rates" if finite else "it has settled",
                 )
-                return True
+                if not finite:
+                    return True
         return False
 
     @staticmethod
