@@ -106,6 +106,8 @@ def test_a_sampler_that_proposes_only_tried_rates(tmp_path, monkeypatch, caplog,
             sorted(launched) == [f"dropout.p={p}" for p in (0.1, 0.2, 0.3, 0.4, 0.5)] and launched[0] == "dropout.p=0.2"
         )
         assert "proposed only tried rates 5 times in a row (1 of 5 trials); the rest are drawn at random" in caplog.text
+        repeats = [t for t in trials(s.storage, "s") if "repeat_of" in t.user_attrs]
+        assert len(repeats) == 5  # once settled, the command draws untried rates without asking TPE again
     else:
         assert launched == ["dropout.p=0.2"]
         assert "proposed only tried rates 5 times in a row (1 of 6 trials); it has settled" in caplog.text
@@ -135,9 +137,9 @@ def test_a_study_resumed_with_other_settings_stops_in_one_line(tmp_path):
     assert len(launcher.jobs) == 1
 
 
-def trials(storage: str) -> list:
+def trials(storage: str, name: str = "naive-tiny") -> list:
     try:
-        return optuna.load_study(study_name="naive-tiny", storage=storage).trials
+        return optuna.load_study(study_name=name, storage=storage).trials
     except KeyError:  # not created yet
         return []
 

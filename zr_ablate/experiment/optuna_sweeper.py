@@ -194,6 +194,7 @@ class OptunaSweeper(Sweeper):
         self.direction, self.seed, self.n_startup_trials = direction, seed, n_startup_trials
         self.params = dict(params or {})
         self.job_idx = 0
+        self.drawing = False  # whether TPE has settled and untried rates are drawn at random
 
     def setup(self, *, hydra_context, task_function, config) -> None:
         self.config, self.hydra_context = config, hydra_context
@@ -297,7 +298,7 @@ class OptunaSweeper(Sweeper):
             if "repeat_of" not in t.user_attrs and set(t.params) == set(space):
                 known.setdefault(rates(t.params), t.number)
         known.update({rates(params): number for number, params in batch})
-        tried, repeats = self._tried(study, space), 0
+        tried, repeats = self._tried(study, space), MAX_REPEATS if self.drawing else 0
         while len(batch) < self.n_jobs and len(tried | {rates(p) for _, p in batch}) < target:
             if repeats >= MAX_REPEATS:  # settled on a finite space: an untried point, drawn at random
                 untried = [point for point in grid(space) if rates(point) not in known]
@@ -325,6 +326,7 @@ class OptunaSweeper(Sweeper):
                 )
                 if not finite:
                     return True
+                self.drawing = True  # for the rest of this command
         return False
 
     @staticmethod
