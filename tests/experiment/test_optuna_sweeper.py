@@ -18,7 +18,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from tests.conftest import REPO
 from tests.helpers import cmd, run
 from zr_ablate.experiment import optuna_sweeper
-from zr_ablate.experiment.optuna_sweeper import OptunaSweeper, bounds, objective, rates, search_space
+from zr_ablate.experiment.optuna_space import bounds, rates, search_space
+from zr_ablate.experiment.optuna_sweeper import OptunaSweeper, objective
 from zr_ablate.records import RESULT
 
 SEARCH = ["hparams_search=naive", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1", "logger.mode=disabled"]

@@ -28,7 +28,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from zr_ablate.data import EOS, DataError, PTBDataModule
 from zr_ablate.dropout import DropoutSpec
-from zr_ablate.experiment.optuna_sweeper import register_resolvers
+from zr_ablate.experiment.optuna_space import register_resolvers
 from zr_ablate.model.language_model import LSTMLanguageModel
 from zr_ablate.model.packed import PackedLM
 from zr_ablate.schema import Config, check_keys, check_ranges, unknown_key_line

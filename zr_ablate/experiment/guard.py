@@ -28,7 +28,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 from zr_ablate.experiment.job_folder import job_lock, job_record, lock_holder
-from zr_ablate.experiment.optuna_sweeper import bounds
+from zr_ablate.experiment.optuna_space import bounds
 from zr_ablate.records import (
     COMPLETED,
     DIVERGED,
