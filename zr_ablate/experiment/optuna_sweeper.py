@@ -137,7 +137,7 @@ class OptunaSweeper(Sweeper):
                 "study %s (%s): %d of %d trials finished, %d to resume",
                 self.study_name,
                 self.storage,
-                len(self._tried(study, space)),
+                len(self._trained(study, space)),
                 target,
                 len(cut_short),
             )
@@ -181,13 +181,16 @@ class OptunaSweeper(Sweeper):
             )
 
     @staticmethod
-    def _tried(study, space: dict) -> set:
-        """The distinct rates of the study's finished trials, repeats and trials without rates aside: what counts
-        against n_trials."""
+    def _trained(study, space: dict) -> dict:
+        """{rates: the first trial at them} over the study's finished trials, repeats and trials without rates
+        aside: the distinct rates that count against n_trials."""
         from optuna.trial import TrialState
 
-        finished = study.get_trials(deepcopy=False, states=[TrialState[s] for s in FINISHED])
-        return {rates(t.params) for t in finished if "repeat_of" not in t.user_attrs and set(t.params) == set(space)}
+        trained = {}
+        for t in study.get_trials(deepcopy=False, states=[TrialState[s] for s in FINISHED]):
+            if "repeat_of" not in t.user_attrs and set(t.params) == set(space):
+                trained.setdefault(rates(t.params), t.number)
+        return trained
 
     def _ask(self, study, space: dict, batch: list, target: float) -> bool:
         """Fill `batch` up to n_jobs with trials at untried rates while fewer than `target` are tried; record a
@@ -195,14 +198,10 @@ class OptunaSweeper(Sweeper):
         has settled on a continuous space."""
         from optuna.trial import TrialState
 
-        known = {}
-        for t in study.get_trials(deepcopy=False, states=[TrialState[s] for s in FINISHED]):
-            if "repeat_of" not in t.user_attrs and set(t.params) == set(space):
-                known.setdefault(rates(t.params), t.number)
-        known.update({rates(params): number for number, params in batch})
-        tried, repeats = self._tried(study, space), MAX_REPEATS if self.drawing else 0
-        while len(batch) < self.n_jobs and len(tried | {rates(p) for _, p in batch}) < target:
-            if repeats >= MAX_REPEATS:  # settled on a finite space: an untried point, drawn at random
+        known = self._trained(study, space) | {rates(params): number for number, params in batch}
+        repeats = 0
+        while len(batch) < self.n_jobs and len(known) < target:
+            if self.drawing:  # TPE settled on a finite space: an untried point, drawn at random
                 untried = [point for point in grid(space) if rates(point) not in known]
                 draw = random.Random(None if self.seed is None else self.seed + len(study.trials))
                 study.enqueue_trial(draw.choice(untried))
@@ -210,19 +209,18 @@ class OptunaSweeper(Sweeper):
             point = rates(trial.params)
             if point not in known:
                 batch.append((trial.number, trial.params))
-                known[point] = trial.number
-                repeats = 0 if repeats < MAX_REPEATS else repeats
+                known[point], repeats = trial.number, 0
                 continue
             trial.set_user_attr("repeat_of", known[point])
             study.tell(trial.number, state=TrialState.FAIL)
             repeats += 1
             if repeats == MAX_REPEATS:
-                done, finite = len(tried | {rates(p) for _, p in batch}), not math.isinf(space_size(space))
+                finite = not math.isinf(space_size(space))
                 log.info(
                     "study %s: the sampler proposed only tried rates %d times in a row (%d of %d trials); %s",
                     self.study_name,
                     MAX_REPEATS,
-                    done,
+                    len(known),
                     target,
                     "the rest are drawn at random from the untried rates" if finite else "it has settled",
                 )
