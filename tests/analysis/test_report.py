@@ -668,6 +668,7 @@ def test_studies_section_counts_what_each_study_trained_and_regenerates_from_its
     assert (tmp_path / "r" / "studies.png").is_file()
     main([str(sweep), "--out", str(tmp_path / "again"), "--studies", str(tmp_path / "r" / "trials.csv")])
     assert (tmp_path / "again" / "studies.csv").read_text() == (tmp_path / "r" / "studies.csv").read_text()
-    proc = report(sweep, "--studies", tmp_path / "nothing.db", "--out", tmp_path / "no")
-    [line] = proc.stderr.strip().splitlines()
-    assert proc.returncode == 1 and line.startswith("zr_ablate.report: error: no study storage at")
+    for missing in ("nothing.db", "trials.csv"):
+        proc = report(sweep, "--studies", tmp_path / missing, "--out", tmp_path / "no")
+        [line] = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and line.startswith("zr_ablate.report: error: no study storage at")

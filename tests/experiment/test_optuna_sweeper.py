@@ -18,7 +18,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from tests.conftest import REPO
 from tests.helpers import cmd, run
 from zr_ablate.experiment import optuna_sweeper
-from zr_ablate.experiment.optuna_space import bounds, rates, search_space
+from zr_ablate.experiment.optuna_space import bounds, clean, rates, search_space
 from zr_ablate.experiment.optuna_sweeper import OptunaSweeper, objective
 from zr_ablate.records import RESULT
 
@@ -161,7 +161,7 @@ def test_a_study_killed_after_its_first_trial_resumes_and_runs_exactly_three(tmp
     first.wait()
     [done] = [t for t in trials(storage) if t.state.name == "COMPLETE"]
     jobs = {p.name: p for p in (tmp_path / "tune-naive-tiny").iterdir() if (p / RESULT).is_file()}
-    [done_job] = [name for name in jobs if f"dropout.p={done.params['dropout.p']}," in name]
+    [done_job] = [name for name in jobs if f"dropout.p={clean(done.params['dropout.p'])}," in name]
     kept = (jobs[done_job] / RESULT).stat().st_mtime_ns
     cut_short = [t.number for t in trials(storage) if t.state.name == "RUNNING" and t.params]
 
@@ -177,7 +177,7 @@ def test_a_study_killed_after_its_first_trial_resumes_and_runs_exactly_three(tmp
     runs = {p.name: json.loads((p / RESULT).read_text()) for p in (tmp_path / "tune-naive-tiny").iterdir()}
     assert len(runs) == len({t.params["dropout.p"] for t in final}) == 3
     for t in final:  # each trial's value is its job's best validation perplexity
-        [record] = [r for r in runs.values() if r["config"]["dropout"]["p"] == t.params["dropout.p"]]
+        [record] = [r for r in runs.values() if r["config"]["dropout"]["p"] == clean(t.params["dropout.p"])]
         assert record["status"] == "completed" and t.value == record["best_val_ppl"]
 
     # The same search for another epoch count would mix two objectives in one study: one line, no trial.
@@ -191,7 +191,7 @@ def test_a_study_killed_after_its_first_trial_resumes_and_runs_exactly_three(tmp
     tuned = run(tmp_path, ptb_dir, "tuned=naive", "logger.mode=disabled", "sweep=tuned")
     assert tuned.returncode == 0, tuned.stderr[-3000:]
     [job] = (tmp_path / "tuned").iterdir()
-    best = min((t for t in final), key=lambda t: t.value).params["dropout.p"]
+    best = clean(min((t for t in final), key=lambda t: t.value).params["dropout.p"])
     assert json.loads((job / RESULT).read_text())["config"]["dropout"]["p"] == best
 
 
@@ -223,5 +223,5 @@ def test_trials_asked_together_train_packed_and_the_study_gets_each_ones_value(t
     runs = [json.loads(p.read_text()) for p in (tmp_path / "tune-naive-tiny").glob(f"*/{RESULT}")]
     assert len(runs) == 2 and all(len(r["packed_with"]) == 1 for r in runs)
     for t in final:
-        [record] = [r for r in runs if r["config"]["dropout"]["p"] == t.params["dropout.p"]]
+        [record] = [r for r in runs if r["config"]["dropout"]["p"] == clean(t.params["dropout.p"])]
         assert t.value == record["best_val_ppl"]

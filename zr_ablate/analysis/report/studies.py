@@ -26,13 +26,13 @@ NEAR = 0.01  # "near the best": within 1% of the best value
 
 def load(source: str) -> pd.DataFrame:
     """Every trial of every study in `source`: study, number, state, value, params_<key>..., repeat_of."""
+    if "://" not in source and not Path(source).is_file():
+        raise NoRunsError(f"no study storage at {source}; pass a SQLite file, a storage URL or a trials.csv")
     if source.endswith(".csv"):
         return pd.read_csv(source)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if "://" not in source and not Path(source).is_file():
-        raise NoRunsError(f"no study storage at {source}; pass a SQLite file, a storage URL or a trials.csv")
     storage = source if "://" in source else f"sqlite:///{source}"
     frames = []
     for name in optuna.get_all_study_names(storage):
