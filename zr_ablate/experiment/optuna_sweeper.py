@@ -41,7 +41,7 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 
 from zr_ablate.experiment.job_folder import job_record
-from zr_ablate.experiment.optuna_space import clean, grid, rates, search_space, space_size
+from zr_ablate.experiment.optuna_space import bounds, clean, grid, rates, search_space, space_size
 from zr_ablate.records import changed_settings
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class OptunaSweeper(Sweeper):
             study = optuna.create_study(
                 storage=self.storage, study_name=self.study_name, direction=self.direction, load_if_exists=True
             )
-            self._check_settings(study, space, fixed)
+            self._check_settings(study, space, bounds(self.params, arguments)[0])
             # Seeded by the trials so far: a resumed command must not draw the first command's rates again.
             seed = None if self.seed is None else self.seed + len(study.trials)
             study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.n_startup_trials)
@@ -157,18 +157,18 @@ class OptunaSweeper(Sweeper):
                 returns.append(results)
             best = study.best_trial if study.get_trials(states=(TrialState.COMPLETE,)) else None
             if best is not None:
-                rates = ", ".join(f"{k}={clean(v)}" for k, v in best.params.items())
-                log.info("study %s: best value %.2f at %s", self.study_name, best.value, rates)
+                at = ", ".join(f"{k}={clean(v)}" for k, v in best.params.items())
+                log.info("study %s: best value %.2f at %s", self.study_name, best.value, at)
         return returns
 
     def settings(self, overrides: list[str]) -> dict:
         """The settings a job with these overrides records (result.json's config)."""
         return job_record(self.hydra_context.config_loader.load_sweep_config(self.config, overrides))[1]
 
-    def _check_settings(self, study, space: dict, fixed: list[str]) -> None:
-        """Keep the settings the study's trials share, or stop in one line where this command's differ."""
-        low = [f"{k}={clean(d.choices[0] if hasattr(d, 'choices') else d.low)}" for k, d in space.items()]
-        now = self.settings(fixed + low)
+    def _check_settings(self, study, space: dict, low: list[str]) -> None:
+        """Keep the settings the study's trials share (those of `low`, the job at the range's low end), or stop
+        in one line where this command's differ."""
+        now = self.settings(low)
         kept = study.user_attrs.get("settings")
         if kept is None:  # a new study, or one from before settings were kept
             study.set_user_attr("settings", now)

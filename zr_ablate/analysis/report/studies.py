@@ -18,6 +18,7 @@ import seaborn as sns
 
 from zr_ablate.analysis.report.figures import plt, save_figure
 from zr_ablate.analysis.runs import NoRunsError
+from zr_ablate.experiment.optuna_space import clean
 
 PARAM = "params_"  # trials_dataframe's prefix of a searched key
 REPEAT = "user_attrs_repeat_of"
@@ -44,7 +45,7 @@ def load(source: str) -> pd.DataFrame:
         raise NoRunsError(f"{source} holds no study; run a search first (python run.py -m hparams_search=...)")
     trials = pd.concat(frames, ignore_index=True)
     keys = [c for c in trials.columns if c.startswith(PARAM)]
-    trials[keys] = trials[keys].round(10)  # 0.15000000000000002 -> 0.15, as the sweeper names its jobs
+    trials[keys] = trials[keys].map(clean)  # 0.15000000000000002 -> 0.15, as the sweeper names its jobs
     columns = ["study", "number", "state", "value", *keys] + ([REPEAT] if REPEAT in trials else [])
     return trials[columns]
 
